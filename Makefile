@@ -1,0 +1,33 @@
+# Every target sets up .venv first if it is missing or pyproject.toml/constraints.txt changed.
+# Pass Hydra overrides with ARGS, e.g. `make train ARGS="trainer.max_epochs=5 optimizer=sgd"`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+ARGS ?=
+
+.PHONY: install train test test-fast tb clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
+	$(BIN)/python -m pip install -c constraints.txt -e ".[dev]"
+	touch $(STAMP)
+
+train: install
+	$(BIN)/imgrec-train $(ARGS)
+
+test: install
+	$(BIN)/python -m pytest $(ARGS)
+
+# unit + integration only: skips the subprocess smoke tests
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow" $(ARGS)
+
+tb: install
+	$(BIN)/tensorboard --logdir outputs $(ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache

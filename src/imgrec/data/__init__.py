@@ -1,0 +1,1 @@
+"""Datasets as uint8 image tensors, stratified splits, and batch loaders."""

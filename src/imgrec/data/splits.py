@@ -1,0 +1,117 @@
+"""Image tensors, the train/val/test split of them, and the normalisation stats that go with it."""
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from sklearn.model_selection import train_test_split
+
+from imgrec.errors import ImgrecError
+
+NORMALIZE_CHOICES = ("unit", "symmetric", "standardize")
+
+
+@dataclass
+class ImageTensors:
+    """A whole split in memory: images uint8 (N, C, H, W), labels int64 (N,)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass
+class Splits:
+    train: ImageTensors
+    val: ImageTensors
+    test: ImageTensors
+    class_names: list[str]
+    mean: list[float]  # per channel, in [0, 1] units; the model sees (x/255 - mean) / std
+    std: list[float]
+
+    @property
+    def channels(self) -> int:
+        return self.train.images.shape[1]
+
+    @property
+    def image_size(self) -> int:
+        return self.train.images.shape[-1]
+
+    def class_counts(self, split: str = "train") -> list[int]:
+        labels = getattr(self, split).labels
+        return torch.bincount(labels, minlength=len(self.class_names)).tolist()
+
+
+def stratified_split(
+    labels: np.ndarray, val_fraction: float, test_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Indices of train, val and test, each keeping the class proportions of `labels`."""
+    for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not 0.0 < value < 1.0:
+            raise ImgrecError(f"dataset.{name}={value} must be between 0 and 1 (exclusive), e.g. 0.15")
+    if val_fraction + test_fraction >= 1.0:
+        raise ImgrecError(
+            f"dataset.val_fraction + dataset.test_fraction = {val_fraction + test_fraction:g} leaves no "
+            "training data; make their sum less than 1"
+        )
+    indices = np.arange(len(labels))
+    try:
+        rest, test = train_test_split(
+            indices, test_size=test_fraction, stratify=labels, random_state=seed
+        )
+        # val_fraction is of the whole set, so rescale it to what is left after the test split
+        train, val = train_test_split(
+            rest, test_size=val_fraction / (1.0 - test_fraction), stratify=labels[rest], random_state=seed
+        )
+    except ValueError as error:  # sklearn: a class too small to appear in every split
+        raise ImgrecError(
+            f"cannot split {len(labels)} images stratified into val_fraction={val_fraction}, "
+            f"test_fraction={test_fraction}: {error}. Use larger fractions or more images per class."
+        ) from error
+    return np.sort(train), np.sort(val), np.sort(test)
+
+
+def normalization_stats(
+    train_images: torch.Tensor, normalize: str, mean=None, std=None
+) -> tuple[list[float], list[float]]:
+    """Per-channel (mean, std) in [0, 1] units for the chosen normalisation."""
+    channels = train_images.shape[1]
+    if normalize not in NORMALIZE_CHOICES:
+        raise ImgrecError(f"dataset.normalize={normalize!r} is not one of {', '.join(NORMALIZE_CHOICES)}")
+    if normalize == "unit":
+        return [0.0] * channels, [1.0] * channels
+    if normalize == "symmetric":
+        return [0.5] * channels, [0.5] * channels
+    if mean is not None and std is not None:
+        mean, std = [float(m) for m in mean], [float(s) for s in std]
+        if len(mean) != channels or len(std) != channels or min(std) <= 0:
+            raise ImgrecError(
+                f"dataset.mean={mean} / dataset.std={std} must each have {channels} values with std > 0"
+            )
+        return mean, std
+    # float64 sums over uint8 are exact enough and need no second pass
+    pixels = train_images.transpose(0, 1).reshape(channels, -1).to(torch.float64) / 255.0
+    computed_mean = pixels.mean(dim=1)
+    computed_std = pixels.std(dim=1, unbiased=False).clamp_min(1e-6)
+    return computed_mean.tolist(), computed_std.tolist()
+
+
+def make_splits(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    class_names: list[str],
+    val_fraction: float,
+    test_fraction: float,
+    split_seed: int,
+    normalize: str,
+    mean=None,
+    std=None,
+) -> Splits:
+    """Split one labelled image tensor three ways and fix the normalisation from the train part."""
+    train_idx, val_idx, test_idx = stratified_split(labels.numpy(), val_fraction, test_fraction, split_seed)
+    part = lambda idx: ImageTensors(images[idx].contiguous(), labels[idx].contiguous())  # noqa: E731
+    train = part(train_idx)
+    mean, std = normalization_stats(train.images, normalize, mean, std)
+    return Splits(train, part(val_idx), part(test_idx), list(class_names), mean, std)

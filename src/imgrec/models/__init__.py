@@ -1,0 +1,1 @@
+"""Networks; each module builds one family from config keys."""

@@ -1,0 +1,73 @@
+"""The classic conv -> pool -> fully-connected image classifier, with every design choice a parameter."""
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from imgrec.errors import ImgrecError
+
+ACTIVATIONS = {
+    "relu": nn.ReLU,
+    "leaky_relu": lambda: nn.LeakyReLU(0.01),
+    "elu": nn.ELU,
+    "gelu": nn.GELU,
+    "silu": nn.SiLU,
+    "tanh": nn.Tanh,
+    "sigmoid": nn.Sigmoid,
+}
+POOLS = {"max": nn.MaxPool2d, "avg": nn.AvgPool2d}
+
+
+def make_activation(name: str) -> nn.Module:
+    if name not in ACTIVATIONS:
+        raise ImgrecError(f"model.activation={name!r} is not one of {', '.join(ACTIVATIONS)}")
+    return ACTIVATIONS[name]()
+
+
+class SmallCNN(nn.Module):
+    """Stages of `convs_per_stage` convolutions (+ batch norm + activation), each followed by a 2x2 pool;
+    then global average pooling and `hidden` fully-connected layers with dropout before each."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        widths: Sequence[int] = (32, 64, 128),
+        convs_per_stage: int = 2,
+        kernel_size: int = 3,
+        activation: str = "relu",
+        pool: str = "max",
+        batch_norm: bool = True,
+        hidden: Sequence[int] = (128,),
+        dropout: float = 0.25,
+    ):
+        super().__init__()
+        if pool not in POOLS:
+            raise ImgrecError(f"model.pool={pool!r} is not one of {', '.join(POOLS)}")
+        if not widths or convs_per_stage < 1:
+            raise ImgrecError(f"model.widths={list(widths)} and model.convs_per_stage={convs_per_stage} must be non-empty / >= 1")
+        if not 0.0 <= dropout < 1.0:
+            raise ImgrecError(f"model.dropout={dropout} must be in [0, 1)")
+        layers: list[nn.Module] = []
+        channels = in_channels
+        for width in widths:
+            for _ in range(convs_per_stage):
+                # 'same' padding keeps the size; the pool alone halves it
+                layers.append(nn.Conv2d(channels, width, kernel_size, padding=kernel_size // 2, bias=not batch_norm))
+                if batch_norm:
+                    layers.append(nn.BatchNorm2d(width))
+                layers.append(make_activation(activation))
+                channels = width
+            # ceil_mode lets a 3x3 or 1x1 map still be pooled instead of vanishing
+            layers.append(POOLS[pool](2, ceil_mode=True))
+        self.features = nn.Sequential(*layers)
+        head: list[nn.Module] = [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+        for size in hidden:
+            head += [nn.Dropout(dropout), nn.Linear(channels, size), make_activation(activation)]
+            channels = size
+        head += [nn.Dropout(dropout), nn.Linear(channels, num_classes)]
+        self.classifier = nn.Sequential(*head)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))

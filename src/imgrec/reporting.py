@@ -1,0 +1,55 @@
+"""Files a run leaves for people: class lists and the test report."""
+
+import csv
+import json
+from pathlib import Path
+
+import torch
+
+from imgrec.metrics import classification_report, epoch_scores, format_report
+
+IMBALANCE_WARNING_RATIO = 10
+
+
+def log_class_counts(splits, run_dir: Path, log) -> None:
+    """Write classes.json (names, index map, counts per split) and warn about heavy imbalance."""
+    counts = {split: splits.class_counts(split) for split in ("train", "val", "test")}
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "classes.json").write_text(
+        json.dumps(
+            {
+                "class_names": splits.class_names,
+                "class_to_idx": {name: i for i, name in enumerate(splits.class_names)},
+                "counts": counts,
+            },
+            indent=2,
+        )
+    )
+    train_counts = counts["train"]
+    log.info(
+        f"{len(splits.class_names)} classes; images train/val/test = "
+        f"{len(splits.train)}/{len(splits.val)}/{len(splits.test)}; train images per class {min(train_counts)}..{max(train_counts)}"
+    )
+    if min(train_counts) == 0 or max(train_counts) > IMBALANCE_WARNING_RATIO * min(train_counts):
+        log.warning(
+            f"class imbalance: the largest class has {max(train_counts)} training images, the smallest "
+            f"{min(train_counts)}; accuracy will flatter the model, so read macro F1 and per-class recall"
+        )
+
+
+def write_test_report(logits: torch.Tensor, labels: torch.Tensor, class_names: list[str], run_dir: Path, log) -> dict:
+    """test_predictions.csv, test_report.json and the printed table. Returns the report."""
+    probabilities = logits.softmax(dim=1).numpy()
+    y_true, y_pred = labels.numpy(), logits.argmax(dim=1).numpy()
+    with open(run_dir / "test_predictions.csv", "w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(["index", "true", "predicted", *(f"prob_{name}" for name in class_names)])
+        for index, (true, pred, probs) in enumerate(zip(y_true, y_pred, probabilities)):
+            writer.writerow([index, int(true), int(pred), *(f"{p:.6g}" for p in probs)])
+    report = classification_report(y_true, y_pred, class_names)
+    scores = epoch_scores(y_true, y_pred, prefix="test")
+    report["scores"] = {key.removeprefix("test/"): value for key, value in scores.items()}
+    report["scores"]["loss"] = float(torch.nn.functional.cross_entropy(logits, labels))
+    (run_dir / "test_report.json").write_text(json.dumps(report, indent=2))
+    log.info("test split:\n" + format_report(report))
+    return report

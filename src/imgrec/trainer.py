@@ -1,0 +1,222 @@
+"""The training loop: fit -> train_epoch -> train_step, evaluate, and the state a resume needs."""
+
+import logging
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from imgrec.callbacks import Callback
+from imgrec.errors import ImgrecError
+from imgrec.metrics import epoch_scores
+from imgrec.seeding import rng_state, set_rng_state
+
+log = logging.getLogger("imgrec")
+
+TRAIN_METRICS = ("train/loss", "train/acc", "train/lr")
+EVAL_METRICS = ("loss", "acc", "macro_precision", "macro_recall", "macro_f1")
+
+
+def logged_metric_names() -> list[str]:
+    """Every key `fit` logs each epoch: what `monitor` and `optimized_metric` may name."""
+    return [*TRAIN_METRICS, *(f"val/{name}" for name in EVAL_METRICS)]
+
+
+def resolve_device(device: str) -> torch.device:
+    """`auto` -> CUDA when present, else CPU; an explicit CUDA request without CUDA is an error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as error:
+        raise ImgrecError(f"trainer.device={device!r} is not a device; use auto, cpu, cuda or cuda:N") from error
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ImgrecError(
+                f"trainer.device={device} but this machine has no usable CUDA GPU "
+                f"(torch {torch.__version__}, built for CUDA {torch.version.cuda}); use trainer.device=cpu or auto"
+            )
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise ImgrecError(
+                f"trainer.device={device} but only {torch.cuda.device_count()} CUDA device(s) exist; "
+                f"use cuda:0 .. cuda:{torch.cuda.device_count() - 1}"
+            )
+    elif resolved.type != "cpu":
+        raise ImgrecError(f"trainer.device={device!r} is not supported; use auto, cpu, cuda or cuda:N")
+    return resolved
+
+
+def check_trainer_settings(max_epochs, batch_size, eval_batch_size, limit_batches, progress) -> None:
+    """Raise on settings that would fail or silently misbehave later; called before any data is loaded."""
+    for name, value in (("max_epochs", max_epochs), ("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ImgrecError(f"trainer.{name}={value!r} must be a whole number >= 1")
+    if limit_batches is not None and (not isinstance(limit_batches, int) or limit_batches < 1):
+        raise ImgrecError(f"trainer.limit_batches={limit_batches!r} must be null (all batches) or a whole number >= 1")
+    if progress not in ("auto", True, False):
+        raise ImgrecError(f"trainer.progress={progress!r} must be auto, true or false")
+
+
+class Trainer:
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler,  # a factory: (optimizer, steps_per_epoch=, max_epochs=) -> LRScheduler
+        callbacks: dict[str, Callback] | None = None,
+        logger=None,
+        device: str = "auto",
+        max_epochs: int = 20,
+        batch_size: int = 64,
+        eval_batch_size: int = 512,
+        limit_batches: int | None = None,
+        progress: str | bool = "auto",
+        checkpoint_extras: dict | None = None,
+    ):
+        check_trainer_settings(max_epochs, batch_size, eval_batch_size, limit_batches, progress)
+        self.device = resolve_device(device)
+        self.model = model.to(self.device)
+        self.optimizer, self.scheduler_factory, self.scheduler = optimizer, scheduler, None
+        self.callbacks = dict(sorted((callbacks or {}).items(), key=lambda item: item[1].order))
+        self.logger = logger
+        self.max_epochs, self.batch_size, self.eval_batch_size = max_epochs, batch_size, eval_batch_size
+        self.limit_batches = limit_batches
+        self.show_bar = progress is True or (progress == "auto" and sys.stderr.isatty())
+        self.checkpoint_extras = checkpoint_extras or {}
+        self.epoch, self.step, self.should_stop = 0, 0, False
+        self.resume_path = None  # the checkpoint file fit() resumed from, if any
+
+    @property
+    def metric_names(self) -> list[str]:
+        return logged_metric_names()
+
+    # ---- the loop -------------------------------------------------------------------------------
+
+    def fit(self, train_loader, val_loader, resume_state: dict | None = None, resume_path=None) -> dict[str, float]:
+        """Train until max_epochs or a callback stops it; `resume_state` (read from `resume_path`) continues a run."""
+        self.scheduler = self.scheduler_factory(
+            self.optimizer, steps_per_epoch=len(train_loader), max_epochs=self.max_epochs
+        )
+        if resume_state is not None:
+            self.load_state_dict(resume_state)
+            self.resume_path = resume_path
+            log.info(f"resumed from {resume_path} at epoch {self.epoch} (step {self.step})")
+        self._emit("on_fit_start")
+        metrics: dict[str, float] = {}
+        while self.epoch < self.max_epochs and not self.should_stop:
+            metrics = {**self.train_epoch(train_loader), **self.evaluate(val_loader, prefix="val")}
+            self.epoch += 1
+            self.log(metrics)
+            self._emit("on_epoch_end", metrics)  # early stopping, then checkpointing
+        self._emit("on_fit_end")
+        return metrics
+
+    def train_epoch(self, loader) -> dict[str, float]:
+        self.model.train()
+        loader.set_epoch(self.epoch)
+        # running sums stay on the device: no host sync per step
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), dtype=torch.int64, device=self.device)
+        seen = 0
+        bar = self._progress_bar(loader)
+        last_refresh = time.monotonic()
+        for images, labels in loader:
+            loss, logits = self.train_step(images, labels)
+            loss_sum += loss.detach() * len(labels)
+            correct += (logits.argmax(dim=1) == labels).sum()
+            seen += len(labels)
+            if bar is not None:
+                bar.update(len(labels))
+                if time.monotonic() - last_refresh > 0.5:  # the .item() sync only when the bar redraws
+                    bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+                    last_refresh = time.monotonic()
+        if bar is not None:
+            bar.close()
+        return {
+            "train/loss": loss_sum.item() / seen,
+            "train/acc": correct.item() / seen,
+            "train/lr": self.optimizer.param_groups[0]["lr"],
+        }
+
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.model(images)
+        loss = F.cross_entropy(logits, labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        return loss, logits
+
+    @torch.inference_mode()
+    def predict(self, loader) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and labels of every batch `loader` yields, on the CPU."""
+        self.model.eval()
+        outputs = [(self.model(images).float(), labels) for images, labels in loader]
+        logits = torch.cat([o[0] for o in outputs]).cpu()
+        labels = torch.cat([o[1] for o in outputs]).cpu()
+        return logits, labels
+
+    def evaluate(self, loader, prefix: str) -> dict[str, float]:
+        logits, labels = self.predict(loader)
+        loss = F.cross_entropy(logits, labels).item()
+        return {f"{prefix}/loss": loss, **epoch_scores(labels.numpy(), logits.argmax(dim=1).numpy(), prefix)}
+
+    # ---- reporting ------------------------------------------------------------------------------
+
+    def log(self, metrics: dict[str, float]) -> None:
+        if self.logger is not None:
+            self.logger.log_metrics(metrics, step=self.epoch)
+        shown = "  ".join(f"{name} {value:.4f}" for name, value in metrics.items() if name != "train/lr")
+        self.log_text(f"epoch {self.epoch}/{self.max_epochs}  {shown}  lr {metrics['train/lr']:.2e}")
+
+    def log_text(self, message: str) -> None:
+        log.info(message)
+
+    def _progress_bar(self, loader):
+        if not self.show_bar:
+            return None
+        from tqdm import tqdm
+
+        total = min(loader.num_samples, len(loader) * loader.batch_size)
+        return tqdm(
+            total=total, desc=f"epoch {self.epoch + 1}/{self.max_epochs}", unit="img",
+            leave=False, dynamic_ncols=True, file=sys.stderr,
+        )
+
+    def _emit(self, event: str, *args) -> None:
+        for callback in self.callbacks.values():
+            getattr(callback, event)(self, *args)
+
+    # ---- state ----------------------------------------------------------------------------------
+
+    def checkpoint_state(self) -> dict:
+        """Everything an exact resume needs, plus what evaluation needs to rebuild the model."""
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "epoch": self.epoch,
+            "step": self.step,
+            "callbacks": {name: callback.state_dict() for name, callback in self.callbacks.items()},
+            "rng": rng_state(),
+            **self.checkpoint_extras,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as error:
+            raise ImgrecError(
+                f"the checkpoint's model/optimizer do not fit this configuration: {str(error).splitlines()[0]}. "
+                "Resume with the same model and optimizer settings the checkpoint was trained with."
+            ) from error
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.epoch, self.step = state["epoch"], state["step"]
+        for name, callback in self.callbacks.items():
+            if name in state["callbacks"]:
+                callback.load_state_dict(state["callbacks"][name])
+        set_rng_state(state["rng"])

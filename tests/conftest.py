@@ -1,0 +1,36 @@
+"""Shared fixtures: compose the real configs into a temporary run directory."""
+
+import logging
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, open_dict
+
+from imgrec.config import CONFIG_DIR
+
+
+def config_names(group: str) -> list[str]:
+    """Every choice in a config group, so adding a file adds a test case."""
+    return sorted(path.stem for path in (CONFIG_DIR / group).glob("*.yaml"))
+
+
+@pytest.fixture
+def compose_cfg(tmp_path: Path):
+    """compose_cfg(*overrides, run_dir=...) -> the train config as imgrec-train would see it."""
+
+    def _compose(*overrides: str, run_dir: Path | None = None) -> DictConfig:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            cfg = compose("train", overrides=["trainer.progress=false", *overrides])
+        with open_dict(cfg):
+            # Hydra's run dir exists only inside a Hydra run; tests name it themselves
+            cfg.paths.output_dir = str(run_dir or tmp_path / "run")
+            cfg.paths.log_dir = str(tmp_path)
+        return cfg
+
+    return _compose
+
+
+@pytest.fixture(autouse=True)
+def _quiet_imgrec_logs(caplog):
+    caplog.set_level(logging.INFO, logger="imgrec")

@@ -1,0 +1,73 @@
+"""Each bad input fails before training with a message that names the value and the fix."""
+
+import pytest
+import torch
+from hydra.errors import MissingConfigException
+
+from imgrec.errors import ImgrecError
+from imgrec.train import train
+
+
+def assert_nothing_trained(run_dir):
+    assert not (run_dir / "checkpoints").exists()
+    assert not (run_dir / "tensorboard").exists()
+
+
+def test_unknown_config_choice_lists_the_available_ones(compose_cfg):
+    with pytest.raises(MissingConfigException) as error:
+        compose_cfg("model=resnet_9000")
+    assert "resnet_9000" in str(error.value) and "small_cnn" in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("trainer.max_epochs=0", "trainer.max_epochs=0 must be a whole number >= 1"),
+        ("trainer.device=tpu", "trainer.device='tpu' is not"),
+        ("callbacks.early_stopping.monitor=val/accuracy",
+         "callbacks.early_stopping.monitor='val/accuracy' is not a logged metric; choose one of: train/loss"),
+        ("optimized_metric=val/f1", "optimized_metric='val/f1' is not a logged metric"),
+        ("optimized_mode=maximize", "optimized_mode='maximize' must be 'min' or 'max'"),
+        ("dataset.normalize=zscore", "dataset.normalize='zscore' is not one of"),
+        ("model.activation=swish", "model.activation='swish' is not one of"),
+    ],
+)
+def test_bad_value_raises_its_message_before_training(compose_cfg, tmp_path, override, message):
+    with pytest.raises(ImgrecError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        train(compose_cfg("dataset=fake", override))
+    assert_nothing_trained(tmp_path / "run")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_requested_without_cuda(compose_cfg, tmp_path):
+    with pytest.raises(ImgrecError, match="trainer.device=cuda but this machine has no usable CUDA GPU"):
+        train(compose_cfg("dataset=fake", "trainer.device=cuda"))
+    assert_nothing_trained(tmp_path / "run")
+
+
+def test_missing_ckpt_path(compose_cfg, tmp_path):
+    with pytest.raises(ImgrecError, match=r"ckpt_path '.*missing.pt' does not exist"):
+        train(compose_cfg("dataset=fake", f"ckpt_path={tmp_path}/missing.pt"))
+    assert_nothing_trained(tmp_path / "run")
+
+
+def test_ckpt_path_that_is_not_an_imgrec_checkpoint(compose_cfg, tmp_path):
+    torch.save({"state_dict": {}}, tmp_path / "foreign.pt")
+    with pytest.raises(ImgrecError, match="is not an imgrec checkpoint"):
+        train(compose_cfg("dataset=fake", f"ckpt_path={tmp_path}/foreign.pt"))
+    assert_nothing_trained(tmp_path / "run")
+
+
+def test_resume_with_other_classes_is_refused(compose_cfg, tmp_path):
+    train(compose_cfg("dataset=fake", "trainer.max_epochs=1", "test=false", run_dir=tmp_path / "four"))
+    last = tmp_path / "four" / "checkpoints" / "last.pt"
+    with pytest.raises(ImgrecError, match=r"was trained on classes \['class_0'.*but dataset has"):
+        train(compose_cfg("dataset=fake", "dataset.num_classes=3", f"ckpt_path={last}", run_dir=tmp_path / "three"))
+
+
+def test_a_fresh_run_never_overwrites_another_runs_checkpoints(compose_cfg, tmp_path):
+    train(compose_cfg("dataset=fake", "trainer.max_epochs=1", "test=false", run_dir=tmp_path / "same"))
+    before = (tmp_path / "same" / "checkpoints" / "last.pt").read_bytes()
+    with pytest.raises(ImgrecError, match="already exists and this is not a resume; pass ckpt_path="):
+        train(compose_cfg("dataset=fake", "trainer.max_epochs=1", run_dir=tmp_path / "same"))
+    assert (tmp_path / "same" / "checkpoints" / "last.pt").read_bytes() == before

@@ -1,0 +1,109 @@
+"""A real two-epoch run on fake data: the files it writes and the numbers in them."""
+
+import csv
+import json
+
+import pytest
+import torch
+from sklearn.metrics import classification_report as sklearn_report
+from sklearn.metrics import confusion_matrix
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from imgrec.checkpoint import load_checkpoint
+from imgrec.train import train
+
+SCALARS = [
+    "train/loss", "train/acc", "train/lr",
+    "val/loss", "val/acc", "val/macro_precision", "val/macro_recall", "val/macro_f1",
+]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """One 2-epoch fake-data run shared by the tests below (composing is cheap; training is not)."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import open_dict
+
+    from imgrec.config import CONFIG_DIR
+
+    root = tmp_path_factory.mktemp("fit")
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=["dataset=fake", "trainer.max_epochs=2", "trainer.progress=false"])
+    with open_dict(cfg):
+        cfg.paths.output_dir, cfg.paths.log_dir = str(root / "run"), str(root)
+    return root / "run", train(cfg)
+
+
+def test_writes_last_and_best_checkpoints_with_what_resume_and_eval_need(finished_run):
+    run_dir, result = finished_run
+    last = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    best = load_checkpoint(run_dir / "checkpoints" / "best.pt")
+    assert last["epoch"] == 2 and last["step"] == 2 * 2  # 80 train images in batches of 64: 2 steps an epoch
+    assert set(last) >= {"model", "optimizer", "scheduler", "epoch", "step", "callbacks", "rng", "config", "class_names"}
+    assert last["class_names"] == ["class_0", "class_1", "class_2", "class_3"]
+    assert last["config"]["dataset"]["_target_"] == "imgrec.data.datasets.fake"
+    assert set(last["callbacks"]) == {"early_stopping", "model_checkpoint"}
+    assert best["epoch"] == last["callbacks"]["model_checkpoint"]["best_epoch"]
+    assert result["best_score"] == last["callbacks"]["model_checkpoint"]["best_score"]
+
+
+def test_tensorboard_has_every_scalar_for_every_epoch_and_the_test_scores(finished_run):
+    run_dir, _ = finished_run
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    tags = events.Tags()["scalars"]
+    for tag in SCALARS:
+        assert [e.step for e in events.Scalars(tag)] == [1, 2], tag
+    assert "test/acc" in tags
+    hparams_runs = list((run_dir / "tensorboard").rglob("events.out.tfevents.*"))
+    assert len(hparams_runs) >= 1
+
+
+def test_test_report_matches_scikit_learn_on_the_saved_predictions(finished_run):
+    run_dir, result = finished_run
+    report = json.loads((run_dir / "test_report.json").read_text())
+    with open(run_dir / "test_predictions.csv") as file:
+        rows = list(csv.DictReader(file))
+    y_true = [int(r["true"]) for r in rows]
+    y_pred = [int(r["predicted"]) for r in rows]
+    assert len(rows) == report["num_samples"] == 40
+    expected = sklearn_report(
+        y_true, y_pred, labels=range(4), target_names=report["class_names"], output_dict=True, zero_division=0
+    )
+    for name in report["class_names"]:
+        for key, sk_key in (("precision", "precision"), ("recall", "recall"), ("f1", "f1-score"), ("support", "support")):
+            assert report["per_class"][name][key] == pytest.approx(expected[name][sk_key]), (name, key)
+    assert report["macro_avg"]["f1"] == pytest.approx(expected["macro avg"]["f1-score"])
+    assert report["weighted_avg"]["recall"] == pytest.approx(expected["weighted avg"]["recall"])
+    assert report["confusion_matrix"] == confusion_matrix(y_true, y_pred, labels=range(4)).tolist()
+    assert report["scores"]["acc"] == pytest.approx(sum(t == p for t, p in zip(y_true, y_pred)) / len(rows))
+    probabilities = torch.tensor([[float(r[f"prob_{n}"]) for n in report["class_names"]] for r in rows])
+    assert torch.allclose(probabilities.sum(dim=1), torch.ones(len(rows)), atol=1e-4)
+    assert result["test"]["accuracy"] == report["accuracy"]
+
+
+def test_the_test_split_is_scored_with_the_best_checkpoint(finished_run):
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from imgrec.data.loaders import InMemoryLoader
+
+    run_dir, _ = finished_run
+    best = load_checkpoint(run_dir / "checkpoints" / "best.pt")
+    cfg = OmegaConf.create(best["config"])
+    splits = instantiate(cfg.dataset)
+    model = instantiate(cfg.model)
+    model.load_state_dict(best["model"])
+    model.eval()
+    loader = InMemoryLoader(splits.test, 512, best["normalization"]["mean"], best["normalization"]["std"], torch.device("cpu"))
+    with torch.no_grad():
+        predicted = torch.cat([model(x).argmax(dim=1) for x, _ in loader]).tolist()
+    with open(run_dir / "test_predictions.csv") as file:
+        assert predicted == [int(r["predicted"]) for r in csv.DictReader(file)]
+
+
+def test_classes_json_records_names_index_map_and_counts(finished_run):
+    run_dir, _ = finished_run
+    classes = json.loads((run_dir / "classes.json").read_text())
+    assert classes["class_to_idx"] == {"class_0": 0, "class_1": 1, "class_2": 2, "class_3": 3}
+    assert sum(classes["counts"]["train"]) == 80 and sum(classes["counts"]["test"]) == 40

@@ -1,0 +1,82 @@
+import math
+
+import pytest
+import torch
+
+from imgrec.callbacks import EarlyStopping, ModelCheckpoint
+from imgrec.checkpoint import load_checkpoint
+from imgrec.errors import ImgrecError
+
+
+class StandInTrainer:
+    """Just what callbacks read and write on a trainer."""
+
+    metric_names = ["train/loss", "val/acc", "val/loss"]
+
+    def __init__(self):
+        self.should_stop, self.epoch, self.messages = False, 0, []
+
+    def log_text(self, message):
+        self.messages.append(message)
+
+    def checkpoint_state(self):
+        return {"epoch": self.epoch, "weights": torch.full((2,), float(self.epoch))}
+
+
+def run_epochs(callback, trainer, values, key="val/acc"):
+    stopped_at = None
+    for value in values:
+        trainer.epoch += 1
+        callback.on_epoch_end(trainer, {key: value})
+        if trainer.should_stop and stopped_at is None:
+            stopped_at = trainer.epoch
+    return stopped_at
+
+
+def test_early_stopping_stops_after_patience_epochs_without_improvement():
+    trainer = StandInTrainer()
+    stopper = EarlyStopping(monitor="val/acc", mode="max", patience=2)
+    stopper.on_fit_start(trainer)
+    # 0.6 -> 0.6 is not an improvement; 0.59 neither: two bad epochs after the best at epoch 2
+    assert run_epochs(stopper, trainer, [0.5, 0.6, 0.6, 0.59, 0.9]) == 4
+    assert "has not improved for 2 epochs" in trainer.messages[0]
+
+
+def test_early_stopping_min_mode_min_delta_and_nan():
+    trainer = StandInTrainer()
+    stopper = EarlyStopping(monitor="val/loss", mode="min", patience=3, min_delta=0.1)
+    # 0.95 is better than 1.0 by less than min_delta: not an improvement; NaN never is
+    assert run_epochs(stopper, trainer, [1.0, 0.95, math.nan, 0.5, 0.45, 0.44, 0.43], key="val/loss") == 7
+    assert stopper.state_dict() == {"best": -0.5, "bad_epochs": 3}
+
+
+def test_early_stopping_state_round_trip_continues_the_count():
+    first = EarlyStopping(monitor="val/acc", patience=3)
+    trainer = StandInTrainer()
+    run_epochs(first, trainer, [0.7, 0.6, 0.6])
+    resumed = EarlyStopping(monitor="val/acc", patience=3)
+    resumed.load_state_dict(first.state_dict())
+    assert run_epochs(resumed, trainer, [0.65]) == trainer.epoch  # third bad epoch in a row stops
+
+
+def test_early_stopping_rejects_a_metric_that_is_not_logged():
+    with pytest.raises(ImgrecError, match=r"monitor='val/accuracy' is not a logged metric; choose one of: .*val/acc"):
+        EarlyStopping(monitor="val/accuracy").on_fit_start(StandInTrainer())
+
+
+def test_model_checkpoint_never_calls_nan_best_and_keeps_last(tmp_path):
+    trainer = StandInTrainer()
+    checkpoint = ModelCheckpoint(dirpath=str(tmp_path / "checkpoints"), monitor="val/acc", mode="max")
+    checkpoint.on_fit_start(trainer)
+    run_epochs(checkpoint, trainer, [math.nan, 5.0, 7.0, 3.0])
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
+    assert load_checkpoint(checkpoint.best_path)["epoch"] == 3
+    assert load_checkpoint(checkpoint.last_path)["epoch"] == 4
+    assert checkpoint.state_dict() == {"best_score": 7.0, "best_epoch": 3}
+
+
+def test_model_checkpoint_writes_no_best_while_every_score_is_nan(tmp_path):
+    trainer = StandInTrainer()
+    checkpoint = ModelCheckpoint(dirpath=str(tmp_path), monitor="val/loss", mode="min")
+    run_epochs(checkpoint, trainer, [math.nan, math.nan], key="val/loss")
+    assert checkpoint.last_path.is_file() and not checkpoint.best_path.exists()

@@ -1,0 +1,36 @@
+import pytest
+import torch
+
+from imgrec.errors import ImgrecError
+from imgrec.trainer import check_trainer_settings, resolve_device
+
+
+def test_auto_picks_cuda_only_when_present():
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device("cpu") == torch.device("cpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_without_a_gpu_is_a_clear_error():
+    with pytest.raises(ImgrecError, match="trainer.device=cuda but this machine has no usable CUDA GPU.*use trainer.device=cpu"):
+        resolve_device("cuda")
+
+
+def test_unknown_device_is_named():
+    with pytest.raises(ImgrecError, match="trainer.device='gpu0' is not a device"):
+        resolve_device("gpu0")
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"max_epochs": 0}, "trainer.max_epochs=0 must be a whole number >= 1"),
+        ({"batch_size": 2.5}, "trainer.batch_size=2.5 must be"),
+        ({"limit_batches": 0}, "trainer.limit_batches=0 must be null"),
+        ({"progress": "yes"}, "trainer.progress='yes' must be auto, true or false"),
+    ],
+)
+def test_bad_trainer_settings_are_named(kwargs, message):
+    settings = {"max_epochs": 1, "batch_size": 8, "eval_batch_size": 8, "limit_batches": None, "progress": "auto"}
+    with pytest.raises(ImgrecError, match=message):
+        check_trainer_settings(**{**settings, **kwargs})

@@ -1,0 +1,38 @@
+import pytest
+import torch
+
+from imgrec.errors import ImgrecError
+from imgrec.models.small_cnn import ACTIVATIONS, SmallCNN
+
+
+@pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
+@pytest.mark.parametrize("channels", [1, 3])
+def test_every_activation_gives_logits_per_class(activation, channels):
+    model = SmallCNN(in_channels=channels, num_classes=7, activation=activation).eval()
+    assert model(torch.randn(2, channels, 16, 16)).shape == (2, 7)
+
+
+@pytest.mark.parametrize("size", [8, 16, 28, 32, 33])
+@pytest.mark.parametrize("pool", ["max", "avg"])
+def test_any_image_size_and_pool(size, pool):
+    model = SmallCNN(in_channels=3, num_classes=4, widths=[8, 16, 32], pool=pool).eval()
+    assert model(torch.randn(3, 3, size, size)).shape == (3, 4)
+
+
+def test_options_change_the_network():
+    plain = SmallCNN(1, 10, widths=[8], convs_per_stage=1, batch_norm=False, hidden=[], kernel_size=5)
+    convs = [m for m in plain.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 1 and convs[0].kernel_size == (5, 5) and convs[0].bias is not None
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in plain.modules())
+    deep = SmallCNN(1, 10, widths=[8, 8], convs_per_stage=3, hidden=[32, 16])
+    assert sum(isinstance(m, torch.nn.Conv2d) for m in deep.modules()) == 6
+    assert [m.out_features for m in deep.modules() if isinstance(m, torch.nn.Linear)] == [32, 16, 10]
+
+
+def test_bad_choices_are_named():
+    with pytest.raises(ImgrecError, match="model.activation='relu6' is not one of relu, leaky_relu"):
+        SmallCNN(1, 10, activation="relu6")
+    with pytest.raises(ImgrecError, match="model.pool='median'"):
+        SmallCNN(1, 10, pool="median")
+    with pytest.raises(ImgrecError, match=r"model.dropout=1.5 must be in \[0, 1\)"):
+        SmallCNN(1, 10, dropout=1.5)
