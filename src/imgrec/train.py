@@ -14,14 +14,13 @@ log = logging.getLogger("imgrec")
 
 
 def train(cfg: DictConfig) -> dict:
-    """Fit and test as `cfg` says. Returns the last epoch's metrics, the test report and the best score."""
-    # everything that can be checked cheaply is checked before data is loaded or a model is built
+    """Fit and test as `cfg` says. Returns the last epoch's metrics, the best score and the test report."""
     from imgrec.checkpoint import load_checkpoint
-    from imgrec.data.loaders import InMemoryLoader
-    from imgrec.reporting import log_class_counts, write_test_report
+    from imgrec.reporting import log_class_counts
     from imgrec.seeding import seed_everything
     from imgrec.trainer import check_trainer_settings, resolve_device
 
+    # everything that can be checked cheaply is checked before data is loaded or a model is built
     check_top_level(cfg)
     settings = cfg.trainer
     check_trainer_settings(
@@ -42,7 +41,6 @@ def train(cfg: DictConfig) -> dict:
             f"has {splits.class_names}; resume with the dataset the checkpoint was trained on"
         )
     model = build(cfg.model, in_channels=splits.channels, num_classes=len(splits.class_names))
-    optimizer = build(cfg.optimizer)(model.parameters())
     logger = build(cfg.logger) if cfg.get("logger") else None
     extras = {
         "config": OmegaConf.to_container(cfg, resolve=True),  # plain containers: safe to load back
@@ -52,41 +50,60 @@ def train(cfg: DictConfig) -> dict:
     }
     # runtime objects go to the partial, not through instantiate, which would walk into `extras`
     trainer = build(cfg.trainer, _partial_=True)(
-        model=model, optimizer=optimizer, scheduler=build(cfg.scheduler),
+        model=model, optimizer=build(cfg.optimizer)(model.parameters()), scheduler=build(cfg.scheduler),
         callbacks=callbacks, logger=logger, checkpoint_extras=extras,
     )
-
-    def loader(split: str, train: bool) -> InMemoryLoader:
-        return InMemoryLoader(
-            getattr(splits, split), settings.batch_size if train else settings.eval_batch_size,
-            splits.mean, splits.std, device, shuffle=train, seed=cfg.seed, limit_batches=settings.limit_batches,
-        )
+    loaders = {split: make_loader(cfg, splits, split, device) for split in ("train", "val", "test")}
 
     log.info(f"training {type(model).__name__} ({sum(p.numel() for p in model.parameters()):,} parameters) "
              f"on {device} for up to {settings.max_epochs} epochs; run dir {run_dir}")
-    metrics = trainer.fit(loader("train", True), loader("val", False), resume_state, cfg.ckpt_path)
-
+    metrics = trainer.fit(loaders["train"], loaders["val"], resume_state, cfg.ckpt_path)
     checkpoint = callbacks.get("model_checkpoint")
-    result = {"metrics": metrics, "best_score": checkpoint.best_score if checkpoint else None, "test": None}
-    if cfg.test:
-        if checkpoint is not None and checkpoint.best_path.is_file():
-            model.load_state_dict(load_checkpoint(checkpoint.best_path)["model"])
-            source = f"best.pt (epoch {checkpoint.best_epoch}, {checkpoint.monitor} {checkpoint.best_score:.4f})"
-        else:
-            source = "the final weights (no best.pt was written)"
-        log.info(f"testing {source} on {len(splits.test)} test images")
-        logits, labels = trainer.predict(loader("test", False))
-        result["test"] = write_test_report(logits, labels, splits.class_names, run_dir, log)
-        if logger is not None:
-            logger.log_metrics({f"test/{k}": v for k, v in result["test"]["scores"].items()}, step=trainer.epoch)
+    best_score = checkpoint.best_score if checkpoint else None
+    report = score_best_on_test(trainer, checkpoint, loaders["test"], splits.class_names, run_dir) if cfg.test else None
+
     if logger is not None:
-        final = {**metrics, **({f"test/{k}": v for k, v in result["test"]["scores"].items()} if result["test"] else {})}
-        logger.log_hyperparams(hyperparameters(cfg), final)
+        test_scores = {f"test/{name}": value for name, value in report["scores"].items()} if report else {}
+        logger.log_metrics(test_scores, step=trainer.epoch)
+        best = {f"best/{cfg.optimized_metric}": best_score} if best_score is not None else {}
+        logger.log_hyperparams(hyperparameters(cfg), {**metrics, **test_scores, **best})
         logger.close()
     log.info(f"run saved in {run_dir.resolve()}")
     if logger is not None:
-        log.info(f"see its curves with: tensorboard --logdir {Path(cfg.paths.log_dir).resolve()}   (or: make tb)")
-    return result
+        log_dir = Path(cfg.paths.log_dir).resolve()
+        # outputs/ shows every run side by side; a run placed elsewhere (hydra.run.dir=...) is shown alone
+        shown = log_dir if run_dir.resolve().is_relative_to(log_dir) else run_dir.resolve()
+        log.info(f"see its curves with: tensorboard --logdir {shown}   (or: make tb)")
+    return {"metrics": metrics, "best_score": best_score, "test": report}
+
+
+def make_loader(cfg: DictConfig, splits, split: str, device):
+    from imgrec.data.loaders import InMemoryLoader
+
+    training = split == "train"
+    return InMemoryLoader(
+        getattr(splits, split),
+        cfg.trainer.batch_size if training else cfg.trainer.eval_batch_size,
+        splits.mean, splits.std, device,
+        shuffle=training, seed=cfg.seed, limit_batches=cfg.trainer.limit_batches,
+    )
+
+
+def score_best_on_test(trainer, checkpoint, test_loader, class_names: list[str], run_dir: Path) -> dict:
+    """Score best.pt (or the final weights when there is none) on the test split and write the report."""
+    from imgrec.checkpoint import load_checkpoint
+    from imgrec.reporting import write_test_report
+
+    if checkpoint is not None and checkpoint.best_path.is_file():
+        trainer.model.load_state_dict(load_checkpoint(checkpoint.best_path)["model"])
+        source = f"best.pt (epoch {checkpoint.best_epoch}, {checkpoint.monitor} {checkpoint.best_score:.4f})"
+    else:
+        source = "the final weights (no best.pt was written)"
+    log.info(f"testing {source} on {test_loader.num_samples} test images")
+    logits, labels = trainer.predict(test_loader)
+    return write_test_report(logits, labels, class_names, run_dir, log)
+
+
 
 
 def guard_against_overwrite(callbacks: dict, resumed: bool) -> None:

@@ -55,8 +55,9 @@ def test_tensorboard_has_every_scalar_for_every_epoch_and_the_test_scores(finish
     for tag in SCALARS:
         assert [e.step for e in events.Scalars(tag)] == [1, 2], tag
     assert "test/acc" in tags
-    hparams_runs = list((run_dir / "tensorboard").rglob("events.out.tfevents.*"))
-    assert len(hparams_runs) >= 1
+    # the HPARAMS tab: the run's hyperparameters with its final and best scores
+    assert "_hparams_/experiment" in events.PluginTagToContent("hparams")
+    assert {"hparam/val/acc", "hparam/test/acc", "hparam/best/val/acc"} <= set(tags)
 
 
 def test_test_report_matches_scikit_learn_on_the_saved_predictions(finished_run):

@@ -1,0 +1,55 @@
+"""The installed console script, run the way a user runs it."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+IMGREC_TRAIN = str(Path(sys.executable).parent / "imgrec-train")
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
+    return subprocess.run([IMGREC_TRAIN, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_smoke_experiment_trains_tests_and_writes_the_run_dir(tmp_path):
+    result = run_cli("experiment=smoke", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    [run_dir] = (tmp_path / "outputs" / "train" / "runs").iterdir()  # outputs/ is relative to where it ran
+    for name in ("checkpoints/last.pt", "checkpoints/best.pt", "test_report.json", "test_predictions.csv",
+                 "classes.json", "train.log", ".hydra/config.yaml", ".hydra/overrides.yaml"):
+        assert (run_dir / name).is_file(), name
+    assert any((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    log = (run_dir / "train.log").read_text()
+    assert "epoch 2/2" in log and "macro avg" in log and "tensorboard --logdir" in log
+    assert json.loads((run_dir / "test_report.json").read_text())["num_samples"] == 40
+
+
+def test_bad_value_exits_2_with_the_message_and_no_traceback(tmp_path):
+    result = run_cli("experiment=smoke", "trainer.max_epochs=0", cwd=tmp_path)
+    assert result.returncode == 2
+    output = result.stdout + result.stderr
+    assert "error: trainer.max_epochs=0 must be a whole number >= 1" in output
+    assert "Traceback" not in output
+
+
+def test_unknown_group_choice_fails_and_lists_the_choices(tmp_path):
+    result = run_cli("optimizer=adamm", cwd=tmp_path)
+    assert result.returncode != 0
+    assert "adamm" in result.stderr and "Available options" in result.stderr and "sgd" in result.stderr
+
+
+def test_multirun_puts_each_job_in_its_own_dir(tmp_path):
+    result = run_cli("-m", "experiment=smoke", "optimizer=sgd,adam", "trainer.max_epochs=1", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    [sweep_dir] = (tmp_path / "outputs" / "train" / "multiruns").iterdir()
+    jobs = sorted(p.name for p in sweep_dir.iterdir() if p.is_dir())
+    assert jobs == ["0", "1"]
+    for job in jobs:
+        assert (sweep_dir / job / "checkpoints" / "best.pt").is_file()
