@@ -37,6 +37,53 @@ def check_top_level(cfg: DictConfig) -> None:
         raise ImgrecError(f"seed={cfg.seed!r} must be a whole number")
 
 
+# what a resume cannot change: the network, and the kinds of optimizer, schedule and dataset.
+# model.in_channels/num_classes follow the dataset, whose class names train.py compares itself.
+RESUME_MUST_MATCH = ("model.", "optimizer._target_", "scheduler._target_", "dataset._target_")
+RESUME_FOLLOWS_DATASET = ("model.in_channels", "model.num_classes")
+# the optimizer's state carries its hyperparameters (lr, momentum, ...): on resume those win
+RESUME_TAKEN_FROM_CHECKPOINT = ("optimizer.",)
+
+
+def _flatten(container, prefix: str = "") -> dict:
+    if not isinstance(container, dict):
+        return {prefix[:-1]: container}
+    flat = {}
+    for key, value in container.items():
+        flat.update(_flatten(value, f"{prefix}{key}."))
+    return flat
+
+
+def check_resume_matches(saved: dict, cfg: DictConfig, ckpt_path: str) -> list[str]:
+    """Raise if the checkpoint cannot continue under `cfg`; return warnings for values it will ignore."""
+    saved_flat = _flatten(saved)
+    current_flat = _flatten(OmegaConf.to_container(cfg, resolve=True))
+    for key in sorted(saved_flat.keys() | current_flat.keys()):
+        old, new = saved_flat.get(key), current_flat.get(key)
+        if old == new or key in RESUME_FOLLOWS_DATASET:
+            continue
+        if key.startswith(RESUME_MUST_MATCH):
+            raise ImgrecError(
+                f"ckpt_path {ckpt_path} was trained with {key}={old} but this run has {key}={new}; "
+                f"resume with the settings it was trained with{_original_overrides(Path(ckpt_path))}"
+            )
+    return [
+        f"{key}={current_flat[key]} differs from the checkpoint's {saved_flat.get(key)}; "
+        "a resume keeps the optimizer settings saved in the checkpoint"
+        for key in current_flat
+        if key.startswith(RESUME_TAKEN_FROM_CHECKPOINT) and saved_flat.get(key) != current_flat[key]
+    ]
+
+
+def _original_overrides(ckpt_path: Path) -> str:
+    """`, e.g. the overrides it started with: ...` when Hydra's record of the run is beside the checkpoint."""
+    record = ckpt_path.parent.parent / ".hydra" / "overrides.yaml"
+    if not record.is_file():
+        return ""
+    overrides = [o for o in OmegaConf.load(record) if not str(o).startswith("ckpt_path=")]
+    return f" (it was started with: {' '.join(map(str, overrides)) or 'no overrides'})"
+
+
 def instantiate_callbacks(cfg: DictConfig) -> dict:
     """The `callbacks` group as {name: callback}; names key their state in checkpoints."""
     from imgrec.callbacks import Callback

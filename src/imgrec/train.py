@@ -7,7 +7,9 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from imgrec.config import CONFIG_DIR, build, check_top_level, hyperparameters, instantiate_callbacks
+from imgrec.config import (
+    CONFIG_DIR, build, check_resume_matches, check_top_level, hyperparameters, instantiate_callbacks,
+)
 from imgrec.errors import ImgrecError
 
 log = logging.getLogger("imgrec")
@@ -28,6 +30,9 @@ def train(cfg: DictConfig) -> dict:
     )
     device = resolve_device(settings.device)
     resume_state = load_checkpoint(cfg.ckpt_path) if cfg.ckpt_path else None
+    if resume_state is not None:
+        for warning in check_resume_matches(resume_state["config"], cfg, cfg.ckpt_path):
+            log.warning(warning)
     run_dir = Path(cfg.paths.output_dir)
     callbacks = instantiate_callbacks(cfg)
     guard_against_overwrite(callbacks, resumed=resume_state is not None)

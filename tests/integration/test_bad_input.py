@@ -71,3 +71,25 @@ def test_a_fresh_run_never_overwrites_another_runs_checkpoints(compose_cfg, tmp_
     with pytest.raises(ImgrecError, match="already exists and this is not a resume; pass ckpt_path="):
         train(compose_cfg("dataset=fake", "trainer.max_epochs=1", run_dir=tmp_path / "same"))
     assert (tmp_path / "same" / "checkpoints" / "last.pt").read_bytes() == before
+
+
+def test_resume_with_another_model_or_optimizer_is_refused_with_the_original_settings(compose_cfg, tmp_path):
+    run_dir = tmp_path / "sgd_run"
+    train(compose_cfg("dataset=fake", "optimizer=sgd", "trainer.max_epochs=1", "test=false", run_dir=run_dir))
+    (run_dir / ".hydra").mkdir()
+    (run_dir / ".hydra" / "overrides.yaml").write_text("- dataset=fake\n- optimizer=sgd\n")
+    last = run_dir / "checkpoints" / "last.pt"
+    with pytest.raises(ImgrecError, match=r"optimizer._target_=torch.optim.SGD but this run has "
+                                          r"optimizer._target_=torch.optim.Adam.*started with: dataset=fake optimizer=sgd"):
+        train(compose_cfg("dataset=fake", f"ckpt_path={last}", run_dir=tmp_path / "adam"))
+    with pytest.raises(ImgrecError, match=r"was trained with model.widths=\[32, 64, 128\] but this run has model.widths=\[8, 8\]"):
+        train(compose_cfg("dataset=fake", "optimizer=sgd", "model.widths=[8,8]", f"ckpt_path={last}", run_dir=tmp_path / "w"))
+
+
+def test_resume_warns_that_the_checkpoint_learning_rate_wins(compose_cfg, tmp_path, caplog):
+    run_dir = tmp_path / "first"
+    train(compose_cfg("dataset=fake", "trainer.max_epochs=1", "test=false", run_dir=run_dir))
+    resumed = train(compose_cfg("dataset=fake", "trainer.max_epochs=2", "optimizer.lr=0.5", "test=false",
+                                f"ckpt_path={run_dir / 'checkpoints' / 'last.pt'}", run_dir=tmp_path / "second"))
+    assert "optimizer.lr=0.5 differs from the checkpoint's 0.003" in caplog.text
+    assert resumed["metrics"]["train/lr"] != 0.5

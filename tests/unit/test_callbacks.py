@@ -12,6 +12,7 @@ class StandInTrainer:
     """Just what callbacks read and write on a trainer."""
 
     metric_names = ["train/loss", "val/acc", "val/loss"]
+    resume_path = None
 
     def __init__(self):
         self.should_stop, self.epoch, self.messages = False, 0, []
@@ -80,3 +81,31 @@ def test_model_checkpoint_writes_no_best_while_every_score_is_nan(tmp_path):
     checkpoint = ModelCheckpoint(dirpath=str(tmp_path), monitor="val/loss", mode="min")
     run_epochs(checkpoint, trainer, [math.nan, math.nan], key="val/loss")
     assert checkpoint.last_path.is_file() and not checkpoint.best_path.exists()
+
+
+def test_a_resumed_run_carries_the_earlier_best_over_to_its_own_dir(tmp_path):
+    trainer = StandInTrainer()
+    first = ModelCheckpoint(dirpath=str(tmp_path / "first"), monitor="val/acc")
+    run_epochs(first, trainer, [0.9, 0.5])  # best at epoch 1, last at epoch 2
+    resumed = ModelCheckpoint(dirpath=str(tmp_path / "second"), monitor="val/acc")
+    resumed.load_state_dict(first.state_dict())
+    trainer.resume_path = first.last_path
+    resumed.on_fit_start(trainer)
+    assert load_checkpoint(resumed.best_path)["epoch"] == 1
+    assert first.best_path.read_bytes() == resumed.best_path.read_bytes()
+    run_epochs(resumed, trainer, [0.8])  # not better than 0.9: best.pt stays the carried-over one
+    assert load_checkpoint(resumed.best_path)["epoch"] == 1
+
+
+def test_without_an_earlier_best_the_resumed_best_starts_afresh(tmp_path):
+    trainer = StandInTrainer()
+    first = ModelCheckpoint(dirpath=str(tmp_path / "first"), monitor="val/acc")
+    run_epochs(first, trainer, [0.9, 0.5])
+    first.best_path.unlink()  # the user copied only last.pt
+    resumed = ModelCheckpoint(dirpath=str(tmp_path / "second"), monitor="val/acc")
+    resumed.load_state_dict(first.state_dict())
+    trainer.resume_path = first.last_path
+    resumed.on_fit_start(trainer)
+    assert "no best.pt beside" in trainer.messages[-1] and resumed.best_score is None
+    run_epochs(resumed, trainer, [0.6])
+    assert load_checkpoint(resumed.best_path)["epoch"] == 3
