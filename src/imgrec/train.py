@@ -45,7 +45,7 @@ def train(cfg: DictConfig) -> dict:
             f"ckpt_path {cfg.ckpt_path} was trained on classes {resume_state['class_names']} but dataset "
             f"has {splits.class_names}; resume with the dataset the checkpoint was trained on"
         )
-    model = build(cfg.model, in_channels=splits.channels, num_classes=len(splits.class_names))
+    model = build(cfg.model, in_channels=splits.channels, num_classes=len(splits.class_names)).to(device)
     logger = build(cfg.logger) if cfg.get("logger") else None
     extras = {
         "config": OmegaConf.to_container(cfg, resolve=True),  # plain containers: safe to load back
@@ -58,7 +58,10 @@ def train(cfg: DictConfig) -> dict:
         model=model, optimizer=build(cfg.optimizer)(model.parameters()), scheduler=build(cfg.scheduler),
         callbacks=callbacks, logger=logger, checkpoint_extras=extras,
     )
-    loaders = {split: make_loader(cfg, splits, split, device) for split in ("train", "val", "test")}
+    loaders = {
+        split: trainer.make_loader(getattr(splits, split), splits.mean, splits.std, train=split == "train", seed=cfg.seed)
+        for split in ("train", "val", "test")
+    }
 
     log.info(f"training {type(model).__name__} ({sum(p.numel() for p in model.parameters()):,} parameters) "
              f"on {device} for up to {settings.max_epochs} epochs; run dir {run_dir}")
@@ -68,11 +71,7 @@ def train(cfg: DictConfig) -> dict:
     report = score_best_on_test(trainer, checkpoint, loaders["test"], splits.class_names, run_dir) if cfg.test else None
 
     if logger is not None:
-        test_scores = {f"test/{name}": value for name, value in report["scores"].items()} if report else {}
-        logger.log_metrics(test_scores, step=trainer.epoch)
-        best = {f"best/{cfg.optimized_metric}": best_score} if best_score is not None else {}
-        logger.log_hyperparams(hyperparameters(cfg), {**metrics, **test_scores, **best})
-        logger.close()
+        log_final_scores(logger, cfg, trainer.epoch, metrics, report, best_score)
     log.info(f"run saved in {run_dir.resolve()}")
     if logger is not None:
         log_dir = Path(cfg.paths.log_dir).resolve()
@@ -80,18 +79,6 @@ def train(cfg: DictConfig) -> dict:
         shown = log_dir if run_dir.resolve().is_relative_to(log_dir) else run_dir.resolve()
         log.info(f"see its curves with: tensorboard --logdir {shown}   (or: make tb)")
     return {"metrics": metrics, "best_score": best_score, "test": report}
-
-
-def make_loader(cfg: DictConfig, splits, split: str, device):
-    from imgrec.data.loaders import InMemoryLoader
-
-    training = split == "train"
-    return InMemoryLoader(
-        getattr(splits, split),
-        cfg.trainer.batch_size if training else cfg.trainer.eval_batch_size,
-        splits.mean, splits.std, device,
-        shuffle=training, seed=cfg.seed, limit_batches=cfg.trainer.limit_batches,
-    )
 
 
 def score_best_on_test(trainer, checkpoint, test_loader, class_names: list[str], run_dir: Path) -> dict:
@@ -109,6 +96,15 @@ def score_best_on_test(trainer, checkpoint, test_loader, class_names: list[str],
     return write_test_report(logits, labels, class_names, run_dir, log)
 
 
+
+
+def log_final_scores(logger, cfg: DictConfig, epoch: int, metrics: dict, report: dict | None, best_score) -> None:
+    """Test scores as scalars, then the hyperparameters with last, test and best scores for the HPARAMS tab."""
+    test_scores = {f"test/{name}": value for name, value in report["scores"].items()} if report else {}
+    logger.log_metrics(test_scores, step=epoch)
+    best = {f"best/{cfg.optimized_metric}": best_score} if best_score is not None else {}
+    logger.log_hyperparams(hyperparameters(cfg), {**metrics, **test_scores, **best})
+    logger.close()
 
 
 def guard_against_overwrite(callbacks: dict, resumed: bool) -> None:

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from imgrec.callbacks import Callback
+from imgrec.data.loaders import InMemoryLoader
 from imgrec.errors import ImgrecError
 from imgrec.metrics import epoch_scores
 from imgrec.seeding import rng_state, set_rng_state
@@ -77,7 +78,7 @@ class Trainer:
     ):
         check_trainer_settings(max_epochs, batch_size, eval_batch_size, limit_batches, progress)
         self.device = resolve_device(device)
-        self.model = model.to(self.device)
+        self.model = model.to(self.device)  # a no-op when train.py built it there (before the optimizer)
         self.optimizer, self.scheduler_factory, self.scheduler = optimizer, scheduler, None
         self.callbacks = dict(sorted((callbacks or {}).items(), key=lambda item: item[1].order))
         self.logger = logger
@@ -91,6 +92,13 @@ class Trainer:
     @property
     def metric_names(self) -> list[str]:
         return logged_metric_names()
+
+    def make_loader(self, data, mean: list[float], std: list[float], train: bool, seed: int = 0) -> InMemoryLoader:
+        """A loader with this trainer's batch sizes, device and batch limit; shuffled when `train`."""
+        return InMemoryLoader(
+            data, self.batch_size if train else self.eval_batch_size, mean, std, self.device,
+            shuffle=train, seed=seed, limit_batches=self.limit_batches,
+        )
 
     # ---- the loop -------------------------------------------------------------------------------
 
