@@ -28,54 +28,53 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def save_checkpoint(state: dict, path: str | Path) -> Path:
-    """Write `state` to `path` so that a crash at any moment leaves either the old file or the new one.
+def _write_atomically(path: Path, write) -> None:
+    """Call write(file) on a temp file beside `path`, flush it to disk, then rename it over `path`.
 
-    The bytes go to a temp file in the same folder (same file system, so the rename is atomic),
-    are flushed to disk, and only then replace `path`.
+    Same folder means same file system, so the rename is atomic: a crash at any moment leaves either
+    the old file or the new one, never a mix. Raises OSError; the temp file never outlives a failure.
     """
-    path = Path(path)
     tmp_name = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
         with os.fdopen(fd, "wb") as file:
-            torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, **state}, file)
+            write(file)
             file.flush()
             os.fsync(file.fileno())
         os.replace(tmp_name, path)
         tmp_name = None
         _fsync_dir(path.parent)
+    finally:
+        if tmp_name is not None:
+            Path(tmp_name).unlink(missing_ok=True)
+
+
+def save_checkpoint(state: dict, path: str | Path) -> Path:
+    """Write `state` (plus the imgrec format marker) to `path` atomically."""
+    path = Path(path)
+    try:
+        _write_atomically(path, lambda file: torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, **state}, file))
     except OSError as error:
         raise CheckpointError(
             f"could not write checkpoint {path}: {error}. Free disk space or fix the folder's permissions; "
             f"any earlier {path.name} there is intact."
         ) from error
-    finally:
-        if tmp_name is not None:
-            Path(tmp_name).unlink(missing_ok=True)
     return path
 
 
 def copy_checkpoint(source: str | Path, destination: str | Path) -> Path:
     """Copy a checkpoint file with the same all-or-nothing guarantee as save_checkpoint."""
     source, destination = Path(source), Path(destination)
-    tmp_name = None
-    try:
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=destination.parent, prefix=f".{destination.name}.", suffix=TEMP_SUFFIX)
-        with os.fdopen(fd, "wb") as file, open(source, "rb") as original:
+
+    def copy(file) -> None:
+        with open(source, "rb") as original:
             shutil.copyfileobj(original, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp_name, destination)
-        tmp_name = None
-        _fsync_dir(destination.parent)
+
+    try:
+        _write_atomically(destination, copy)
     except OSError as error:
         raise CheckpointError(f"could not copy checkpoint {source} to {destination}: {error}") from error
-    finally:
-        if tmp_name is not None:
-            Path(tmp_name).unlink(missing_ok=True)
     return destination
 
 
@@ -103,7 +102,7 @@ def load_checkpoint(path: str | Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        # torch's message suggests weights_only=False; the useful part is the line naming the blocked global
+        # torch's message suggests switching the safety off; the useful part is the line naming the blocked global
         reason = next((line for line in str(error).splitlines() if "GLOBAL" in line), "unsupported object")
         raise CheckpointError(
             f"refused to load '{path}': it holds objects other than tensors and plain containers, and "
