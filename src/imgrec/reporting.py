@@ -11,8 +11,8 @@ from imgrec.metrics import classification_report, epoch_scores, format_report
 IMBALANCE_WARNING_RATIO = 10
 
 
-def log_class_counts(splits, run_dir: Path, log) -> None:
-    """Write classes.json (names, index map, counts per split) and warn about heavy imbalance."""
+def record_dataset(splits, run_dir: Path, log) -> None:
+    """Write classes.json (names, index map, counts per split) and skipped_images.txt; warn about imbalance."""
     counts = {split: splits.class_counts(split) for split in ("train", "val", "test")}
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "classes.json").write_text(
@@ -25,6 +25,10 @@ def log_class_counts(splits, run_dir: Path, log) -> None:
             indent=2,
         )
     )
+    if splits.skipped:
+        lines = [f"{path}\t{reason}" for path, reason in splits.skipped]
+        (run_dir / "skipped_images.txt").write_text("\n".join(lines) + "\n")
+        log.warning(f"{len(splits.skipped)} image(s) were skipped; the list is in {run_dir / 'skipped_images.txt'}")
     train_counts = counts["train"]
     log.info(
         f"{len(splits.class_names)} classes; images train/val/test = "

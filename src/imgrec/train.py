@@ -18,7 +18,7 @@ log = logging.getLogger("imgrec")
 def train(cfg: DictConfig) -> dict:
     """Fit and test as `cfg` says. Returns the last epoch's metrics, the best score and the test report."""
     from imgrec.checkpoint import load_checkpoint
-    from imgrec.reporting import log_class_counts
+    from imgrec.reporting import record_dataset
     from imgrec.seeding import seed_everything
     from imgrec.trainer import check_trainer_settings, resolve_device
 
@@ -39,7 +39,7 @@ def train(cfg: DictConfig) -> dict:
 
     seed_everything(cfg.seed)
     splits = build(cfg.dataset)
-    log_class_counts(splits, run_dir, log)
+    record_dataset(splits, run_dir, log)
     if resume_state is not None and resume_state["class_names"] != splits.class_names:
         raise ImgrecError(
             f"ckpt_path {cfg.ckpt_path} was trained on classes {resume_state['class_names']} but dataset "

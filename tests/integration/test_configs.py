@@ -5,20 +5,48 @@ import torch
 from hydra.utils import instantiate
 
 from imgrec.callbacks import Callback
-from imgrec.config import instantiate_callbacks
+from imgrec.config import build, instantiate_callbacks
+from imgrec.data.mnist import DEBIAN_FASHION_MNIST
 from imgrec.data.splits import Splits
+from imgrec.errors import ImgrecError
 from imgrec.train import train
 from tests.conftest import config_names
 
 
+NEEDS_DOWNLOADED_FILES = {"mnist", "kmnist", "cifar10", "cifar100", "svhn"}
+
+
+def dataset_overrides(name: str, tmp_path) -> list[str]:
+    """Point file-based datasets at fixtures this test makes (or at an empty folder, to see the error)."""
+    from tests.integration.test_datasets import make_folder, write_csv
+
+    if name == "image_folder":
+        return [f"dataset.root={make_folder(tmp_path / 'images', per_class=6)}", "dataset.image_size=8"]
+    if name == "csv":
+        make_folder(tmp_path / "img", per_class=6, classes=("ok", "defect"))
+        rows = [(f"img/{c}/{i}.png", c) for c in ("ok", "defect") for i in range(6)]
+        return [f"dataset.file={write_csv(tmp_path / 'labels.csv', rows, header='path,label')}", "dataset.image_size=8"]
+    if name in NEEDS_DOWNLOADED_FILES:
+        return [f"dataset.root={tmp_path / 'empty'}"]
+    if name == "fashion_mnist" and not DEBIAN_FASHION_MNIST.is_dir():
+        pytest.skip("apt-get install dataset-fashion-mnist (.ci/run installs it)")
+    return []
+
+
 @pytest.mark.parametrize("name", config_names("dataset"))
-def test_every_dataset_config_builds_splits(compose_cfg, name):
-    cfg = compose_cfg(f"dataset={name}")
-    splits = instantiate(cfg.dataset)
+def test_every_dataset_config_builds_splits(compose_cfg, name, tmp_path):
+    cfg = compose_cfg(f"dataset={name}", *dataset_overrides(name, tmp_path))
+    if name in NEEDS_DOWNLOADED_FILES:  # nothing can be downloaded here: the error must say how to get them
+        with pytest.raises(ImgrecError, match=r"dataset.download=true \(needs internet\)"):
+            build(cfg.dataset)
+        return
+    splits = build(cfg.dataset)
     assert isinstance(splits, Splits)
-    assert len(splits.class_names) == cfg.dataset.num_classes
+    if cfg.dataset.num_classes is not None:
+        assert len(splits.class_names) == cfg.dataset.num_classes
     assert splits.train.images.shape[1:] == (cfg.dataset.channels, cfg.dataset.image_size, cfg.dataset.image_size)
     assert len(splits.mean) == len(splits.std) == cfg.dataset.channels
+    assert min(len(splits.train), len(splits.val), len(splits.test)) > 0
 
 
 @pytest.mark.parametrize("name", config_names("model"))

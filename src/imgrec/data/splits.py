@@ -1,6 +1,6 @@
 """Image tensors, the train/val/test split of them, and the normalisation stats that go with it."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -30,6 +30,7 @@ class Splits:
     class_names: list[str]
     mean: list[float]  # per channel, in [0, 1] units; the model sees (x/255 - mean) / std
     std: list[float]
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason) left out by on_bad_image=skip
 
     @property
     def channels(self) -> int:
@@ -98,6 +99,55 @@ def normalization_stats(
     return computed_mean.tolist(), computed_std.tolist()
 
 
+TRAIN, VAL, TEST = 0, 1, 2
+
+
+def carve(indices: np.ndarray, labels: np.ndarray, fraction: float, seed: int, name: str):
+    """Split `indices` into (rest, carved) with `fraction` of them carved off, stratified by label."""
+    if not 0.0 < fraction < 1.0:
+        raise ImgrecError(f"dataset.{name}={fraction} must be between 0 and 1 (exclusive), e.g. 0.15")
+    try:
+        rest, carved = train_test_split(indices, test_size=fraction, stratify=labels[indices], random_state=seed)
+    except ValueError as error:
+        raise ImgrecError(
+            f"cannot carve dataset.{name}={fraction} out of {len(indices)} training images stratified: {error}. "
+            "Add images to the smallest classes or provide that split as its own folder."
+        ) from error
+    return np.sort(rest), np.sort(carved)
+
+
+def splits_from_assignment(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    class_names: list[str],
+    assignment: np.ndarray,
+    val_fraction: float,
+    test_fraction: float,
+    split_seed: int,
+    normalize: str,
+    mean=None,
+    std=None,
+    skipped=(),
+) -> Splits:
+    """Splits given per image (TRAIN/VAL/TEST); a split with no images is carved out of train, stratified."""
+    label_array = labels.numpy()
+    train_idx = np.flatnonzero(assignment == TRAIN)
+    if len(train_idx) == 0:
+        raise ImgrecError("no training images: the train split is empty")
+    val_idx, test_idx = np.flatnonzero(assignment == VAL), np.flatnonzero(assignment == TEST)
+    if len(val_idx) == 0 and len(test_idx) == 0:  # one pool: fractions are of the whole
+        train, val, test = stratified_split(label_array[train_idx], val_fraction, test_fraction, split_seed)
+        train_idx, val_idx, test_idx = train_idx[train], train_idx[val], train_idx[test]
+    elif len(test_idx) == 0:  # fractions are of the train folder
+        train_idx, test_idx = carve(train_idx, label_array, test_fraction, split_seed, "test_fraction")
+    elif len(val_idx) == 0:
+        train_idx, val_idx = carve(train_idx, label_array, val_fraction, split_seed, "val_fraction")
+    part = lambda idx: ImageTensors(images[idx].contiguous(), labels[idx].contiguous())  # noqa: E731
+    train = part(train_idx)
+    mean, std = normalization_stats(train.images, normalize, mean, std)
+    return Splits(train, part(val_idx), part(test_idx), list(class_names), mean, std, list(skipped))
+
+
 def make_splits(
     images: torch.Tensor,
     labels: torch.Tensor,
@@ -109,9 +159,8 @@ def make_splits(
     mean=None,
     std=None,
 ) -> Splits:
-    """Split one labelled image tensor three ways and fix the normalisation from the train part."""
-    train_idx, val_idx, test_idx = stratified_split(labels.numpy(), val_fraction, test_fraction, split_seed)
-    part = lambda idx: ImageTensors(images[idx].contiguous(), labels[idx].contiguous())  # noqa: E731
-    train = part(train_idx)
-    mean, std = normalization_stats(train.images, normalize, mean, std)
-    return Splits(train, part(val_idx), part(test_idx), list(class_names), mean, std)
+    """Split one labelled image tensor three ways, stratified, and fix the normalisation from the train part."""
+    everything_train = np.full(len(labels), TRAIN)
+    return splits_from_assignment(
+        images, labels, class_names, everything_train, val_fraction, test_fraction, split_seed, normalize, mean, std
+    )

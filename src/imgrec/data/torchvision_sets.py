@@ -1,0 +1,78 @@
+"""CIFAR-10, CIFAR-100 and SVHN through torchvision's readers, held in memory as uint8 tensors."""
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from imgrec.data.splits import TEST, TRAIN, Splits, splits_from_assignment
+from imgrec.errors import ImgrecError
+
+# name -> (torchvision class, files torchvision expects under root)
+DATASETS = {
+    "cifar10": ("CIFAR10", "cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta}"),
+    "cifar100": ("CIFAR100", "cifar-100-python/{train, test, meta}"),
+    "svhn": ("SVHN", "train_32x32.mat and test_32x32.mat"),
+}
+
+
+def _read(name: str, root: Path, train: bool, download: bool):
+    import torchvision.datasets
+
+    class_name, expected = DATASETS[name]
+    dataset_class = getattr(torchvision.datasets, class_name)
+    try:
+        if name == "svhn":
+            dataset = dataset_class(root=str(root), split="train" if train else "test", download=download)
+            return dataset.data, np.asarray(dataset.labels), [str(d) for d in range(10)]
+        dataset = dataset_class(root=str(root), train=train, download=download)
+    except RuntimeError as error:  # torchvision: "Dataset not found or corrupted"
+        raise ImgrecError(
+            f"dataset {name}: its files are missing or corrupt under {root} ({error}). Expected {expected} there. "
+            f"Get them with dataset.download=true (needs internet), or copy them into {root} "
+            "(set dataset.root to use another folder)"
+        ) from error
+    images = np.ascontiguousarray(dataset.data.transpose(0, 3, 1, 2))  # NHWC -> NCHW
+    return images, np.asarray(dataset.targets), list(dataset.classes)
+
+
+def torchvision_dataset(
+    name: str,
+    root: str | None = None,
+    data_dir: str = "data",
+    download: bool = False,
+    image_size: int = 32,
+    channels: int = 3,
+    num_classes: int | None = None,
+    val_fraction: float = 0.1,
+    test_fraction: float | None = None,
+    split_seed: int = 0,
+    normalize: str = "standardize",
+    mean=None,
+    std=None,
+) -> Splits:
+    """The official train/test split; validation is carved out of train, stratified by class."""
+    if name not in DATASETS:
+        raise ImgrecError(f"dataset.name={name!r} is not one of {', '.join(DATASETS)}")
+    if test_fraction is not None:
+        raise ImgrecError(f"{name} has an official test split; leave dataset.test_fraction=null")
+    if channels not in (1, 3):
+        raise ImgrecError(f"dataset.channels={channels} must be 1 or 3")
+    root_path = Path(root).expanduser() if root else Path(data_dir) / name
+    train_images, train_labels, class_names = _read(name, root_path, True, download)
+    test_images, test_labels, _ = _read(name, root_path, False, download)
+    if num_classes is not None and num_classes != len(class_names):
+        raise ImgrecError(f"dataset.num_classes={num_classes} but {name} has {len(class_names)} classes")
+    images = torch.from_numpy(np.concatenate([train_images, test_images]))
+    if channels == 1:  # ITU-R 601 luma, as Pillow's convert("L")
+        weights = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+        images = (images.float() * weights).sum(dim=1, keepdim=True).round().to(torch.uint8)
+    if image_size != images.shape[-1]:
+        images = F.interpolate(images.float(), size=(image_size, image_size), mode="bilinear", antialias=True)
+        images = images.round().clamp(0, 255).to(torch.uint8)
+    labels = torch.from_numpy(np.concatenate([train_labels, test_labels]).astype(np.int64))
+    assignment = np.concatenate([np.full(len(train_labels), TRAIN), np.full(len(test_labels), TEST)])
+    return splits_from_assignment(
+        images, labels, class_names, assignment, val_fraction, 0.0, split_seed, normalize, mean, std
+    )
