@@ -18,6 +18,7 @@ log = logging.getLogger("imgrec")
 def train(cfg: DictConfig) -> dict:
     """Fit and test as `cfg` says. Returns the last epoch's metrics, the best score and the test report."""
     from imgrec.checkpoint import load_checkpoint
+    from imgrec.data.augment import build_augment
     from imgrec.reporting import record_dataset
     from imgrec.seeding import seed_everything
     from imgrec.trainer import check_trainer_settings, resolve_device
@@ -58,8 +59,11 @@ def train(cfg: DictConfig) -> dict:
         model=model, optimizer=build(cfg.optimizer)(model.parameters()), scheduler=build(cfg.scheduler),
         callbacks=callbacks, logger=logger, checkpoint_extras=extras,
     )
+    augment = build_augment(cfg.get("augment"))  # training batches only; evaluation sees plain images
     loaders = {
-        split: trainer.make_loader(getattr(splits, split), splits.mean, splits.std, train=split == "train", seed=cfg.seed)
+        split: trainer.make_loader(
+            getattr(splits, split), splits.mean, splits.std, train=split == "train", seed=cfg.seed, augment=augment
+        )
         for split in ("train", "val", "test")
     }
 

@@ -93,11 +93,11 @@ class Trainer:
     def metric_names(self) -> list[str]:
         return logged_metric_names()
 
-    def make_loader(self, data, mean: list[float], std: list[float], train: bool, seed: int = 0) -> InMemoryLoader:
-        """A loader with this trainer's batch sizes, device and batch limit; shuffled when `train`."""
+    def make_loader(self, data, mean: list[float], std: list[float], train: bool, seed: int = 0, augment=None):
+        """A loader with this trainer's batch sizes, device and batch limit; shuffled and augmented when `train`."""
         return InMemoryLoader(
             data, self.batch_size if train else self.eval_batch_size, mean, std, self.device,
-            shuffle=train, seed=seed, limit_batches=self.limit_batches,
+            shuffle=train, seed=seed, limit_batches=self.limit_batches, augment=augment if train else None,
         )
 
     # ---- the loop -------------------------------------------------------------------------------

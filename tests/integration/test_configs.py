@@ -85,9 +85,22 @@ def test_every_logger_config_builds_and_writes(compose_cfg, name, tmp_path):
     assert any((tmp_path / "run").rglob("events.out.tfevents.*"))
 
 
+@pytest.mark.parametrize("channels", [1, 3])
 @pytest.mark.parametrize("name", config_names("augment"))
-def test_every_augment_config_composes(compose_cfg, name):
-    assert "transforms" in compose_cfg(f"augment={name}").augment
+def test_every_augment_config_builds_and_keeps_shape_and_range(compose_cfg, name, channels):
+    from imgrec.data.augment import build_augment
+
+    augment = build_augment(compose_cfg(f"augment={name}").augment)
+    if name == "none":
+        assert augment is None
+        return
+    images = torch.randint(0, 256, (6, channels, 20, 20), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(1)
+    out = augment(images)
+    assert out.shape == images.shape
+    assert out.dtype in (torch.uint8, torch.float32) and out.min() >= 0 and out.max() <= 255
+    torch.manual_seed(1)
+    assert torch.equal(augment(images), out)  # the same seed gives the same augmented batch
 
 
 @pytest.mark.parametrize("name", config_names("experiment"))

@@ -5,8 +5,8 @@ import torch
 from imgrec.checkpoint import load_checkpoint
 from imgrec.train import train
 
-# dropout on, shuffling on: a resume that lost any RNG or data-order state would diverge
-FAKE_RUN = ["dataset=fake", "scheduler=none", "model.dropout=0.5", "callbacks.early_stopping.patience=50"]
+# dropout, shuffling and augmentation on: a resume that lost any RNG or data-order state would diverge
+FAKE_RUN = ["dataset=fake", "scheduler=none", "model.dropout=0.5", "callbacks.early_stopping.patience=50", "augment=classic"]
 
 
 def assert_same_tensors(a, b, path=""):

@@ -53,3 +53,17 @@ def test_multirun_puts_each_job_in_its_own_dir(tmp_path):
     assert jobs == ["0", "1"]
     for job in jobs:
         assert (sweep_dir / job / "checkpoints" / "best.pt").is_file()
+
+
+def test_show_augment_writes_a_grid_of_originals_and_augmented_copies(tmp_path):
+    from PIL import Image
+
+    tool = str(Path(sys.executable).parent / "imgrec-show-augment")
+    result = subprocess.run([tool, "dataset=fake", "augment=classic", "num_images=3", "repeats=4"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    [run_dir] = (tmp_path / "outputs" / "show_augment" / "runs").iterdir()
+    grid = Image.open(run_dir / "augment_grid.png")
+    # 3 rows x (1 original + 4 copies) of 16 px images, 2 px padding around each
+    assert grid.size == (5 * 18 + 2, 3 * 18 + 2)
+    assert any((run_dir / "tensorboard").glob("events.out.tfevents.*"))

@@ -1,0 +1,67 @@
+"""imgrec-show-augment: a grid of augmented training images, as a PNG and in TensorBoard."""
+
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from imgrec.config import CONFIG_DIR, build
+from imgrec.errors import ImgrecError
+
+log = logging.getLogger("imgrec")
+
+
+def augment_grid(images, augment, repeats: int):
+    """uint8 (N*(repeats+1), C, H, W): each image followed by `repeats` augmented versions of it."""
+    import torch
+
+    versions = [images] + [augment(images) if augment else images for _ in range(repeats)]
+    stacked = torch.stack([v.float().round().clamp(0, 255).to(torch.uint8) for v in versions], dim=1)
+    return stacked.flatten(0, 1)
+
+
+def show_augment(cfg: DictConfig) -> Path:
+    import torch
+    from PIL import Image
+    from torchvision.utils import make_grid
+
+    from imgrec.data.augment import build_augment
+    from imgrec.seeding import seed_everything
+
+    for key in ("num_images", "repeats"):
+        if not isinstance(cfg[key], int) or cfg[key] < 1:
+            raise ImgrecError(f"{key}={cfg[key]!r} must be a whole number >= 1")
+    seed_everything(cfg.seed)
+    augment = build_augment(cfg.augment)
+    splits = build(cfg.dataset)
+    images = splits.train.images[: cfg.num_images]
+    grid = make_grid(augment_grid(images, augment, cfg.repeats), nrow=cfg.repeats + 1, padding=2, pad_value=128)
+    run_dir = Path(cfg.paths.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / "augment_grid.png"
+    pixels = grid.permute(1, 2, 0).numpy()
+    Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).save(path)
+    if cfg.get("logger"):
+        from torch.utils.tensorboard import SummaryWriter
+
+        with SummaryWriter(str(run_dir / "tensorboard")) as writer:
+            writer.add_image("augment/grid", grid, global_step=0)
+    log.info(f"augmented images ({'none' if augment is None else len(augment.transforms)} transforms): {path.resolve()}")
+    if augment is None:
+        log.warning("augment lists no transforms: every column shows the original")
+    return path
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="show_augment")
+def main(cfg: DictConfig) -> None:
+    try:
+        show_augment(cfg)
+    except ImgrecError as error:
+        log.error(f"error: {error}")
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
