@@ -90,11 +90,13 @@ def test_every_logger_config_builds_and_writes(compose_cfg, name, tmp_path):
 def test_every_augment_config_builds_and_keeps_shape_and_range(compose_cfg, name, channels):
     from imgrec.data.augment import build_augment
 
-    augment = build_augment(compose_cfg(f"augment={name}").augment)
+    cfg = compose_cfg(f"augment={name}", "dataset=fake")
+    augment = build_augment(cfg.augment)
     if name == "none":
         assert augment is None
         return
-    images = torch.randint(0, 256, (6, channels, 20, 20), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    size = cfg.dataset.image_size
+    images = torch.randint(0, 256, (6, channels, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     torch.manual_seed(1)
     out = augment(images)
     assert out.shape == images.shape

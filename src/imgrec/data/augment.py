@@ -147,12 +147,33 @@ class RandomErasing:
         return torch.where(box, torch.full_like(images, self.value), images)
 
 
+BACKENDS = ("batch", "albumentations", "torchvision")
+
+
 def build_augment(augment_cfg):
-    """The `augment` config group as one callable, or None when it lists no transforms."""
+    """The `augment` config group as one callable, or None when it lists no transforms.
+
+    backend: batch (imgrec.data transforms on whole batches, the default), albumentations or
+    torchvision (each library's transforms, applied image by image).
+    """
     from imgrec.config import build
 
-    transforms = [build(t) for t in (augment_cfg or {}).get("transforms") or []]
+    augment_cfg = augment_cfg or {}
+    backend = augment_cfg.get("backend", "batch")
+    if backend not in BACKENDS:
+        raise ImgrecError(f"augment.backend={backend!r} must be one of {', '.join(BACKENDS)}")
+    transforms = [build(t) for t in augment_cfg.get("transforms") or []]
+    if not transforms:
+        return None
+    if backend == "albumentations":
+        from imgrec.data.backends import Albumentations
+
+        return Compose([Albumentations(transforms)])
+    if backend == "torchvision":
+        from imgrec.data.backends import Torchvision
+
+        return Compose([Torchvision(transforms)])
     for index, transform in enumerate(transforms):
         if not callable(transform):
             raise ImgrecError(f"augment.transforms[{index}] builds a {type(transform).__name__}, which is not callable")
-    return Compose(transforms) if transforms else None
+    return Compose(transforms)
