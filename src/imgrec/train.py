@@ -27,7 +27,8 @@ def train(cfg: DictConfig) -> dict:
     check_top_level(cfg)
     settings = cfg.trainer
     check_trainer_settings(
-        settings.max_epochs, settings.batch_size, settings.eval_batch_size, settings.limit_batches, settings.progress
+        settings.max_epochs, settings.batch_size, settings.eval_batch_size, settings.limit_batches, settings.progress,
+        settings.get("num_workers", "auto"),
     )
     device = resolve_device(settings.device)
     resume_state = load_checkpoint(cfg.ckpt_path) if cfg.ckpt_path else None
@@ -51,6 +52,7 @@ def train(cfg: DictConfig) -> dict:
     extras = {
         "config": OmegaConf.to_container(cfg, resolve=True),  # plain containers: safe to load back
         "class_names": splits.class_names,
+        "class_to_idx": {name: index for index, name in enumerate(splits.class_names)},
         "normalization": {"mean": splits.mean, "std": splits.std},
         "input_shape": [splits.channels, splits.image_size, splits.image_size],
     }

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from imgrec.callbacks import Callback
-from imgrec.data.loaders import InMemoryLoader
+from imgrec.data.loaders import make_loader
 from imgrec.errors import ImgrecError
 from imgrec.metrics import epoch_scores
 from imgrec.seeding import rng_state, set_rng_state
@@ -49,7 +49,7 @@ def resolve_device(device: str) -> torch.device:
     return resolved
 
 
-def check_trainer_settings(max_epochs, batch_size, eval_batch_size, limit_batches, progress) -> None:
+def check_trainer_settings(max_epochs, batch_size, eval_batch_size, limit_batches, progress, num_workers="auto") -> None:
     """Raise on settings that would fail or silently misbehave later; called before any data is loaded."""
     for name, value in (("max_epochs", max_epochs), ("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -58,6 +58,8 @@ def check_trainer_settings(max_epochs, batch_size, eval_batch_size, limit_batche
         raise ImgrecError(f"trainer.limit_batches={limit_batches!r} must be null (all batches) or a whole number >= 1")
     if progress not in ("auto", True, False):
         raise ImgrecError(f"trainer.progress={progress!r} must be auto, true or false")
+    if num_workers != "auto" and (not isinstance(num_workers, int) or num_workers < 0):
+        raise ImgrecError(f"trainer.num_workers={num_workers!r} must be auto or a whole number >= 0")
 
 
 class Trainer:
@@ -74,16 +76,17 @@ class Trainer:
         eval_batch_size: int = 512,
         limit_batches: int | None = None,
         progress: str | bool = "auto",
+        num_workers: int | str = "auto",
         checkpoint_extras: dict | None = None,
     ):
-        check_trainer_settings(max_epochs, batch_size, eval_batch_size, limit_batches, progress)
+        check_trainer_settings(max_epochs, batch_size, eval_batch_size, limit_batches, progress, num_workers)
         self.device = resolve_device(device)
         self.model = model.to(self.device)  # a no-op when train.py built it there (before the optimizer)
         self.optimizer, self.scheduler_factory, self.scheduler = optimizer, scheduler, None
         self.callbacks = dict(sorted((callbacks or {}).items(), key=lambda item: item[1].order))
         self.logger = logger
         self.max_epochs, self.batch_size, self.eval_batch_size = max_epochs, batch_size, eval_batch_size
-        self.limit_batches = limit_batches
+        self.limit_batches, self.num_workers = limit_batches, num_workers
         self.show_bar = progress is True or (progress == "auto" and sys.stderr.isatty())
         self.checkpoint_extras = checkpoint_extras or {}
         self.epoch, self.step, self.should_stop = 0, 0, False
@@ -94,10 +97,10 @@ class Trainer:
         return logged_metric_names()
 
     def make_loader(self, data, mean: list[float], std: list[float], train: bool, seed: int = 0, augment=None):
-        """A loader with this trainer's batch sizes, device and batch limit; shuffled and augmented when `train`."""
-        return InMemoryLoader(
-            data, self.batch_size if train else self.eval_batch_size, mean, std, self.device,
-            shuffle=train, seed=seed, limit_batches=self.limit_batches, augment=augment if train else None,
+        """A loader with this trainer's batch sizes, device, workers and batch limit; shuffled and augmented when `train`."""
+        return make_loader(
+            data, self.batch_size if train else self.eval_batch_size, mean, std, self.device, shuffle=train,
+            seed=seed, limit_batches=self.limit_batches, augment=augment if train else None, num_workers=self.num_workers,
         )
 
     # ---- the loop -------------------------------------------------------------------------------

@@ -175,3 +175,42 @@ def test_fashion_mnist_from_the_debian_package():
     assert splits.class_names[9] == "Ankle boot"
     test_labels = read_idx(DEBIAN_FASHION_MNIST / "t10k-labels-idx1-ubyte.gz")
     assert torch.equal(splits.test.labels, torch.from_numpy(test_labels.astype(np.int64)))
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_files_read_each_epoch_give_the_same_batches_as_the_in_memory_copy(tmp_path, workers):
+    from imgrec.data.files import FileSplit
+    from imgrec.data.loaders import make_loader
+
+    root = tmp_path / "pets"
+    for label, name in enumerate(("cat", "dog")):
+        for i in range(9):
+            noise = np.random.default_rng(10 * label + i).integers(0, 256, (14, 11, 3), dtype=np.uint8)
+            (root / name).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(noise).save(root / name / f"{i}.png")
+    in_memory = image_folder(str(root), image_size=8, val_fraction=0.2, test_fraction=0.2, in_memory=True)
+    from_disk = image_folder(str(root), image_size=8, val_fraction=0.2, test_fraction=0.2, in_memory=False)
+    assert isinstance(from_disk.train, FileSplit) and len(from_disk.train) == len(in_memory.train)
+    assert torch.equal(from_disk.train.labels, in_memory.train.labels)
+    assert from_disk.mean == pytest.approx(in_memory.mean, abs=1e-9)  # stats from per-file sums
+    assert from_disk.std == pytest.approx(in_memory.std, abs=1e-9)
+    loaders = [make_loader(s.train, 4, s.mean, s.std, torch.device("cpu"), shuffle=True, seed=1, num_workers=workers)
+               for s in (in_memory, from_disk)]
+    for epoch in range(2):
+        for loader in loaders:
+            loader.set_epoch(epoch)
+        for (x_mem, y_mem), (x_disk, y_disk) in zip(*loaders):
+            assert torch.equal(x_mem, x_disk) and torch.equal(y_mem, y_disk)
+
+
+def test_a_folder_read_from_disk_trains_and_skips_bad_files_before_training(tmp_path, compose_cfg):
+    root = make_folder(tmp_path / "pets")
+    (root / "dog" / "empty.png").write_bytes(b"")
+    overrides = ["dataset=image_folder", f"dataset.root={root}", "dataset.image_size=8", "dataset.in_memory=false"]
+    with pytest.raises(ImgrecError, match="empty.png' cannot be used: the file is empty"):
+        train(compose_cfg(*overrides, "trainer.max_epochs=1"))
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    result = train(compose_cfg(*overrides, "dataset.on_bad_image=skip", "trainer.max_epochs=2", "trainer.num_workers=1",
+                               "augment=basic"))
+    assert result["test"]["num_samples"] == 5  # 30 readable images, test_fraction 0.15 -> 5 (stratified)
+    assert (tmp_path / "run" / "skipped_images.txt").read_text().count("empty.png") == 1

@@ -41,6 +41,7 @@ def test_writes_last_and_best_checkpoints_with_what_resume_and_eval_need(finishe
     assert last["epoch"] == 2 and last["step"] == 2 * 2  # 80 train images in batches of 64: 2 steps an epoch
     assert set(last) >= {"model", "optimizer", "scheduler", "epoch", "step", "callbacks", "rng", "config", "class_names"}
     assert last["class_names"] == ["class_0", "class_1", "class_2", "class_3"]
+    assert last["class_to_idx"] == {"class_0": 0, "class_1": 1, "class_2": 2, "class_3": 3}
     assert last["config"]["dataset"]["_target_"] == "imgrec.data.datasets.fake"
     assert set(last["callbacks"]) == {"early_stopping", "model_checkpoint"}
     assert best["epoch"] == last["callbacks"]["model_checkpoint"]["best_epoch"]

@@ -1,21 +1,36 @@
-"""Datasets made of image files: decode them all once, in parallel, into one uint8 tensor."""
+"""Datasets made of image files: checked and decoded once, in parallel; held in memory when they fit."""
 
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from imgrec.data.images import BadImage, decode_image
-from imgrec.data.splits import Splits, splits_from_assignment
+from imgrec.data.splits import ImageTensors, Splits, assign_indices, normalization_stats
 from imgrec.errors import ImgrecError
 
 log = logging.getLogger("imgrec")
 ON_BAD_IMAGE_CHOICES = ("error", "skip")
-# decoded images may take at most this share of the machine's memory (they live in RAM or on the GPU)
+IN_MEMORY_CHOICES = ("auto", True, False)
+# decoded images may take at most this share of the free memory (they live in RAM or on the GPU)
 MAX_MEMORY_SHARE = 0.5
+
+
+@dataclass
+class FileSplit:
+    """A split read from its files batch by batch, for datasets too big to hold decoded."""
+
+    paths: list[Path]
+    labels: torch.Tensor
+    channels: int
+    image_size: int
+
+    def __len__(self) -> int:
+        return len(self.labels)
 
 
 def _available_memory_bytes() -> int | None:
@@ -25,23 +40,16 @@ def _available_memory_bytes() -> int | None:
         return None
 
 
-def check_fits_in_memory(count: int, channels: int, size: int) -> None:
-    needed = count * channels * size * size
+def fits_in_memory(count: int, channels: int, size: int) -> bool:
     available = _available_memory_bytes()
-    if available is not None and needed > MAX_MEMORY_SHARE * available:
-        raise ImgrecError(
-            f"{count} images at {channels}x{size}x{size} need {needed / 2**30:.1f} GiB decoded, more than half the "
-            f"{available / 2**30:.1f} GiB of free memory; lower dataset.image_size (imgrec keeps decoded images in memory)"
-        )
+    return available is None or count * channels * size * size <= MAX_MEMORY_SHARE * available
 
 
-def decode_files(
-    paths: list[Path], channels: int, size: int, on_bad_image: str
-) -> tuple[torch.Tensor, np.ndarray, list[tuple[str, str]]]:
-    """Decode every file. Returns images (N, C, size, size), the indices of `paths` kept, and the skipped files."""
+def decode_each(paths: list[Path], channels: int, size: int, on_bad_image: str, on_image) -> list[tuple[str, str]]:
+    """Call on_image(index, uint8 image) for every readable file, in order. A bad file raises an error
+    naming it (on_bad_image=error) or is left out (skip); returns the skipped (file, reason) pairs."""
     if on_bad_image not in ON_BAD_IMAGE_CHOICES:
         raise ImgrecError(f"dataset.on_bad_image={on_bad_image!r} must be 'error' or 'skip'")
-    check_fits_in_memory(len(paths), channels, size)
 
     def decode(path: Path):
         try:
@@ -49,14 +57,12 @@ def decode_files(
         except BadImage as problem:
             return None, str(problem)
 
-    images = torch.empty((len(paths), channels, size, size), dtype=torch.uint8)
-    kept, skipped = [], []
+    skipped = []
     # Pillow releases the GIL while decoding, so threads use every core without pickling images around
     with ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1)) as pool:
         for index, (path, (image, problem)) in enumerate(zip(paths, pool.map(decode, paths, chunksize=64))):
             if problem is None:
-                images[len(kept)] = image
-                kept.append(index)
+                on_image(index, image)
             elif on_bad_image == "error":
                 raise ImgrecError(
                     f"image '{path}' cannot be used: {problem}. Fix or remove it, or set dataset.on_bad_image=skip "
@@ -66,7 +72,34 @@ def decode_files(
                 skipped.append((str(path), problem))
     if skipped:
         log.warning(f"skipped {len(skipped)} unreadable image(s), e.g. {skipped[0][0]}: {skipped[0][1]}")
+    return skipped
+
+
+def _decode_into_memory(paths, channels, size, on_bad_image):
+    images = torch.empty((len(paths), channels, size, size), dtype=torch.uint8)
+    kept: list[int] = []
+
+    def keep(index, image):
+        images[len(kept)] = image
+        kept.append(index)
+
+    skipped = decode_each(paths, channels, size, on_bad_image, keep)
     return images[: len(kept)], np.asarray(kept, dtype=np.int64), skipped
+
+
+def _check_without_keeping(paths, channels, size, on_bad_image):
+    """Per-file pixel sums and sums of squares (float64, [0, 1] units), enough for the train split's stats."""
+    kept: list[int] = []
+    sums, squares = [], []
+
+    def measure(index, image):
+        pixels = image.to(torch.float64).flatten(1) / 255.0
+        kept.append(index)
+        sums.append(pixels.sum(dim=1))
+        squares.append((pixels * pixels).sum(dim=1))
+
+    skipped = decode_each(paths, channels, size, on_bad_image, measure)
+    return np.asarray(kept, dtype=np.int64), torch.stack(sums), torch.stack(squares), skipped
 
 
 def splits_from_files(
@@ -84,19 +117,46 @@ def splits_from_files(
     mean,
     std,
     on_bad_image: str,
+    in_memory="auto",
 ) -> Splits:
-    """Decode the files, drop the unreadable ones (on_bad_image=skip), then split."""
+    """Check every file (dropping unreadable ones with on_bad_image=skip), split, and fix the normalisation.
+
+    in_memory: true decodes everything into one uint8 tensor; false keeps only the file list and
+    decodes batches in DataLoader workers while training; auto picks true when the decoded images
+    take at most half the free memory.
+    """
     if channels not in (1, 3):
         raise ImgrecError(f"dataset.channels={channels} must be 1 (grayscale) or 3 (RGB)")
     if not isinstance(image_size, int) or image_size < 4:
         raise ImgrecError(f"dataset.image_size={image_size!r} must be a whole number of pixels >= 4")
-    images, kept, skipped = decode_files(paths, channels, image_size, on_bad_image)
+    if in_memory not in IN_MEMORY_CHOICES:
+        raise ImgrecError(f"dataset.in_memory={in_memory!r} must be auto, true or false")
+    if in_memory == "auto":
+        in_memory = fits_in_memory(len(paths), channels, image_size)
+        if not in_memory:
+            log.info(f"{len(paths)} images at {image_size}px do not fit in memory: reading them from disk each epoch")
+    if in_memory:
+        images, kept, skipped = _decode_into_memory(paths, channels, image_size, on_bad_image)
+    else:
+        kept, sums, squares, skipped = _check_without_keeping(paths, channels, image_size, on_bad_image)
     labels_kept = np.asarray(labels, dtype=np.int64)[kept]
     counts = np.bincount(labels_kept, minlength=len(class_names))
     if skipped and counts.min() == 0:
         empty = [name for name, count in zip(class_names, counts) if count == 0]
         raise ImgrecError(f"class(es) {empty} have no readable images: every file was skipped (see the warning above)")
-    return splits_from_assignment(
-        images, torch.from_numpy(labels_kept), class_names, np.asarray(assignment)[kept],
-        val_fraction, test_fraction, split_seed, normalize, mean, std, skipped,
-    )
+    parts = assign_indices(labels_kept, np.asarray(assignment)[kept], val_fraction, test_fraction, split_seed)
+    label_tensor = torch.from_numpy(labels_kept)
+    if in_memory:
+        train, val, test = (ImageTensors(images[idx].contiguous(), label_tensor[idx].contiguous()) for idx in parts)
+        mean, std = normalization_stats(train.images, normalize, mean, std)
+    else:
+        train, val, test = (FileSplit([paths[kept[i]] for i in idx], label_tensor[idx], channels, image_size) for idx in parts)
+
+        def measure():  # mean and std over every pixel of the train split, from the per-file sums
+            count = len(parts[0]) * image_size * image_size
+            pixel_mean = sums[parts[0]].sum(dim=0) / count
+            variance = squares[parts[0]].sum(dim=0) / count - pixel_mean**2
+            return pixel_mean.tolist(), variance.clamp_min(1e-12).sqrt().clamp_min(1e-6).tolist()
+
+        mean, std = normalization_stats(None, normalize, mean, std, channels=channels, measure=measure)
+    return Splits(train, val, test, list(class_names), mean, std, list(skipped))

@@ -58,6 +58,7 @@ def image_folder(
     mean=None,
     std=None,
     on_bad_image: str = "error",
+    in_memory="auto",
 ) -> Splits:
     """Images in class folders. With train/ (and optionally val/, test/) subfolders those are the splits;
     a missing val/ or test/ is carved out of train/ by its fraction. Otherwise all images are split
@@ -83,7 +84,7 @@ def image_folder(
     return splits_from_files(
         paths, labels, assignment, class_names, image_size=image_size, channels=channels,
         val_fraction=val_fraction, test_fraction=test_fraction, split_seed=split_seed,
-        normalize=normalize, mean=mean, std=std, on_bad_image=on_bad_image,
+        normalize=normalize, mean=mean, std=std, on_bad_image=on_bad_image, in_memory=in_memory,
     )
 
 
@@ -117,6 +118,7 @@ def csv_table(
     mean=None,
     std=None,
     on_bad_image: str = "error",
+    in_memory="auto",
 ) -> Splits:
     """A CSV with an image path and a label per row; paths are relative to `root` (default: the CSV's folder).
 
@@ -169,5 +171,5 @@ def csv_table(
     return splits_from_files(
         paths, labels, assignment, class_names, image_size=image_size, channels=channels,
         val_fraction=val_fraction, test_fraction=test_fraction, split_seed=split_seed,
-        normalize=normalize, mean=mean, std=std, on_bad_image=on_bad_image,
+        normalize=normalize, mean=mean, std=std, on_bad_image=on_bad_image, in_memory=in_memory,
     )

@@ -1,6 +1,11 @@
-"""Batches sliced from an in-memory uint8 tensor: no DataLoader, no per-sample Python."""
+"""Batch loaders: slices of an in-memory uint8 tensor, or files decoded by DataLoader workers.
+
+Both serve (seed, epoch)-ordered batches, move uint8 pixels to the device, augment them there
+(training only) and normalise them, so the rest of the loop cannot tell them apart.
+"""
 
 import math
+import os
 from collections.abc import Iterator
 
 import torch
@@ -8,59 +13,79 @@ import torch
 from imgrec.data.splits import ImageTensors
 
 
-class InMemoryLoader:
-    """Yields normalised float batches (x, y) on `device` from a split held as one uint8 tensor.
+class Preprocess:
+    """uint8 batch on the device -> augmented (optional) -> normalised float32."""
 
-    The shuffle order depends only on (seed, epoch), so an interrupted run that resumes at epoch k
-    sees exactly the batches the uninterrupted run saw, and no generator state needs saving.
-    """
-
-    def __init__(
-        self,
-        data: ImageTensors,
-        batch_size: int,
-        mean: list[float],
-        std: list[float],
-        device: torch.device,
-        shuffle: bool = False,
-        drop_last: bool = False,
-        seed: int = 0,
-        limit_batches: int | None = None,
-        augment=None,
-    ):
-        self.images = data.images.to(device)  # the whole split lives where the model does
-        self.labels = data.labels.to(device)
-        self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
-        self.seed, self.epoch, self.limit_batches = seed, 0, limit_batches
-        self.augment = augment
-        self.device = device
-        channels = self.images.shape[1]
-        # (x/255 - mean) / std folded into one multiply-add: x * scale + shift
+    def __init__(self, mean: list[float], std: list[float], device: torch.device, augment=None):
+        channels = len(mean)
         mean_t = torch.tensor(mean, dtype=torch.float32, device=device).view(1, channels, 1, 1)
         std_t = torch.tensor(std, dtype=torch.float32, device=device).view(1, channels, 1, 1)
-        self.scale = 1.0 / (255.0 * std_t)
-        self.shift = -mean_t / std_t
+        # (x/255 - mean) / std folded into one multiply-add: x * scale + shift
+        self.scale, self.shift, self.augment = 1.0 / (255.0 * std_t), -mean_t / std_t, augment
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        if self.augment is not None:
+            images = self.augment(images)
+        return torch.addcmul(self.shift, images.float(), self.scale)
+
+
+class EpochOrder:
+    """Which samples an epoch serves, in order: a permutation drawn from (seed, epoch) alone.
+
+    So an interrupted run that resumes at epoch k sees exactly the batches the uninterrupted run saw,
+    and no generator state needs saving.
+    """
+
+    def __init__(self, num_samples: int, batch_size: int, shuffle: bool, drop_last: bool, seed: int, limit_batches):
+        self.num_samples, self.batch_size, self.shuffle, self.drop_last = num_samples, batch_size, shuffle, drop_last
+        self.seed, self.epoch, self.limit_batches = seed, 0, limit_batches
+
+    def __len__(self) -> int:
+        if self.drop_last:
+            full = self.num_samples // self.batch_size
+        else:
+            full = math.ceil(self.num_samples / self.batch_size)
+        return min(full, self.limit_batches) if self.limit_batches else full
+
+    def order(self) -> torch.Tensor:
+        if not self.shuffle:
+            return torch.arange(self.num_samples)
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return torch.randperm(self.num_samples, generator=generator)
+
+    def __iter__(self) -> Iterator[list[int]]:  # a batch sampler for DataLoader
+        order = self.order().tolist()
+        for batch in range(len(self)):
+            yield order[batch * self.batch_size : (batch + 1) * self.batch_size]
+
+
+class InMemoryLoader:
+    """Yields normalised float batches (x, y) on `device` from a split held as one uint8 tensor."""
+
+    def __init__(self, data: ImageTensors, batch_size: int, mean, std, device: torch.device, shuffle: bool = False,
+                 drop_last: bool = False, seed: int = 0, limit_batches: int | None = None, augment=None):
+        self.images = data.images.to(device)  # the whole split lives where the model does
+        self.labels = data.labels.to(device)
+        self.sampler = EpochOrder(len(self.labels), batch_size, shuffle, drop_last, seed, limit_batches)
+        self.preprocess = Preprocess(mean, std, device, augment)
+        self.batch_size, self.device = batch_size, device
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self.sampler.epoch = epoch
 
     @property
     def num_samples(self) -> int:
         return len(self.labels)
 
     def __len__(self) -> int:
-        full = self.num_samples // self.batch_size if self.drop_last else math.ceil(self.num_samples / self.batch_size)
-        return min(full, self.limit_batches) if self.limit_batches else full
+        return len(self.sampler)
 
     def order(self) -> torch.Tensor:
         """Sample indices of this epoch, in the order they are served."""
-        if not self.shuffle:
-            return torch.arange(self.num_samples)
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return torch.randperm(self.num_samples, generator=generator)
+        return self.sampler.order()
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        order = self.order().to(self.device) if self.shuffle else None
+        order = self.sampler.order().to(self.device) if self.sampler.shuffle else None
         for batch in range(len(self)):
             start = batch * self.batch_size
             if order is None:  # contiguous slices are views: no gather
@@ -68,6 +93,21 @@ class InMemoryLoader:
             else:
                 index = order[start : start + self.batch_size]
                 images, labels = self.images[index], self.labels[index]
-            if self.augment is not None:
-                images = self.augment(images)
-            yield torch.addcmul(self.shift, images.float(), self.scale), labels
+            yield self.preprocess(images), labels
+
+
+def default_workers() -> int:
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
+
+
+def make_loader(data, batch_size: int, mean, std, device: torch.device, shuffle: bool = False, seed: int = 0,
+                limit_batches: int | None = None, augment=None, num_workers="auto"):
+    """The loader that fits how `data` is held: in memory, or as files read each epoch."""
+    if isinstance(data, ImageTensors):
+        return InMemoryLoader(data, batch_size, mean, std, device, shuffle=shuffle, seed=seed,
+                              limit_batches=limit_batches, augment=augment)
+    from imgrec.data.file_loader import FileLoader
+
+    workers = default_workers() if num_workers == "auto" else int(num_workers)
+    return FileLoader(data, batch_size, mean, std, device, shuffle=shuffle, seed=seed,
+                      limit_batches=limit_batches, augment=augment, num_workers=workers)

@@ -21,6 +21,14 @@ class ImageTensors:
     def __len__(self) -> int:
         return len(self.labels)
 
+    @property
+    def channels(self) -> int:
+        return self.images.shape[1]
+
+    @property
+    def image_size(self) -> int:
+        return self.images.shape[-1]
+
 
 @dataclass
 class Splits:
@@ -34,11 +42,11 @@ class Splits:
 
     @property
     def channels(self) -> int:
-        return self.train.images.shape[1]
+        return self.train.channels
 
     @property
     def image_size(self) -> int:
-        return self.train.images.shape[-1]
+        return self.train.image_size
 
     def class_counts(self, split: str = "train") -> list[int]:
         labels = getattr(self, split).labels
@@ -74,11 +82,22 @@ def stratified_split(
     return np.sort(train), np.sort(val), np.sort(test)
 
 
-def normalization_stats(
-    train_images: torch.Tensor, normalize: str, mean=None, std=None
-) -> tuple[list[float], list[float]]:
-    """Per-channel (mean, std) in [0, 1] units for the chosen normalisation."""
-    channels = train_images.shape[1]
+def pixel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of uint8 images (N, C, H, W), in [0, 1] units."""
+    channels = images.shape[1]
+    # float64 sums over uint8 are exact enough and need no second pass
+    pixels = images.transpose(0, 1).reshape(channels, -1).to(torch.float64) / 255.0
+    return pixels.mean(dim=1).tolist(), pixels.std(dim=1, unbiased=False).clamp_min(1e-6).tolist()
+
+
+def normalization_stats(train_images, normalize: str, mean=None, std=None, channels=None, measure=None):
+    """Per-channel (mean, std) in [0, 1] units for the chosen normalisation.
+
+    `train_images` (uint8 tensor) is measured for `standardize`; a split that is not in memory passes
+    `channels` and a `measure()` that returns the train split's (mean, std) instead.
+    """
+    if train_images is not None:
+        channels, measure = train_images.shape[1], lambda: pixel_stats(train_images)
     if normalize not in NORMALIZE_CHOICES:
         raise ImgrecError(f"dataset.normalize={normalize!r} is not one of {', '.join(NORMALIZE_CHOICES)}")
     if normalize == "unit":
@@ -92,11 +111,7 @@ def normalization_stats(
                 f"dataset.mean={mean} / dataset.std={std} must each have {channels} values with std > 0"
             )
         return mean, std
-    # float64 sums over uint8 are exact enough and need no second pass
-    pixels = train_images.transpose(0, 1).reshape(channels, -1).to(torch.float64) / 255.0
-    computed_mean = pixels.mean(dim=1)
-    computed_std = pixels.std(dim=1, unbiased=False).clamp_min(1e-6)
-    return computed_mean.tolist(), computed_std.tolist()
+    return measure()
 
 
 TRAIN, VAL, TEST = 0, 1, 2
@@ -130,22 +145,27 @@ def splits_from_assignment(
     skipped=(),
 ) -> Splits:
     """Splits given per image (TRAIN/VAL/TEST); a split with no images is carved out of train, stratified."""
-    label_array = labels.numpy()
+    train_idx, val_idx, test_idx = assign_indices(labels.numpy(), assignment, val_fraction, test_fraction, split_seed)
+    part = lambda idx: ImageTensors(images[idx].contiguous(), labels[idx].contiguous())  # noqa: E731
+    train = part(train_idx)
+    mean, std = normalization_stats(train.images, normalize, mean, std)
+    return Splits(train, part(val_idx), part(test_idx), list(class_names), mean, std, list(skipped))
+
+
+def assign_indices(labels: np.ndarray, assignment: np.ndarray, val_fraction: float, test_fraction: float, seed: int):
+    """Indices of train, val and test: as assigned, with any empty split carved out of train, stratified."""
     train_idx = np.flatnonzero(assignment == TRAIN)
     if len(train_idx) == 0:
         raise ImgrecError("no training images: the train split is empty")
     val_idx, test_idx = np.flatnonzero(assignment == VAL), np.flatnonzero(assignment == TEST)
     if len(val_idx) == 0 and len(test_idx) == 0:  # one pool: fractions are of the whole
-        train, val, test = stratified_split(label_array[train_idx], val_fraction, test_fraction, split_seed)
-        train_idx, val_idx, test_idx = train_idx[train], train_idx[val], train_idx[test]
-    elif len(test_idx) == 0:  # fractions are of the train folder
-        train_idx, test_idx = carve(train_idx, label_array, test_fraction, split_seed, "test_fraction")
+        train, val, test = stratified_split(labels[train_idx], val_fraction, test_fraction, seed)
+        return train_idx[train], train_idx[val], train_idx[test]
+    if len(test_idx) == 0:  # fractions are of the train folder
+        train_idx, test_idx = carve(train_idx, labels, test_fraction, seed, "test_fraction")
     elif len(val_idx) == 0:
-        train_idx, val_idx = carve(train_idx, label_array, val_fraction, split_seed, "val_fraction")
-    part = lambda idx: ImageTensors(images[idx].contiguous(), labels[idx].contiguous())  # noqa: E731
-    train = part(train_idx)
-    mean, std = normalization_stats(train.images, normalize, mean, std)
-    return Splits(train, part(val_idx), part(test_idx), list(class_names), mean, std, list(skipped))
+        train_idx, val_idx = carve(train_idx, labels, val_fraction, seed, "val_fraction")
+    return train_idx, val_idx, test_idx
 
 
 def make_splits(
