@@ -38,6 +38,7 @@ def train(cfg: DictConfig) -> dict:
     run_dir = Path(cfg.paths.output_dir)
     callbacks = instantiate_callbacks(cfg)
     guard_against_overwrite(callbacks, resumed=resume_state is not None)
+    augment = build_augment(cfg.get("augment"))  # training batches only; evaluation sees plain images
 
     seed_everything(cfg.seed)
     splits = build(cfg.dataset)
@@ -61,7 +62,6 @@ def train(cfg: DictConfig) -> dict:
         model=model, optimizer=build(cfg.optimizer)(model.parameters()), scheduler=build(cfg.scheduler),
         callbacks=callbacks, logger=logger, checkpoint_extras=extras,
     )
-    augment = build_augment(cfg.get("augment"))  # training batches only; evaluation sees plain images
     loaders = {
         split: trainer.make_loader(
             getattr(splits, split), splits.mean, splits.std, train=split == "train", seed=cfg.seed, augment=augment

@@ -30,6 +30,7 @@ def test_unknown_config_choice_lists_the_available_ones(compose_cfg):
         ("optimized_mode=maximize", "optimized_mode='maximize' must be 'min' or 'max'"),
         ("dataset.normalize=zscore", "dataset.normalize='zscore' is not one of"),
         ("model.activation=swish", "model.activation='swish' is not one of"),
+        ("augment.backend=opencv", "augment.backend='opencv' must be one of batch, albumentations, torchvision"),
     ],
 )
 def test_bad_value_raises_its_message_before_training(compose_cfg, tmp_path, override, message):

@@ -96,6 +96,10 @@ def test_folder_problems_are_named(tmp_path):
     (root / "empty_class").rmdir()
     with pytest.raises(ImgrecError, match=r"dataset.num_classes=2 but .* has 3 class folders \['cat', 'dog', 'fox'\]"):
         image_folder(str(root), num_classes=2)
+    with pytest.raises(ImgrecError, match="dataset.in_memory='maybe' must be auto, true or false"):
+        image_folder(str(root), in_memory="maybe")
+    with pytest.raises(ImgrecError, match="dataset.on_bad_image='ignore' must be 'error' or 'skip'"):
+        image_folder(str(root), on_bad_image="ignore")
 
 
 def test_a_class_whose_every_image_is_unreadable_is_an_error(tmp_path):
