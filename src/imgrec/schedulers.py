@@ -1,9 +1,12 @@
-"""Learning-rate schedules, all stepped once per optimizer step."""
+"""Learning-rate schedules. All are stepped once per optimizer step except `plateau`, which reacts
+to a validation metric at the end of each epoch; epoch-based ones convert epochs to steps."""
 
 import math
 
 from torch.optim import Optimizer
-from torch.optim.lr_scheduler import LambdaLR
+from torch.optim.lr_scheduler import LambdaLR, OneCycleLR, ReduceLROnPlateau
+
+from imgrec.errors import ImgrecError
 
 
 def constant(optimizer: Optimizer, steps_per_epoch: int, max_epochs: int) -> LambdaLR:
@@ -37,3 +40,42 @@ def warmup_cosine(
         return warmup_cosine_factor(step, warmup_steps, total_steps, min_lr_ratio)
 
     return LambdaLR(optimizer, factor)
+
+
+def step_decay(optimizer: Optimizer, steps_per_epoch: int, max_epochs: int, step_epochs: int = 10,
+               gamma: float = 0.1) -> LambdaLR:
+    """Multiply the lr by gamma every `step_epochs` epochs."""
+    if step_epochs < 1:
+        raise ImgrecError(f"scheduler.step_epochs={step_epochs} must be >= 1")
+    return LambdaLR(optimizer, lambda step: gamma ** (step // (step_epochs * steps_per_epoch)))
+
+
+def multistep(optimizer: Optimizer, steps_per_epoch: int, max_epochs: int, milestones=(10, 15),
+              gamma: float = 0.1) -> LambdaLR:
+    """Multiply the lr by gamma at each milestone epoch."""
+    boundaries = sorted(int(m) * steps_per_epoch for m in milestones)
+    return LambdaLR(optimizer, lambda step: gamma ** sum(step >= b for b in boundaries))
+
+
+def exponential(optimizer: Optimizer, steps_per_epoch: int, max_epochs: int, gamma: float = 0.9) -> LambdaLR:
+    """Multiply the lr by gamma after every epoch."""
+    return LambdaLR(optimizer, lambda step: gamma ** (step // steps_per_epoch))
+
+
+def onecycle(optimizer: Optimizer, steps_per_epoch: int, max_epochs: int, pct_start: float = 0.3,
+             div_factor: float = 25.0, final_div_factor: float = 1e4) -> OneCycleLR:
+    """Leslie Smith's one-cycle policy, peaking at the optimizer's lr; momentum cycles when the optimizer has one."""
+    defaults = optimizer.defaults
+    has_momentum = defaults.get("momentum", 0) > 0 or "betas" in defaults
+    return OneCycleLR(
+        optimizer, max_lr=[group["lr"] for group in optimizer.param_groups], total_steps=steps_per_epoch * max_epochs,
+        pct_start=pct_start, div_factor=div_factor, final_div_factor=final_div_factor, cycle_momentum=has_momentum,
+    )
+
+
+def plateau(optimizer: Optimizer, steps_per_epoch: int, max_epochs: int, monitor: str = "val/loss",
+            mode: str = "min", factor: float = 0.1, patience: int = 5, min_lr: float = 0.0) -> ReduceLROnPlateau:
+    """Multiply the lr by `factor` when `monitor` has not improved for `patience` epochs; stepped per epoch."""
+    scheduler = ReduceLROnPlateau(optimizer, mode=mode, factor=factor, patience=patience, min_lr=min_lr)
+    scheduler.monitor = monitor  # the trainer steps it at epoch end with this metric
+    return scheduler

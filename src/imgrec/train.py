@@ -19,6 +19,8 @@ def train(cfg: DictConfig) -> dict:
     """Fit and test as `cfg` says. Returns the last epoch's metrics, the best score and the test report."""
     from imgrec.checkpoint import load_checkpoint
     from imgrec.data.augment import build_augment
+    from imgrec.losses import build_loss
+    from imgrec.optim import build_optimizer
     from imgrec.reporting import record_dataset
     from imgrec.seeding import seed_everything
     from imgrec.trainer import check_trainer_settings, resolve_device
@@ -59,8 +61,9 @@ def train(cfg: DictConfig) -> dict:
     }
     # runtime objects go to the partial, not through instantiate, which would walk into `extras`
     trainer = build(cfg.trainer, _partial_=True)(
-        model=model, optimizer=build(cfg.optimizer)(model.parameters()), scheduler=build(cfg.scheduler),
+        model=model, optimizer=build_optimizer(cfg.optimizer, model), scheduler=build(cfg.scheduler),
         callbacks=callbacks, logger=logger, checkpoint_extras=extras,
+        loss=build_loss(**settings.get("loss", {}), class_counts=splits.class_counts("train")),
     )
     loaders = {
         split: trainer.make_loader(

@@ -1,6 +1,7 @@
 """The training loop: fit -> train_epoch -> train_step, evaluate, and the state a resume needs."""
 
 import logging
+import math
 import sys
 import time
 
@@ -11,6 +12,7 @@ from torch import nn
 from imgrec.callbacks import Callback
 from imgrec.data.loaders import make_loader
 from imgrec.errors import ImgrecError
+from imgrec.losses import build_loss
 from imgrec.metrics import epoch_scores
 from imgrec.seeding import rng_state, set_rng_state
 
@@ -18,6 +20,15 @@ log = logging.getLogger("imgrec")
 
 TRAIN_METRICS = ("train/loss", "train/acc", "train/lr")
 EVAL_METRICS = ("loss", "acc", "macro_precision", "macro_recall", "macro_f1")
+
+
+def step_scheduler(scheduler, metrics: dict[str, float] | None = None) -> None:
+    """Advance a schedule by one of its own steps: a `monitor`ing one (plateau) reads its metric."""
+    monitor = getattr(scheduler, "monitor", None)
+    if monitor is None:
+        scheduler.step()
+    else:
+        scheduler.step(metrics[monitor])
 
 
 def logged_metric_names() -> list[str]:
@@ -77,6 +88,9 @@ class Trainer:
         limit_batches: int | None = None,
         progress: str | bool = "auto",
         num_workers: int | str = "auto",
+        loss=None,  # a loss module, or the trainer.loss settings
+        grad_clip_norm: float | None = None,
+        accumulate_batches: int = 1,
         checkpoint_extras: dict | None = None,
     ):
         check_trainer_settings(max_epochs, batch_size, eval_batch_size, limit_batches, progress, num_workers)
@@ -87,6 +101,12 @@ class Trainer:
         self.logger = logger
         self.max_epochs, self.batch_size, self.eval_batch_size = max_epochs, batch_size, eval_batch_size
         self.limit_batches, self.num_workers = limit_batches, num_workers
+        self.criterion = loss if isinstance(loss, nn.Module) else build_loss(**(loss or {}))
+        if grad_clip_norm is not None and grad_clip_norm <= 0:
+            raise ImgrecError(f"trainer.grad_clip_norm={grad_clip_norm} must be null or > 0")
+        if not isinstance(accumulate_batches, int) or accumulate_batches < 1:
+            raise ImgrecError(f"trainer.accumulate_batches={accumulate_batches!r} must be a whole number >= 1")
+        self.grad_clip_norm, self.accumulate_batches = grad_clip_norm, accumulate_batches
         self.show_bar = progress is True or (progress == "auto" and sys.stderr.isatty())
         self.checkpoint_extras = checkpoint_extras or {}
         self.epoch, self.step, self.should_stop = 0, 0, False
@@ -107,9 +127,15 @@ class Trainer:
 
     def fit(self, train_loader, val_loader, resume_state: dict | None = None, resume_path=None) -> dict[str, float]:
         """Train until max_epochs or a callback stops it; `resume_state` (read from `resume_path`) continues a run."""
+        optimizer_steps_per_epoch = math.ceil(len(train_loader) / self.accumulate_batches)
         self.scheduler = self.scheduler_factory(
-            self.optimizer, steps_per_epoch=len(train_loader), max_epochs=self.max_epochs
+            self.optimizer, steps_per_epoch=optimizer_steps_per_epoch, max_epochs=self.max_epochs
         )
+        # a schedule that watches a metric moves once per epoch, every other one once per step
+        monitor = getattr(self.scheduler, "monitor", None)
+        self.schedule_per_step = monitor is None
+        if monitor is not None and monitor not in self.metric_names:
+            raise ImgrecError(f"scheduler.monitor={monitor!r} is not a logged metric; choose one of: {', '.join(self.metric_names)}")
         if resume_state is not None:
             self.load_state_dict(resume_state)
             self.resume_path = resume_path
@@ -119,6 +145,8 @@ class Trainer:
         while self.epoch < self.max_epochs and not self.should_stop:
             metrics = {**self.train_epoch(train_loader), **self.evaluate(val_loader, prefix="val")}
             self.epoch += 1
+            if not self.schedule_per_step:
+                step_scheduler(self.scheduler, metrics)
             self.log(metrics)
             self._emit("on_epoch_end", metrics)  # early stopping, then checkpointing
         self._emit("on_fit_end")
@@ -133,8 +161,11 @@ class Trainer:
         seen = 0
         bar = self._progress_bar(loader)
         last_refresh = time.monotonic()
-        for images, labels in loader:
-            loss, logits = self.train_step(images, labels)
+        last_batch = len(loader) - 1
+        for batch, (images, labels) in enumerate(loader):
+            # with accumulation, the optimizer steps every k batches and after the epoch's last one
+            update = (batch + 1) % self.accumulate_batches == 0 or batch == last_batch
+            loss, logits = self.train_step(images, labels, update=update)
             loss_sum += loss.detach() * len(labels)
             correct += (logits.argmax(dim=1) == labels).sum()
             seen += len(labels)
@@ -151,14 +182,19 @@ class Trainer:
             "train/lr": self.optimizer.param_groups[0]["lr"],
         }
 
-    def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor, update: bool = True):
+        """Forward and backward one batch; with `update`, also step the optimizer (and a per-step schedule)."""
         logits = self.model(images)
-        loss = F.cross_entropy(logits, labels)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        self.scheduler.step()
-        self.step += 1
+        loss = self.criterion(logits, labels)
+        (loss / self.accumulate_batches if self.accumulate_batches > 1 else loss).backward()
+        if update:
+            if self.grad_clip_norm is not None:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip_norm)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.schedule_per_step:
+                self.scheduler.step()
+            self.step += 1
         return loss, logits
 
     @torch.inference_mode()

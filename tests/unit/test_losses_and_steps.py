@@ -1,0 +1,69 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from imgrec.errors import ImgrecError
+from imgrec.losses import balanced_class_weights, build_loss
+from imgrec.schedulers import constant
+from imgrec.trainer import Trainer
+
+
+def test_auto_class_weights_make_every_class_count_equally():
+    weights = balanced_class_weights([10, 30, 60])
+    assert weights.tolist() == pytest.approx([100 / 30, 100 / 90, 100 / 180])
+    assert (weights * torch.tensor([10.0, 30, 60])).tolist() == pytest.approx([100 / 3] * 3)
+    with pytest.raises(ImgrecError, match=r"needs training images of every class; counts are \[4, 0\]"):
+        balanced_class_weights([4, 0])
+    with pytest.raises(ImgrecError, match="class_weights has 2 values but the dataset has 3 classes"):
+        build_loss(class_weights=[1, 2], class_counts=[1, 1, 1])
+
+
+def test_cross_entropy_options_match_torch():
+    logits, labels = torch.randn(16, 4, generator=torch.Generator().manual_seed(0)), torch.arange(16) % 4
+    assert build_loss()(logits, labels) == pytest.approx(F.cross_entropy(logits, labels).item())
+    smooth = build_loss(label_smoothing=0.1)(logits, labels)
+    assert smooth == pytest.approx(F.cross_entropy(logits, labels, label_smoothing=0.1).item())
+    weighted = build_loss(class_weights=[1, 2, 3, 4])(logits, labels)
+    assert weighted == pytest.approx(F.cross_entropy(logits, labels, weight=torch.tensor([1.0, 2, 3, 4])).item())
+
+
+def test_focal_loss_follows_its_formula():
+    logits, labels = torch.randn(16, 3, generator=torch.Generator().manual_seed(1)), torch.arange(16) % 3
+    p_true = logits.softmax(1)[torch.arange(16), labels]
+    expected = ((1 - p_true) ** 2 * -torch.log(p_true)).mean()
+    assert build_loss(focal_gamma=2.0)(logits, labels) == pytest.approx(expected.item(), rel=1e-5)
+    assert build_loss(focal_gamma=0.0)(logits, labels) == pytest.approx(F.cross_entropy(logits, labels).item())
+
+
+def make_trainer(accumulate_batches=1, grad_clip_norm=None, lr=0.1):
+    torch.manual_seed(0)
+    model = torch.nn.Linear(5, 3)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    trainer = Trainer(model, optimizer, scheduler=constant, device="cpu", progress=False,
+                      accumulate_batches=accumulate_batches, grad_clip_norm=grad_clip_norm)
+    trainer.scheduler, trainer.schedule_per_step = constant(optimizer, 1, 1), True
+    return trainer
+
+
+def test_two_accumulated_half_batches_equal_one_full_batch():
+    x, y = torch.randn(8, 5, generator=torch.Generator().manual_seed(2)), torch.arange(8) % 3
+    full = make_trainer()
+    full.train_step(x, y)
+    halves = make_trainer(accumulate_batches=2)
+    halves.train_step(x[:4], y[:4], update=False)
+    assert halves.step == 0  # no optimizer step yet
+    halves.train_step(x[4:], y[4:], update=True)
+    assert halves.step == 1
+    for a, b in zip(full.model.parameters(), halves.model.parameters()):
+        assert torch.allclose(a, b, atol=1e-7)
+
+
+def test_gradient_clipping_bounds_the_update():
+    x, y = torch.randn(8, 5) * 100, torch.arange(8) % 3
+    trainer = make_trainer(grad_clip_norm=0.5, lr=1.0)
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    trainer.train_step(x, y)
+    change = torch.cat([(p - b).flatten() for p, b in zip(trainer.model.parameters(), before)])
+    assert change.detach().norm().item() == pytest.approx(0.5, rel=1e-4)  # SGD, lr 1: the update is the clipped gradient
+    with pytest.raises(ImgrecError, match="trainer.grad_clip_norm=0 must be null or > 0"):
+        make_trainer(grad_clip_norm=0)
