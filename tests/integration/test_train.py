@@ -109,3 +109,17 @@ def test_classes_json_records_names_index_map_and_counts(finished_run):
     classes = json.loads((run_dir / "classes.json").read_text())
     assert classes["class_to_idx"] == {"class_0": 0, "class_1": 1, "class_2": 2, "class_3": 3}
     assert sum(classes["counts"]["train"]) == 80 and sum(classes["counts"]["test"]) == 40
+
+
+def test_a_linear_probe_on_a_torchvision_backbone_trains_only_the_head(compose_cfg, tmp_path):
+    from imgrec.models.backbones import torchvision_model
+
+    torch.save(torchvision_model("resnet18", 3, 10).state_dict(), tmp_path / "resnet18.pt")
+    cfg = compose_cfg("dataset=fake", "dataset.image_size=32", "model=resnet18", f"model.weights={tmp_path}/resnet18.pt",
+                      "model.freeze=backbone", "optimizer=sgd", "trainer.max_epochs=1", "trainer.limit_batches=2")
+    train(cfg)
+    trained = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["model"]
+    original = torch.load(tmp_path / "resnet18.pt", weights_only=True)
+    assert torch.equal(trained["model.layer4.1.conv2.weight"], original["layer4.1.conv2.weight"])
+    assert torch.equal(trained["model.bn1.running_mean"], original["bn1.running_mean"])
+    assert trained["model.fc.weight"].shape == (4, 512)
