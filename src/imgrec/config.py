@@ -40,7 +40,8 @@ def check_top_level(cfg: DictConfig) -> None:
 # what a resume cannot change: the network, and the kinds of optimizer, schedule and dataset.
 # model.in_channels/num_classes follow the dataset, whose class names train.py compares itself.
 RESUME_MUST_MATCH = (
-    "model.", "optimizer._target_", "optimizer.exempt_norm_and_bias", "scheduler._target_", "dataset._target_",
+    "model.", "optimizer._target_", "optimizer.exempt_norm_and_bias", "optimizer.backbone_lr_scale",
+    "scheduler._target_", "dataset._target_",
 )
 RESUME_FOLLOWS_DATASET = ("model.in_channels", "model.num_classes")
 # the optimizer's state carries its hyperparameters (lr, momentum, ...): on resume those win

@@ -67,3 +67,18 @@ def test_gradient_clipping_bounds_the_update():
     assert change.detach().norm().item() == pytest.approx(0.5, rel=1e-4)  # SGD, lr 1: the update is the clipped gradient
     with pytest.raises(ImgrecError, match="trainer.grad_clip_norm=0 must be null or > 0"):
         make_trainer(grad_clip_norm=0)
+
+
+def test_parameter_groups_split_head_backbone_and_decay():
+    from imgrec.models.small_cnn import SmallCNN
+    from imgrec.optim import parameter_groups
+
+    model = SmallCNN(1, 4, widths=[4], convs_per_stage=1, hidden=[])
+    groups = parameter_groups(model, lr=0.1, weight_decay=0.01, exempt_norm_and_bias=True, backbone_lr_scale=0.1)
+    head = model.classifier[-1]
+    by_role = {(round(g["lr"], 9), g["weight_decay"]): {id(p) for p in g["params"]} for g in groups}
+    assert by_role[(0.1, 0.01)] == {id(head.weight)} and by_role[(0.1, 0.0)] == {id(head.bias)}
+    conv, norm = model.features[0], model.features[1]
+    assert by_role[(0.01, 0.01)] == {id(conv.weight)}
+    assert by_role[(0.01, 0.0)] == {id(norm.weight), id(norm.bias)}
+    assert len(parameter_groups(model, 0.1, 0.01, exempt_norm_and_bias=False)) == 1
