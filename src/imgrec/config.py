@@ -41,7 +41,7 @@ def check_top_level(cfg: DictConfig) -> None:
 # model.in_channels/num_classes follow the dataset, whose class names train.py compares itself.
 RESUME_MUST_MATCH = (
     "model.", "optimizer._target_", "optimizer.exempt_norm_and_bias", "optimizer.backbone_lr_scale",
-    "scheduler._target_", "dataset._target_",
+    "scheduler._target_", "dataset._target_", "trainer.ema_decay",
 )
 RESUME_FOLLOWS_DATASET = ("model.in_channels", "model.num_classes")
 # the optimizer's state carries its hyperparameters (lr, momentum, ...): on resume those win

@@ -96,7 +96,7 @@ def score_best_on_test(trainer, checkpoint, test_loader, class_names: list[str],
     from imgrec.reporting import write_test_report
 
     if checkpoint is not None and checkpoint.best_path.is_file():
-        trainer.model.load_state_dict(load_checkpoint(checkpoint.best_path)["model"])
+        trainer.eval_model.load_state_dict(load_checkpoint(checkpoint.best_path)["model"])
         source = f"best.pt (epoch {checkpoint.best_epoch}, {checkpoint.monitor} {checkpoint.best_score:.4f})"
     else:
         source = "the final weights (no best.pt was written)"

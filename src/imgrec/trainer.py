@@ -91,6 +91,7 @@ class Trainer:
         loss=None,  # a loss module, or the trainer.loss settings
         grad_clip_norm: float | None = None,
         accumulate_batches: int = 1,
+        ema_decay: float | None = None,
         checkpoint_extras: dict | None = None,
     ):
         check_trainer_settings(max_epochs, batch_size, eval_batch_size, limit_batches, progress, num_workers)
@@ -107,10 +108,23 @@ class Trainer:
         if not isinstance(accumulate_batches, int) or accumulate_batches < 1:
             raise ImgrecError(f"trainer.accumulate_batches={accumulate_batches!r} must be a whole number >= 1")
         self.grad_clip_norm, self.accumulate_batches = grad_clip_norm, accumulate_batches
+        self.ema = None
+        if ema_decay is not None:
+            if not 0.0 < ema_decay < 1.0:
+                raise ImgrecError(f"trainer.ema_decay={ema_decay} must be null or between 0 and 1, e.g. 0.999")
+            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+            # batch-norm statistics are averaged too, so the EMA model evaluates with its own statistics
+            self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
         self.show_bar = progress is True or (progress == "auto" and sys.stderr.isatty())
         self.checkpoint_extras = checkpoint_extras or {}
         self.epoch, self.step, self.should_stop = 0, 0, False
         self.resume_path = None  # the checkpoint file fit() resumed from, if any
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """What is validated, tested and saved as `model`: the EMA of the weights when it is on."""
+        return self.ema.module if self.ema is not None else self.model
 
     @property
     def metric_names(self) -> list[str]:
@@ -192,6 +206,8 @@ class Trainer:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip_norm)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
+            if self.ema is not None:
+                self.ema.update_parameters(self.model)
             if self.schedule_per_step:
                 self.scheduler.step()
             self.step += 1
@@ -200,8 +216,8 @@ class Trainer:
     @torch.inference_mode()
     def predict(self, loader) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits and labels of every batch `loader` yields, on the CPU."""
-        self.model.eval()
-        outputs = [(self.model(images).float(), labels) for images, labels in loader]
+        model = self.eval_model.eval()
+        outputs = [(model(images).float(), labels) for images, labels in loader]
         logits = torch.cat([o[0] for o in outputs]).cpu()
         labels = torch.cat([o[1] for o in outputs]).cpu()
         return logits, labels
@@ -241,8 +257,10 @@ class Trainer:
 
     def checkpoint_state(self) -> dict:
         """Everything an exact resume needs, plus what evaluation needs to rebuild the model."""
+        ema = {} if self.ema is None else {"train_model": self.model.state_dict(), "ema_updates": self.ema.n_averaged}
         return {
-            "model": self.model.state_dict(),
+            "model": self.eval_model.state_dict(),  # the weights to evaluate and ship
+            **ema,  # with EMA on, the raw weights that training continues from
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "epoch": self.epoch,
@@ -254,7 +272,12 @@ class Trainer:
 
     def load_state_dict(self, state: dict) -> None:
         try:
-            self.model.load_state_dict(state["model"])
+            if self.ema is not None:
+                self.model.load_state_dict(state["train_model"])
+                self.ema.module.load_state_dict(state["model"])
+                self.ema.n_averaged.copy_(state["ema_updates"])
+            else:
+                self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
         except (RuntimeError, ValueError, KeyError) as error:
             raise ImgrecError(

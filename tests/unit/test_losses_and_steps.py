@@ -82,3 +82,22 @@ def test_parameter_groups_split_head_backbone_and_decay():
     assert by_role[(0.01, 0.01)] == {id(conv.weight)}
     assert by_role[(0.01, 0.0)] == {id(norm.weight), id(norm.bias)}
     assert len(parameter_groups(model, 0.1, 0.01, exempt_norm_and_bias=False)) == 1
+
+
+def test_ema_after_k_steps_matches_the_closed_form():
+    x, y = torch.randn(8, 5, generator=torch.Generator().manual_seed(4)), torch.arange(8) % 3
+    torch.manual_seed(0)
+    model = torch.nn.Linear(5, 3)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    trainer = Trainer(model, optimizer, scheduler=constant, device="cpu", progress=False, ema_decay=0.8)
+    trainer.scheduler, trainer.schedule_per_step = constant(optimizer, 1, 1), True
+    history = []
+    for _ in range(4):
+        trainer.train_step(x, y)
+        history.append(model.weight.detach().clone())
+    # the first update copies the weights; each later one keeps 0.8 of the average
+    expected = history[0]
+    for weights in history[1:]:
+        expected = 0.8 * expected + 0.2 * weights
+    assert torch.allclose(trainer.eval_model.weight, expected, atol=1e-6)
+    assert not torch.allclose(trainer.eval_model.weight, model.weight)
