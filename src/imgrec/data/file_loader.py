@@ -6,7 +6,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from imgrec.data.images import BadImage, decode_image
-from imgrec.data.loaders import EpochOrder, Preprocess
+from imgrec.data.loaders import EpochLoader, EpochOrder, Preprocess
 from imgrec.errors import ImgrecError
 
 
@@ -29,7 +29,7 @@ class DecodedFiles(Dataset):
         return image, self.split.labels[index]
 
 
-class FileLoader:
+class FileLoader(EpochLoader):
     """The same interface as InMemoryLoader, over files: (seed, epoch) order, augment, normalise."""
 
     def __init__(self, data, batch_size: int, mean, std, device: torch.device, shuffle: bool = False,
@@ -41,19 +41,6 @@ class FileLoader:
             DecodedFiles(data), batch_sampler=self.sampler, num_workers=num_workers,
             pin_memory=device.type == "cuda", persistent_workers=num_workers > 0,
         )
-
-    def set_epoch(self, epoch: int) -> None:
-        self.sampler.epoch = epoch
-
-    @property
-    def num_samples(self) -> int:
-        return len(self.data)
-
-    def __len__(self) -> int:
-        return len(self.sampler)
-
-    def order(self) -> torch.Tensor:
-        return self.sampler.order()
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for images, labels in self.loader:

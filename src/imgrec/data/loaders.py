@@ -59,7 +59,27 @@ class EpochOrder:
             yield order[batch * self.batch_size : (batch + 1) * self.batch_size]
 
 
-class InMemoryLoader:
+class EpochLoader:
+    """What every loader shares: an EpochOrder `sampler`, the epoch, and the sizes the trainer reads."""
+
+    sampler: EpochOrder
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.epoch = epoch
+
+    @property
+    def num_samples(self) -> int:
+        return self.sampler.num_samples
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def order(self) -> torch.Tensor:
+        """Sample indices of this epoch, in the order they are served."""
+        return self.sampler.order()
+
+
+class InMemoryLoader(EpochLoader):
     """Yields normalised float batches (x, y) on `device` from a split held as one uint8 tensor."""
 
     def __init__(self, data: ImageTensors, batch_size: int, mean, std, device: torch.device, shuffle: bool = False,
@@ -69,20 +89,6 @@ class InMemoryLoader:
         self.sampler = EpochOrder(len(self.labels), batch_size, shuffle, drop_last, seed, limit_batches)
         self.preprocess = Preprocess(mean, std, device, augment)
         self.batch_size, self.device = batch_size, device
-
-    def set_epoch(self, epoch: int) -> None:
-        self.sampler.epoch = epoch
-
-    @property
-    def num_samples(self) -> int:
-        return len(self.labels)
-
-    def __len__(self) -> int:
-        return len(self.sampler)
-
-    def order(self) -> torch.Tensor:
-        """Sample indices of this epoch, in the order they are served."""
-        return self.sampler.order()
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = self.sampler.order().to(self.device) if self.sampler.shuffle else None

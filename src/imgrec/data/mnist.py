@@ -4,10 +4,8 @@ import gzip
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
-from imgrec.data.splits import TEST, TRAIN, Splits, splits_from_assignment
+from imgrec.data.splits import Splits, official_splits
 from imgrec.errors import ImgrecError
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -96,6 +94,8 @@ def mnist_family(
         raise ImgrecError(f"dataset.num_classes={num_classes} but {name} has 10 classes; set dataset.num_classes=10")
     if test_fraction is not None:
         raise ImgrecError(f"{name} has an official test split; leave dataset.test_fraction=null")
+    if channels not in (1, 3):
+        raise ImgrecError(f"dataset.channels={channels} must be 1 or 3")
     root_path = Path(root).expanduser() if root else _default_root(name, data_dir)
     if download:
         import torchvision.datasets
@@ -105,13 +105,5 @@ def mnist_family(
             dataset_class(root=str(root_path), train=train, download=True)
     train_images, train_labels = load_idx_split(name, root_path, "train")
     test_images, test_labels = load_idx_split(name, root_path, "test")
-    images = torch.from_numpy(np.concatenate([train_images, test_images])).unsqueeze(1)
-    if image_size != images.shape[-1]:
-        images = F.interpolate(images.float(), size=(image_size, image_size), mode="bilinear", antialias=True)
-        images = images.round().clamp(0, 255).to(torch.uint8)
-    images = images.expand(-1, channels, -1, -1).contiguous() if channels != 1 else images.contiguous()
-    labels = torch.from_numpy(np.concatenate([train_labels, test_labels]))
-    assignment = np.concatenate([np.full(len(train_labels), TRAIN), np.full(len(test_labels), TEST)])
-    return splits_from_assignment(
-        images, labels, FAMILY[name][1], assignment, val_fraction, 0.0, split_seed, normalize, mean, std
-    )
+    return official_splits((train_images[:, None], train_labels), (test_images[:, None], test_labels), FAMILY[name][1],
+                           image_size, channels, val_fraction, split_seed, normalize, mean, std)

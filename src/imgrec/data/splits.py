@@ -184,3 +184,25 @@ def make_splits(
     return splits_from_assignment(
         images, labels, class_names, everything_train, val_fraction, test_fraction, split_seed, normalize, mean, std
     )
+
+
+def official_splits(train: tuple, test: tuple, class_names: list[str], image_size: int, channels: int,
+                    val_fraction: float, split_seed: int, normalize: str, mean=None, std=None) -> Splits:
+    """A dataset published as (images uint8 NCHW, labels) train and test parts: resized to image_size,
+    converted to `channels`, with validation carved out of train, stratified."""
+    import torch.nn.functional as F
+
+    images = torch.from_numpy(np.concatenate([np.asarray(train[0]), np.asarray(test[0])]))  # a writable copy
+    if channels == 1 and images.shape[1] == 3:  # ITU-R 601 luma, as Pillow's convert("L")
+        weights = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+        images = (images.float() * weights).sum(dim=1, keepdim=True).round().to(torch.uint8)
+    if image_size != images.shape[-1]:
+        images = F.interpolate(images.float(), size=(image_size, image_size), mode="bilinear", antialias=True)
+        images = images.round().clamp(0, 255).to(torch.uint8)
+    if channels == 3 and images.shape[1] == 1:
+        images = images.expand(-1, 3, -1, -1)
+    labels = torch.from_numpy(np.concatenate([train[1], test[1]]).astype(np.int64))
+    assignment = np.concatenate([np.full(len(train[1]), TRAIN), np.full(len(test[1]), TEST)])
+    return splits_from_assignment(
+        images.contiguous(), labels, class_names, assignment, val_fraction, 0.0, split_seed, normalize, mean, std
+    )

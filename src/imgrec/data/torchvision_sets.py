@@ -3,10 +3,8 @@
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
-from imgrec.data.splits import TEST, TRAIN, Splits, splits_from_assignment
+from imgrec.data.splits import Splits, official_splits
 from imgrec.errors import ImgrecError
 
 # name -> (torchvision class, files torchvision expects under root)
@@ -64,15 +62,5 @@ def torchvision_dataset(
     test_images, test_labels, _ = _read(name, root_path, False, download)
     if num_classes is not None and num_classes != len(class_names):
         raise ImgrecError(f"dataset.num_classes={num_classes} but {name} has {len(class_names)} classes")
-    images = torch.from_numpy(np.concatenate([train_images, test_images]))
-    if channels == 1:  # ITU-R 601 luma, as Pillow's convert("L")
-        weights = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
-        images = (images.float() * weights).sum(dim=1, keepdim=True).round().to(torch.uint8)
-    if image_size != images.shape[-1]:
-        images = F.interpolate(images.float(), size=(image_size, image_size), mode="bilinear", antialias=True)
-        images = images.round().clamp(0, 255).to(torch.uint8)
-    labels = torch.from_numpy(np.concatenate([train_labels, test_labels]).astype(np.int64))
-    assignment = np.concatenate([np.full(len(train_labels), TRAIN), np.full(len(test_labels), TEST)])
-    return splits_from_assignment(
-        images, labels, class_names, assignment, val_fraction, 0.0, split_seed, normalize, mean, std
-    )
+    return official_splits((train_images, train_labels), (test_images, test_labels), class_names, image_size,
+                           channels, val_fraction, split_seed, normalize, mean, std)
