@@ -5,8 +5,6 @@ from torch import nn
 
 from imgrec.errors import ImgrecError
 
-# keys of an optimizer config that imgrec reads itself; everything else goes to the torch class
-IMGREC_KEYS = ("exempt_norm_and_bias", "backbone_lr_scale")
 NORM_LAYERS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)
 
 
@@ -18,11 +16,11 @@ def parameter_groups(model: nn.Module, lr: float, weight_decay: float, exempt_no
     lr * backbone_lr_scale, the usual fine-tuning split. Decay pulls weights towards zero; on a bias or
     a norm layer's scale that only fights the normalisation, which is why recipes exempt them.
     """
-    from imgrec.models.backbones import _last_linear
+    from imgrec.models.backbones import last_linear
 
     if backbone_lr_scale <= 0:
         raise ImgrecError(f"optimizer.backbone_lr_scale={backbone_lr_scale} must be > 0 (freeze with model.freeze)")
-    head = set(id(p) for p in _last_linear(model)[2].parameters()) if backbone_lr_scale != 1.0 else set()
+    head = set(id(p) for p in last_linear(model)[2].parameters()) if backbone_lr_scale != 1.0 else set()
     groups: dict[tuple[bool, bool], list] = {}
     for module in model.modules():
         for name, parameter in module.named_parameters(recurse=False):
@@ -44,6 +42,7 @@ def build_optimizer(optimizer_cfg: DictConfig, model: nn.Module):
     from imgrec.config import build
 
     settings = OmegaConf.to_container(optimizer_cfg, resolve=True)
+    # imgrec reads these two keys itself; everything else goes to the torch.optim class
     exempt = bool(settings.pop("exempt_norm_and_bias", False))
     scale = float(settings.pop("backbone_lr_scale", 1.0))
     groups = parameter_groups(model, settings["lr"], settings.get("weight_decay", 0.0), exempt, scale)

@@ -21,7 +21,7 @@ def _first_conv(model: nn.Module) -> tuple[nn.Module, str, nn.Conv2d]:
     raise ImgrecError(f"{type(model).__name__} has no Conv2d layer to adapt")
 
 
-def _last_linear(model: nn.Module) -> tuple[nn.Module, str, nn.Linear]:
+def last_linear(model: nn.Module) -> tuple[nn.Module, str, nn.Linear]:
     found = None
     for name, module in model.named_modules():
         if isinstance(module, nn.Linear):
@@ -140,7 +140,7 @@ def torchvision_model(name: str, in_channels: int, num_classes: int, small_input
     model = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
     if weights:  # a head for another number of classes does not fit, so it keeps its fresh init
         load_weights(model, _resolve_weights(weights))
-    head = _last_linear(model)[2]
+    head = last_linear(model)[2]
     _replace_first_conv(model, in_channels, small_input)
     if small_input and hasattr(model, "maxpool"):
         model.maxpool = nn.Identity()  # the CIFAR ResNet stem: 3x3 conv, stride 1, no max-pool
