@@ -31,17 +31,33 @@ class ClassificationLoss(nn.Module):
         self.label_smoothing, self.focal_gamma = label_smoothing, focal_gamma
         self.register_buffer("weight", weight, persistent=False)
 
-    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """`targets`: class indices (N,), or class probabilities (N, classes) as mixup and CutMix make."""
         weight = None if self.weight is None else self.weight.to(logits.device, logits.dtype)
+        if targets.ndim == 2:
+            return self._soft(logits, targets, weight)
         if self.focal_gamma == 0:
-            return F.cross_entropy(logits, labels, weight=weight, label_smoothing=self.label_smoothing)
-        per_sample = F.cross_entropy(logits, labels, reduction="none", label_smoothing=self.label_smoothing)
-        p_true = logits.softmax(dim=1).gather(1, labels[:, None]).squeeze(1)
-        focal = (1 - p_true).pow(self.focal_gamma) * per_sample
+            return F.cross_entropy(logits, targets, weight=weight, label_smoothing=self.label_smoothing)
+        # one implementation of focal loss, so hard and mixed targets are weighted and smoothed alike
+        return self._soft(logits, F.one_hot(targets, logits.shape[1]).to(logits.dtype), weight)
+
+    def _soft(self, logits: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+        """The same loss against probability targets; with one-hot targets it equals the hard-label loss."""
+        smoothed = targets
+        if self.label_smoothing > 0:
+            smoothed = targets * (1 - self.label_smoothing) + self.label_smoothing / targets.shape[1]
+        log_probs = logits.float().log_softmax(dim=1)
+        per_class = -smoothed * log_probs
+        if weight is not None:
+            per_class = per_class * weight
+        per_sample = per_class.sum(dim=1)
+        if self.focal_gamma > 0:
+            p_true = (log_probs.exp() * targets).sum(dim=1)  # the probability given to the target mix
+            per_sample = (1 - p_true).clamp(min=0).pow(self.focal_gamma) * per_sample
         if weight is None:
-            return focal.mean()
-        sample_weight = weight[labels]
-        return (focal * sample_weight).sum() / sample_weight.sum()
+            return per_sample.mean()
+        # normalised by the (unsmoothed) targets' weight, as the hard-label weighted mean is
+        return per_sample.sum() / (targets * weight).sum()
 
 
 def build_loss(label_smoothing: float = 0.0, class_weights=None, focal_gamma: float = 0.0,

@@ -23,7 +23,7 @@ def train(cfg: DictConfig) -> dict:
     from imgrec.optim import build_optimizer
     from imgrec.reporting import record_dataset
     from imgrec.seeding import seed_everything
-    from imgrec.trainer import check_trainer_settings, resolve_device
+    from imgrec.trainer import check_trainer_settings, check_training_options, resolve_device
 
     # everything that can be checked cheaply is checked before data is loaded or a model is built
     check_top_level(cfg)
@@ -33,6 +33,7 @@ def train(cfg: DictConfig) -> dict:
         settings.get("num_workers", "auto"),
     )
     device = resolve_device(settings.device)
+    check_training_options(device, settings.get("precision", 32), settings.get("compile", False), settings.get("mixup"))
     resume_state = load_checkpoint(cfg.ckpt_path) if cfg.ckpt_path else None
     if resume_state is not None:
         for warning in check_resume_matches(resume_state["config"], cfg, cfg.ckpt_path):
@@ -51,6 +52,7 @@ def train(cfg: DictConfig) -> dict:
             f"has {splits.class_names}; resume with the dataset the checkpoint was trained on"
         )
     model = build(cfg.model, in_channels=splits.channels, num_classes=len(splits.class_names)).to(device)
+    check_model_fits(model, cfg.model, [splits.channels, splits.image_size, splits.image_size], device)
     logger = build(cfg.logger) if cfg.get("logger") else None
     extras = {
         "config": OmegaConf.to_container(cfg, resolve=True),  # plain containers: safe to load back
@@ -62,7 +64,7 @@ def train(cfg: DictConfig) -> dict:
     # runtime objects go to the partial, not through instantiate, which would walk into `extras`
     trainer = build(cfg.trainer, _partial_=True)(
         model=model, optimizer=build_optimizer(cfg.optimizer, model), scheduler=build(cfg.scheduler),
-        callbacks=callbacks, logger=logger, checkpoint_extras=extras,
+        callbacks=callbacks, logger=logger, checkpoint_extras=extras, num_classes=len(splits.class_names),
         loss=build_loss(**settings.get("loss", {}), class_counts=splits.class_counts("train")),
     )
     loaders = {
@@ -88,6 +90,29 @@ def train(cfg: DictConfig) -> dict:
         shown = log_dir if run_dir.resolve().is_relative_to(log_dir) else run_dir.resolve()
         log.info(f"see its curves with: tensorboard --logdir {shown}   (or: make tb)")
     return {"metrics": metrics, "best_score": best_score, "test": report}
+
+
+def check_model_fits(model, model_cfg: DictConfig, input_shape: list[int], device) -> None:
+    """One image through the model before training: a network that shrinks the image to nothing, or a
+    head of the wrong size, fails here with the sizes named instead of inside the first step."""
+    import torch
+
+    was_training = model.training
+    model.eval()  # batch norm in eval mode takes one image and leaves its running statistics alone
+    try:
+        with torch.no_grad():
+            logits = model(torch.zeros(1, *input_shape, device=device))
+    except RuntimeError as error:
+        raise ImgrecError(
+            f"model={model_cfg._target_.rsplit('.', 1)[-1]} cannot take {input_shape[1]}x{input_shape[2]} images with "
+            f"{input_shape[0]} channel(s): {str(error).splitlines()[0]}. Raise dataset.image_size, or use fewer "
+            "stages / stride 1 / padding same (small_cnn), or model.small_input=true (torchvision backbones)"
+        ) from error
+    finally:
+        model.train(was_training)
+    if logits.ndim != 2 or logits.shape[0] != 1:
+        raise ImgrecError(f"model={model_cfg._target_} returns shape {list(logits.shape)} for one image; "
+                          "a classifier must return (batch, num_classes) logits")
 
 
 def score_best_on_test(trainer, checkpoint, test_loader, class_names: list[str], run_dir: Path) -> dict:

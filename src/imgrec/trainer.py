@@ -1,6 +1,7 @@
 """The training loop: fit -> train_epoch -> train_step, evaluate, and the state a resume needs."""
 
 import logging
+from collections.abc import Mapping
 import math
 import sys
 import time
@@ -14,6 +15,8 @@ from imgrec.data.loaders import make_loader
 from imgrec.errors import ImgrecError
 from imgrec.losses import build_loss
 from imgrec.metrics import epoch_scores
+from imgrec.mixing import MixUpCutMix
+from imgrec.precision import autocast_dtype, make_grad_scaler
 from imgrec.seeding import rng_state, set_rng_state
 
 log = logging.getLogger("imgrec")
@@ -73,6 +76,28 @@ def check_trainer_settings(max_epochs, batch_size, eval_batch_size, limit_batche
         raise ImgrecError(f"trainer.num_workers={num_workers!r} must be auto or a whole number >= 0")
 
 
+def compiled(model: nn.Module, settings: bool | dict) -> nn.Module:
+    """`model` through torch.compile when `settings` is true or a dict of torch.compile arguments.
+    The compiled wrapper shares the model's parameters; checkpoints save the plain model's state dict."""
+    if settings is False or settings is None:
+        return model
+    if settings is True:
+        settings = {}
+    if not isinstance(settings, Mapping):
+        raise ImgrecError(f"trainer.compile={settings!r} must be true, false or a dict of torch.compile arguments, "
+                          "e.g. {mode: max-autotune}")
+    return torch.compile(model, **dict(settings))
+
+
+def check_training_options(device: torch.device, precision="32", compile=False, mixup=None) -> None:
+    """The Trainer's own checks of these options, run by train.py before any data is loaded."""
+    autocast_dtype(precision, device, warn=False)
+    if compile not in (True, False, None) and not isinstance(compile, Mapping):
+        compiled(nn.Identity(), compile)  # raises the message
+    if mixup:
+        MixUpCutMix(num_classes=2, **mixup)
+
+
 class Trainer:
     def __init__(
         self,
@@ -92,6 +117,11 @@ class Trainer:
         grad_clip_norm: float | None = None,
         accumulate_batches: int = 1,
         ema_decay: float | None = None,
+        precision: str | int = "32",
+        channels_last: bool = False,
+        compile: bool | dict = False,
+        mixup: dict | None = None,  # MixUpCutMix settings (they need num_classes)
+        num_classes: int | None = None,
         checkpoint_extras: dict | None = None,
     ):
         check_trainer_settings(max_epochs, batch_size, eval_batch_size, limit_batches, progress, num_workers)
@@ -108,6 +138,17 @@ class Trainer:
         if not isinstance(accumulate_batches, int) or accumulate_batches < 1:
             raise ImgrecError(f"trainer.accumulate_batches={accumulate_batches!r} must be a whole number >= 1")
         self.grad_clip_norm, self.accumulate_batches = grad_clip_norm, accumulate_batches
+        self.amp_dtype = autocast_dtype(precision, self.device)
+        self.scaler = make_grad_scaler(self.amp_dtype, self.device)
+        self.channels_last = bool(channels_last)
+        if self.channels_last:
+            # in place: the optimizer keeps pointing at the same parameters
+            self.model.to(memory_format=torch.channels_last)
+        self.mix = None
+        if mixup and (mixup.get("mixup_alpha", 0) or mixup.get("cutmix_alpha", 0)):
+            if num_classes is None:
+                raise ImgrecError("trainer.mixup needs the Trainer's num_classes")
+            self.mix = MixUpCutMix(num_classes=num_classes, **mixup)
         self.ema = None
         if ema_decay is not None:
             if not 0.0 < ema_decay < 1.0:
@@ -116,6 +157,8 @@ class Trainer:
 
             # batch-norm statistics are averaged too, so the EMA model evaluates with its own statistics
             self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
+        self.train_forward = compiled(self.model, compile)
+        self.eval_forward = self.train_forward if self.ema is None else compiled(self.ema.module, compile)
         self.show_bar = progress is True or (progress == "auto" and sys.stderr.isatty())
         self.checkpoint_extras = checkpoint_extras or {}
         self.epoch, self.step, self.should_stop = 0, 0, False
@@ -179,7 +222,13 @@ class Trainer:
         for batch, (images, labels) in enumerate(loader):
             # with accumulation, the optimizer steps every k batches and after the epoch's last one
             update = (batch + 1) % self.accumulate_batches == 0 or batch == last_batch
-            loss, logits = self.train_step(images, labels, update=update)
+            if self.mix is not None:
+                images, targets = self.mix(images, labels)
+                if targets.ndim == 2:  # a mixed batch: accuracy against each image's larger share
+                    labels = targets.argmax(dim=1)
+            else:
+                targets = labels
+            loss, logits = self.train_step(images, targets, update=update)
             loss_sum += loss.detach() * len(labels)
             correct += (logits.argmax(dim=1) == labels).sum()
             seen += len(labels)
@@ -196,28 +245,52 @@ class Trainer:
             "train/lr": self.optimizer.param_groups[0]["lr"],
         }
 
-    def train_step(self, images: torch.Tensor, labels: torch.Tensor, update: bool = True):
-        """Forward and backward one batch; with `update`, also step the optimizer (and a per-step schedule)."""
-        logits = self.model(images)
-        loss = self.criterion(logits, labels)
-        (loss / self.accumulate_batches if self.accumulate_batches > 1 else loss).backward()
+    def train_step(self, images: torch.Tensor, targets: torch.Tensor, update: bool = True):
+        """Forward and backward one batch; with `update`, also step the optimizer (and a per-step schedule).
+        `targets` are class indices, or class probabilities for a mixed batch."""
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            logits = self.train_forward(images)
+            loss = self.criterion(logits, targets)
+        scaled = loss / self.accumulate_batches if self.accumulate_batches > 1 else loss
+        (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
         if update:
-            if self.grad_clip_norm is not None:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip_norm)
-            self.optimizer.step()
+            if self.optimizer_step():
+                if self.ema is not None:
+                    self.ema.update_parameters(self.model)
+                if self.schedule_per_step:
+                    self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
-            if self.ema is not None:
-                self.ema.update_parameters(self.model)
-            if self.schedule_per_step:
-                self.scheduler.step()
             self.step += 1
         return loss, logits
 
+    def optimizer_step(self) -> bool:
+        """Clip and step; False when a float16 GradScaler skipped the step for inf/NaN gradients, so the
+        schedule and the EMA do not move for an update that did not happen."""
+        if self.scaler is None:
+            if self.grad_clip_norm is not None:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip_norm)
+            self.optimizer.step()
+            return True
+        if self.grad_clip_norm is not None:
+            self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip_norm)
+        scale = self.scaler.get_scale()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return self.scaler.get_scale() >= scale  # the scale only shrinks after a skipped step
+
     @torch.inference_mode()
     def predict(self, loader) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits and labels of every batch `loader` yields, on the CPU."""
-        model = self.eval_model.eval()
-        outputs = [(model(images).float(), labels) for images, labels in loader]
+        """Logits (float32) and labels of every batch `loader` yields, on the CPU."""
+        self.eval_model.eval()
+        outputs = []
+        for images, labels in loader:
+            if self.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+                outputs.append((self.eval_forward(images).float(), labels))
         logits = torch.cat([o[0] for o in outputs]).cpu()
         labels = torch.cat([o[1] for o in outputs]).cpu()
         return logits, labels
@@ -267,6 +340,7 @@ class Trainer:
             "step": self.step,
             "callbacks": {name: callback.state_dict() for name, callback in self.callbacks.items()},
             "rng": rng_state(),
+            **({} if self.scaler is None else {"grad_scaler": self.scaler.state_dict()}),
             **self.checkpoint_extras,
         }
 
@@ -285,6 +359,8 @@ class Trainer:
                 "Resume with the same model and optimizer settings the checkpoint was trained with."
             ) from error
         self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and "grad_scaler" in state:
+            self.scaler.load_state_dict(state["grad_scaler"])
         self.epoch, self.step = state["epoch"], state["step"]
         for name, callback in self.callbacks.items():
             if name in state["callbacks"]:

@@ -31,6 +31,10 @@ def test_unknown_config_choice_lists_the_available_ones(compose_cfg):
         ("dataset.normalize=zscore", "dataset.normalize='zscore' is not one of"),
         ("model.activation=swish", "model.activation='swish' is not one of"),
         ("augment.backend=opencv", "augment.backend='opencv' must be one of batch, albumentations, torchvision"),
+        ("model.padding=0", "model=SmallCNN cannot take 16x16 images with 3 channel(s)"),
+        ("trainer.mixup.mixup_alpha=-1", "trainer.mixup.mixup_alpha=-1 must be >= 0"),
+        ("trainer.precision=64", "trainer.precision=64 is not one of 32, bf16-mixed, 16-mixed"),
+        ("trainer.compile=maybe", "trainer.compile='maybe' must be true, false or a dict"),
     ],
 )
 def test_bad_value_raises_its_message_before_training(compose_cfg, tmp_path, override, message):

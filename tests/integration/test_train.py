@@ -123,3 +123,15 @@ def test_a_linear_probe_on_a_torchvision_backbone_trains_only_the_head(compose_c
     assert torch.equal(trained["model.layer4.1.conv2.weight"], original["layer4.1.conv2.weight"])
     assert torch.equal(trained["model.bn1.running_mean"], original["bn1.running_mean"])
     assert trained["model.fc.weight"].shape == (4, 512)
+
+
+def test_mixup_cutmix_bf16_and_channels_last_together(compose_cfg, tmp_path):
+    cfg = compose_cfg(
+        "dataset=fake", "trainer.max_epochs=2", "trainer.precision=bf16-mixed", "trainer.channels_last=true",
+        "trainer.mixup.mixup_alpha=0.2", "trainer.mixup.cutmix_alpha=1.0",
+    )
+    result = train(cfg)
+    last = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert last["epoch"] == 2 and last["config"]["trainer"]["precision"] == "bf16-mixed"
+    assert all(value.dtype != torch.bfloat16 for value in last["model"].values())  # float32 weights are saved
+    assert 0.0 <= result["test"]["accuracy"] <= 1.0

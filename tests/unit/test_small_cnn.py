@@ -36,3 +36,19 @@ def test_bad_choices_are_named():
         SmallCNN(1, 10, pool="median")
     with pytest.raises(ImgrecError, match=r"model.dropout=1.5 must be in \[0, 1\)"):
         SmallCNN(1, 10, dropout=1.5)
+
+
+def test_stride_and_padding_set_the_feature_map_size():
+    strided = SmallCNN(1, 5, widths=[4, 4], convs_per_stage=2, stride=2, hidden=[])
+    convs = [m for m in strided.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.stride for c in convs] == [(2, 2), (1, 1), (2, 2), (1, 1)]  # the first conv of each stage
+    # 32 -> conv/2 16 -> pool 8 -> conv/2 4 -> pool 2
+    assert strided.features(torch.zeros(1, 1, 32, 32)).shape[-2:] == (2, 2)
+    valid = SmallCNN(1, 5, widths=[4], convs_per_stage=2, kernel_size=5, padding=0, hidden=[])
+    # 20 -> 16 -> 12 (no padding, 5x5) -> pool 6
+    assert valid.features(torch.zeros(1, 1, 20, 20)).shape[-2:] == (6, 6)
+    assert SmallCNN(1, 5, widths=[4], kernel_size=5).features(torch.zeros(1, 1, 20, 20)).shape[-2:] == (10, 10)
+    with pytest.raises(ImgrecError, match="model.stride=0 must be a whole number >= 1"):
+        SmallCNN(1, 5, stride=0)
+    with pytest.raises(ImgrecError, match="model.padding='valid' must be 'same' or a whole number >= 0"):
+        SmallCNN(1, 5, padding="valid")

@@ -27,7 +27,7 @@ def make_activation(name: str) -> nn.Module:
 
 class SmallCNN(nn.Module):
     """Stages of `convs_per_stage` convolutions (+ batch norm + activation), each followed by a 2x2 pool;
-    then global average pooling and `hidden` fully-connected layers with dropout before each."""
+    `stride` > 1 shrinks the map at each stage's first convolution as well. Then global average pooling and `hidden` fully-connected layers with dropout before each."""
 
     def __init__(
         self,
@@ -36,6 +36,8 @@ class SmallCNN(nn.Module):
         widths: Sequence[int] = (32, 64, 128),
         convs_per_stage: int = 2,
         kernel_size: int = 3,
+        stride: int = 1,
+        padding: int | str = "same",
         activation: str = "relu",
         pool: str = "max",
         batch_norm: bool = True,
@@ -49,12 +51,20 @@ class SmallCNN(nn.Module):
             raise ImgrecError(f"model.widths={list(widths)} and model.convs_per_stage={convs_per_stage} must be non-empty / >= 1")
         if not 0.0 <= dropout < 1.0:
             raise ImgrecError(f"model.dropout={dropout} must be in [0, 1)")
+        if not isinstance(stride, int) or stride < 1:
+            raise ImgrecError(f"model.stride={stride!r} must be a whole number >= 1")
+        if padding == "same":
+            padding = kernel_size // 2  # keeps the size at stride 1 (odd kernels)
+        elif not isinstance(padding, int) or padding < 0:
+            raise ImgrecError(f"model.padding={padding!r} must be 'same' or a whole number >= 0")
         layers: list[nn.Module] = []
         channels = in_channels
         for width in widths:
-            for _ in range(convs_per_stage):
-                # 'same' padding keeps the size; the pool alone halves it
-                layers.append(nn.Conv2d(channels, width, kernel_size, padding=kernel_size // 2, bias=not batch_norm))
+            for conv in range(convs_per_stage):
+                # only a stage's first convolution strides; with stride 1 and 'same' padding the pool alone halves the size
+                layers.append(nn.Conv2d(
+                    channels, width, kernel_size, stride=stride if conv == 0 else 1, padding=padding, bias=not batch_norm
+                ))
                 if batch_norm:
                     layers.append(nn.BatchNorm2d(width))
                 layers.append(make_activation(activation))
