@@ -67,3 +67,17 @@ def test_show_augment_writes_a_grid_of_originals_and_augmented_copies(tmp_path):
     # 3 rows x (1 original + 4 copies) of 16 px images, 2 px padding around each
     assert grid.size == (5 * 18 + 2, 3 * 18 + 2)
     assert any((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_features_cli_writes_embeddings_and_report(tmp_path):
+    tool = str(Path(sys.executable).parent / "imgrec-features")
+    result = subprocess.run([tool, "dataset=fake", "model=small_cnn"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    [run_dir] = (tmp_path / "outputs" / "features" / "runs").iterdir()
+    for name in ("features.npz", "test_report.json", "test_predictions.csv", "classes.json", "features.log"):
+        assert (run_dir / name).is_file(), name
+    assert "randomly initialised network" in (run_dir / "features.log").read_text()
+    bad = subprocess.run([tool, "dataset=fake", "batch_size=0"], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=300)
+    assert bad.returncode == 2 and "error: batch_size=0 must be a whole number >= 1" in bad.stdout + bad.stderr

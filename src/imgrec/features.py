@@ -1,0 +1,136 @@
+"""imgrec-features: embed every image with a CNN minus its classifier head, save the embeddings, and fit a
+scikit-learn classifier on them: the "deep features" baseline to compare fine-tuning against."""
+
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from imgrec.config import CONFIG_DIR, build
+from imgrec.errors import ImgrecError
+
+log = logging.getLogger("imgrec")
+SPLITS = ("train", "val", "test")
+
+
+def headless(model):
+    """The model with its last Linear layer replaced by Identity: it returns that layer's input, the
+    embedding (a ResNet's pooled 512 features, small_cnn's last hidden layer, VGG's fc7)."""
+    from torch import nn
+
+    from imgrec.models.backbones import last_linear
+
+    parent, attribute, _ = last_linear(model)
+    setattr(parent, attribute, nn.Identity())
+    return model.eval()
+
+
+def embed(model, loader) -> tuple[np.ndarray, np.ndarray]:
+    """float32 embeddings (N, D) and int64 labels (N,) of every image `loader` yields, in order."""
+    import torch
+
+    features, labels = [], []
+    with torch.inference_mode():
+        for images, batch_labels in loader:
+            features.append(model(images).flatten(1).float().cpu())
+            labels.append(batch_labels.cpu())
+    return torch.cat(features).numpy(), torch.cat(labels).numpy()
+
+
+def model_and_normalization(cfg: DictConfig, splits, device):
+    """`ckpt_path`'s model, weights and normalisation when given; otherwise `model` with the dataset's."""
+    from imgrec.checkpoint import load_checkpoint
+
+    if not cfg.ckpt_path:
+        if not cfg.model.get("weights"):
+            log.warning("model.weights is null: these are features of a randomly initialised network, a baseline "
+                        "only. Set model.weights (pretrained) or ckpt_path (a network you trained)")
+        model = build(cfg.model, in_channels=splits.channels, num_classes=len(splits.class_names))
+        return model.to(device), splits.mean, splits.std, OmegaConf.select(cfg, "model._target_")
+    state = load_checkpoint(cfg.ckpt_path)
+    model_cfg = OmegaConf.create(state["config"]["model"])
+    channels = state["input_shape"][0]
+    if channels != splits.channels:
+        raise ImgrecError(f"ckpt_path {cfg.ckpt_path} takes {channels}-channel images but dataset has "
+                          f"{splits.channels}; set dataset.channels={channels}")
+    model = build(model_cfg, in_channels=channels, num_classes=len(state["class_names"]))
+    model.load_state_dict(state["model"])
+    log.info(f"embedding with the model of {cfg.ckpt_path} (epoch {state['epoch']})")
+    return model.to(device), state["normalization"]["mean"], state["normalization"]["std"], model_cfg._target_
+
+
+def make_classifier(classifier_cfg: DictConfig):
+    """Standardise the features, then classify; a classifier without probabilities (SVC) is calibrated
+    (Platt scaling on internal folds), since the report needs them."""
+    from sklearn.base import is_classifier
+    from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    classifier = build(classifier_cfg)
+    if not is_classifier(classifier):
+        raise ImgrecError(f"classifier._target_={classifier_cfg._target_} is not a scikit-learn classifier; "
+                          "use classifier=logistic or classifier=svc, or another sklearn classifier class")
+    if not hasattr(classifier, "predict_proba"):
+        classifier = CalibratedClassifierCV(classifier, method="sigmoid", ensemble=False)
+    return make_pipeline(StandardScaler(), classifier)
+
+
+def extract_features(cfg: DictConfig) -> dict:
+    """Write features.npz and the classifier's test report; returns {'val_accuracy', 'test': report}."""
+    import torch
+
+    from imgrec.data.loaders import make_loader
+    from imgrec.reporting import record_dataset, write_test_report
+    from imgrec.seeding import seed_everything
+    from imgrec.train import check_model_fits
+    from imgrec.trainer import resolve_device
+
+    if not isinstance(cfg.batch_size, int) or cfg.batch_size < 1:
+        raise ImgrecError(f"batch_size={cfg.batch_size!r} must be a whole number >= 1")
+    device = resolve_device(cfg.device)
+    classifier = make_classifier(cfg.classifier)  # a bad classifier fails before anything is embedded
+    seed_everything(cfg.seed)
+    splits = build(cfg.dataset)
+    run_dir = Path(cfg.paths.output_dir)
+    record_dataset(splits, run_dir, log)
+    model, mean, std, target = model_and_normalization(cfg, splits, device)
+    check_model_fits(model, OmegaConf.create({"_target_": target}),
+                     [splits.channels, splits.image_size, splits.image_size], device)
+    model = headless(model)
+
+    arrays: dict[str, np.ndarray] = {}
+    for split in SPLITS:
+        loader = make_loader(getattr(splits, split), cfg.batch_size, mean, std, device, num_workers=cfg.num_workers)
+        arrays[f"{split}_features"], arrays[f"{split}_labels"] = embed(model, loader)
+    np.savez_compressed(run_dir / "features.npz", class_names=np.array(splits.class_names), **arrays)
+    log.info(f"{arrays['train_features'].shape[1]}-dimensional features of "
+             f"{sum(len(arrays[f'{s}_labels']) for s in SPLITS)} images saved to {run_dir / 'features.npz'}")
+
+    classifier.fit(arrays["train_features"], arrays["train_labels"])
+    val_accuracy = float(classifier.score(arrays["val_features"], arrays["val_labels"]))
+    log.info(f"{cfg.classifier._target_.rsplit('.', 1)[-1]} on the features: val accuracy {val_accuracy:.4f}")
+    # columns for every class, in class order, even one the training split lacked
+    probabilities = np.zeros((len(arrays["test_labels"]), len(splits.class_names)))
+    probabilities[:, classifier.classes_] = classifier.predict_proba(arrays["test_features"])
+    # the report reads logits; log-probabilities give the same softmax and argmax
+    logits = torch.from_numpy(np.log(np.clip(probabilities, 1e-12, None))).float()
+    report = write_test_report(logits, torch.from_numpy(arrays["test_labels"]), splits.class_names, run_dir, log)
+    log.info(f"run saved in {run_dir.resolve()}")
+    return {"val_accuracy": val_accuracy, "test": report}
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="features")
+def main(cfg: DictConfig) -> float | None:
+    try:
+        return extract_features(cfg)["test"]["scores"]["acc"]
+    except ImgrecError as error:
+        log.error(f"error: {error}")
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

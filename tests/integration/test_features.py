@@ -1,0 +1,50 @@
+"""imgrec-features: deep features + a scikit-learn classifier, on the real digits data."""
+
+import json
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import open_dict
+
+from imgrec.config import CONFIG_DIR
+from imgrec.errors import ImgrecError
+from imgrec.features import extract_features
+from imgrec.train import train
+
+
+def features_cfg(run_dir, *overrides):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("features", overrides=list(overrides))
+    with open_dict(cfg):
+        cfg.paths.output_dir, cfg.paths.log_dir = str(run_dir), str(run_dir.parent)
+    return cfg
+
+
+def test_resnet_features_and_logistic_regression_on_digits(tmp_path):
+    result = extract_features(features_cfg(tmp_path / "run"))
+    assert result["test"]["scores"]["acc"] > 0.9
+    saved = np.load(tmp_path / "run" / "features.npz")
+    assert saved["train_features"].shape == (1167, 512)  # resnet18's pooled features, head removed
+    assert [len(saved[f"{split}_labels"]) for split in ("train", "val", "test")] == [1167, 270, 360]
+    assert list(saved["class_names"]) == [str(digit) for digit in range(10)]
+    report = json.loads((tmp_path / "run" / "test_report.json").read_text())
+    assert report["scores"]["acc"] == pytest.approx(result["test"]["scores"]["acc"])
+    assert (tmp_path / "run" / "test_predictions.csv").read_text().count("\n") == 361
+
+
+def test_features_of_a_trained_checkpoint(compose_cfg, tmp_path):
+    train(compose_cfg("trainer.max_epochs=3", run_dir=tmp_path / "train"))
+    best = tmp_path / "train" / "checkpoints" / "best.pt"
+    result = extract_features(features_cfg(tmp_path / "features", f"ckpt_path={best}", "classifier=svc"))
+    saved = np.load(tmp_path / "features" / "features.npz")
+    assert saved["test_features"].shape == (360, 128)  # small_cnn's hidden layer, from the checkpoint's config
+    assert result["test"]["scores"]["acc"] > 0.9
+
+
+def test_something_that_is_not_a_classifier_is_refused_before_embedding(tmp_path):
+    cfg = features_cfg(tmp_path / "run", "classifier._target_=sklearn.decomposition.PCA", "~classifier.C",
+                       "~classifier.max_iter")
+    with pytest.raises(ImgrecError, match="classifier._target_=sklearn.decomposition.PCA is not a scikit-learn classifier"):
+        extract_features(cfg)
+    assert not (tmp_path / "run" / "features.npz").exists()
