@@ -1,0 +1,71 @@
+"""The CUDA paths: mixed precision, channels_last and torch.compile on a GPU. Skipped without CUDA
+(CI has none); run them where a GPU is: `pytest tests/gpu`."""
+
+import pytest
+import torch
+
+from imgrec.checkpoint import load_checkpoint
+from imgrec.models.small_cnn import SmallCNN
+from imgrec.schedulers import constant
+from imgrec.train import train
+from imgrec.trainer import Trainer
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def cuda_trainer(**options):
+    torch.manual_seed(0)
+    model = SmallCNN(1, 3, widths=[8, 16], hidden=[], dropout=0.0).cuda()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    trainer = Trainer(model, optimizer, scheduler=constant, device="cuda", progress=False, num_classes=3, **options)
+    trainer.scheduler, trainer.schedule_per_step = constant(optimizer, 1, 1), True
+    return trainer
+
+
+def batch():
+    return torch.rand(16, 1, 12, 12, device="cuda"), torch.arange(16, device="cuda") % 3
+
+
+@pytest.mark.parametrize("precision, dtype", [("16-mixed", torch.float16), ("bf16-mixed", torch.bfloat16)])
+def test_mixed_precision_forward_runs_in_the_low_precision_dtype(precision, dtype):
+    trainer = cuda_trainer(precision=precision, channels_last=True)
+    assert (trainer.scaler is not None) == (dtype is torch.float16)
+    images, labels = batch()
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    loss, logits = trainer.train_step(images, labels)
+    assert logits.dtype is dtype and torch.isfinite(loss)
+    assert all(p.dtype is torch.float32 for p in trainer.model.parameters())
+    assert any(not torch.equal(p, b) for p, b in zip(trainer.model.parameters(), before))
+
+
+def test_fp16_overflow_skips_the_step_and_the_schedule():
+    trainer = cuda_trainer(precision="16-mixed")
+    images, labels = batch()
+    images[0, 0, 0, 0] = float("inf")
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    steps = trainer.scheduler.last_epoch
+    scale = trainer.scaler.get_scale()
+    trainer.train_step(images, labels)
+    assert all(torch.equal(p, b) for p, b in zip(trainer.model.parameters(), before))
+    assert trainer.scheduler.last_epoch == steps and trainer.scaler.get_scale() < scale
+
+
+def test_compiled_model_on_cuda_matches_eager_closely():
+    images, labels = batch()
+    eager, compiled = cuda_trainer(), cuda_trainer(compile=True)
+    for _ in range(3):
+        eager_loss, _ = eager.train_step(images, labels)
+        compiled_loss, _ = compiled.train_step(images, labels)
+    assert compiled_loss.item() == pytest.approx(eager_loss.item(), rel=1e-3)
+
+
+@pytest.mark.parametrize("precision", ["16-mixed", "bf16-mixed"])
+def test_full_run_on_cuda_and_resume(compose_cfg, tmp_path, precision):
+    overrides = ["dataset=fake", "trainer.device=cuda", f"trainer.precision={precision}", "trainer.channels_last=true",
+                 "trainer.mixup.cutmix_alpha=1.0"]
+    result = train(compose_cfg(*overrides, "trainer.max_epochs=2", run_dir=tmp_path / "first"))
+    last = load_checkpoint(tmp_path / "first" / "checkpoints" / "last.pt")
+    assert ("grad_scaler" in last) == (precision == "16-mixed") and 0 <= result["test"]["accuracy"] <= 1
+    train(compose_cfg(*overrides, "trainer.max_epochs=3", f"ckpt_path={tmp_path / 'first' / 'checkpoints' / 'last.pt'}",
+                      run_dir=tmp_path / "resumed"))
+    assert load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.pt")["epoch"] == 3
