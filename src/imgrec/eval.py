@@ -1,0 +1,169 @@
+"""imgrec-eval: the full report of a checkpoint on a dataset split, as files, figures and a table."""
+
+import csv
+import json
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from imgrec.config import CONFIG_DIR, build
+from imgrec.errors import ImgrecError
+
+log = logging.getLogger("imgrec")
+
+
+def check_threshold_settings(cfg: DictConfig, num_classes: int) -> None:
+    if cfg.threshold is None:
+        return
+    if num_classes != 2:
+        raise ImgrecError(f"threshold={cfg.threshold} applies to two-class tasks; this model has {num_classes} "
+                          "classes. Leave threshold=null")
+    if cfg.threshold != "auto" and (isinstance(cfg.threshold, bool) or not isinstance(cfg.threshold, (int, float))
+                                    or not 0.0 <= cfg.threshold <= 1.0):
+        raise ImgrecError(f"threshold={cfg.threshold!r} must be null, auto or a probability between 0 and 1")
+    if cfg.target_recall is not None and cfg.threshold != "auto":
+        raise ImgrecError(f"target_recall={cfg.target_recall} is used with threshold=auto only")
+
+
+def resolve_threshold(cfg: DictConfig, trained, splits, probabilities: np.ndarray, labels: np.ndarray, loader_for):
+    """None (argmax), or the binary decision threshold as given or as chosen on the validation split."""
+    from imgrec.evaluation import choose_threshold
+    from imgrec.inference import predict_logits
+
+    if cfg.threshold is None:
+        return None
+    if cfg.threshold != "auto":
+        return {"threshold": float(cfg.threshold), "chosen_on": "given"}
+    if cfg.split == "val":
+        val_probabilities, val_labels = probabilities, labels
+    else:  # chosen on validation, never on the split being reported
+        logits, val_tensor = predict_logits(trained.model, loader_for(splits.val))
+        val_probabilities, val_labels = logits.softmax(dim=1).numpy(), val_tensor.numpy()
+    chosen = choose_threshold(val_probabilities[:, 1], val_labels, cfg.target_recall)
+    log.info(f"threshold {chosen['threshold']:.4f} chosen on val: precision {chosen['precision']:.4f}, "
+             f"recall {chosen['recall']:.4f}" + (f" (target recall {cfg.target_recall})" if cfg.target_recall else
+                                                 " (best F1)"))
+    return {"threshold": chosen["threshold"], "chosen_on": "val", "target_recall": cfg.target_recall,
+            "val_precision": chosen["precision"], "val_recall": chosen["recall"]}
+
+
+def write_eval_files(run_dir: Path, report: dict, probabilities: np.ndarray, labels: np.ndarray,
+                     predicted: np.ndarray, names: list[str], identifiers: list[str]) -> None:
+    (run_dir / "report.json").write_text(json.dumps(report, indent=2))
+    with open(run_dir / "per_class.csv", "w", newline="") as file:
+        writer = csv.writer(file)
+        columns = ["precision", "recall", "f1", "support", "roc_auc", "average_precision"]
+        writer.writerow(["class", *columns])
+        for name in names:
+            writer.writerow([name, *(report["per_class"][name][column] for column in columns)])
+    with open(run_dir / "predictions.csv", "w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(["id", "true", "predicted", "true_name", "predicted_name", *(f"prob_{n}" for n in names)])
+        for ident, true, pred, probs in zip(identifiers, labels, predicted, probabilities):
+            writer.writerow([ident, int(true), int(pred), names[true], names[pred], *(f"{p:.6g}" for p in probs)])
+    with open(run_dir / "confusion_matrix.csv", "w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(["true \\ predicted", *names])
+        for name, row in zip(names, report["confusion_matrix"]):
+            writer.writerow([name, *row])
+
+
+def confident_errors(split, probabilities, labels, predicted, names, count: int):
+    """uint8 images and captions of the `count` wrong predictions made with the highest confidence."""
+    import torch
+
+    from imgrec.data.images import decode_image
+
+    wrong = np.flatnonzero(predicted != labels)
+    wrong = wrong[np.argsort(-probabilities[wrong, predicted[wrong]], kind="stable")][:count]
+    if hasattr(split, "images"):
+        images = split.images[torch.as_tensor(wrong, dtype=torch.long)].numpy()
+    else:
+        images = np.stack([decode_image(split.paths[i], split.channels, split.image_size).numpy() for i in wrong]) \
+            if len(wrong) else np.zeros((0, split.channels, split.image_size, split.image_size), np.uint8)
+    captions = [f"true {names[labels[i]]}\npred {names[predicted[i]]} ({probabilities[i, predicted[i]]:.2f})"
+                for i in wrong]
+    return images, captions
+
+
+def evaluate_checkpoint(cfg: DictConfig) -> dict:
+    from imgrec.data.loaders import make_loader
+    from imgrec.evaluation import binary_metrics_at, full_report
+    from imgrec.figures import confusion_matrix_figure, image_grid_figure, pr_curves_figure, save_figure
+    from imgrec.inference import check_same_classes, load_trained, predict_logits
+    from imgrec.metrics import format_report
+    from imgrec.trainer import resolve_device
+
+    if cfg.split not in ("test", "val", "train"):
+        raise ImgrecError(f"split={cfg.split!r} must be test, val or train")
+    device = resolve_device(cfg.device)
+    trained = load_trained(cfg.ckpt_path, device)
+    check_threshold_settings(cfg, len(trained.class_names))
+    dataset_cfg = cfg.dataset if cfg.get("dataset") else OmegaConf.create(trained.state["config"]["dataset"])
+    splits = build(dataset_cfg)
+    check_same_classes(trained.class_names, splits.class_names, f"dataset ({dataset_cfg._target_})")
+    if [splits.channels, splits.image_size] != [trained.channels, trained.image_size]:
+        raise ImgrecError(f"the model takes {trained.channels}-channel {trained.image_size}px images and the dataset "
+                          f"gives {splits.channels}-channel {splits.image_size}px; set dataset.channels="
+                          f"{trained.channels} dataset.image_size={trained.image_size}")
+
+    def loader_for(split):
+        return make_loader(split, cfg.batch_size, trained.mean, trained.std, device, num_workers=cfg.num_workers)
+
+    split = getattr(splits, cfg.split)
+    logits, label_tensor = predict_logits(trained.model, loader_for(split))
+    probabilities, labels = logits.softmax(dim=1).numpy(), label_tensor.numpy()
+    threshold = resolve_threshold(cfg, trained, splits, probabilities, labels, loader_for)
+    predicted = probabilities.argmax(axis=1) if threshold is None else (probabilities[:, 1] >= threshold["threshold"]).astype(int)
+    names = trained.class_names
+    report = full_report(probabilities, labels, names, predicted)
+    report.update(split=cfg.split, checkpoint=str(cfg.ckpt_path), checkpoint_epoch=trained.state.get("epoch"))
+    if threshold is not None:
+        report["threshold"] = {**threshold, **binary_metrics_at(threshold["threshold"], probabilities[:, 1], labels)}
+
+    run_dir = Path(cfg.paths.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    identifiers = [str(p) for p in split.paths] if hasattr(split, "paths") else [str(i) for i in range(len(labels))]
+    write_eval_files(run_dir, report, probabilities, labels, predicted, names, identifiers)
+    save_figure(confusion_matrix_figure(report["confusion_matrix"], names, f"{cfg.split} confusion matrix"),
+                run_dir / "confusion_matrix.png")
+    marked = report.get("threshold")
+    save_figure(pr_curves_figure(probabilities, labels, names, marked), run_dir / "pr_curves.png")
+    images, captions = confident_errors(split, probabilities, labels, predicted, names, cfg.errors_shown)
+    save_figure(image_grid_figure(images, captions, f"most confident errors ({len(captions)} shown)"),
+                run_dir / "confident_errors.png")
+    log.info(f"{cfg.split} split of {dataset_cfg._target_.rsplit('.', 1)[-1]}, {len(labels)} images:\n"
+             + format_report(report) + "\n" + summary_lines(report))
+    log.info(f"evaluation saved in {run_dir.resolve()}")
+    return report
+
+
+def summary_lines(report: dict) -> str:
+    parts = [f"balanced accuracy {report['balanced_accuracy']:.4f}"]
+    if "top5_accuracy" in report:
+        parts.append(f"top-5 accuracy {report['top5_accuracy']:.4f}")
+    for key, label in (("macro_roc_auc", "macro ROC-AUC"), ("macro_average_precision", "macro average precision")):
+        if report[key] is not None:
+            parts.append(f"{label} {report[key]:.4f}")
+    if "threshold" in report:
+        t = report["threshold"]
+        parts.append(f"threshold {t['threshold']:.4f} ({t['chosen_on']}): precision {t['precision']:.4f}, "
+                     f"recall {t['recall']:.4f}")
+    return "; ".join(parts)
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="eval")
+def main(cfg: DictConfig) -> float | None:
+    try:
+        return evaluate_checkpoint(cfg)["accuracy"]
+    except ImgrecError as error:
+        log.error(f"error: {error}")
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

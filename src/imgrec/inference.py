@@ -1,0 +1,85 @@
+"""What imgrec-eval, -predict, -export and -features share: a trained model rebuilt from its checkpoint
+alone, and the images it expects."""
+
+from dataclasses import dataclass
+
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+
+from imgrec.config import build
+from imgrec.errors import ImgrecError
+
+
+@dataclass
+class TrainedModel:
+    model: nn.Module  # in eval mode, on its device
+    class_names: list[str]
+    mean: list[float]
+    std: list[float]
+    input_shape: list[int]  # channels, height, width
+    state: dict  # the whole checkpoint
+
+    @property
+    def channels(self) -> int:
+        return self.input_shape[0]
+
+    @property
+    def image_size(self) -> int:
+        return self.input_shape[1]
+
+
+def rebuild_model(model_cfg: dict, in_channels: int, num_classes: int, weights: dict) -> nn.Module:
+    """The checkpoint's architecture with its trained weights. Pretrained weights it started from are
+    not read again (the file may not exist here), and a frozen backbone is rebuilt as a plain network."""
+    cfg = OmegaConf.create(model_cfg)
+    if "weights" in cfg:
+        cfg.weights = None
+    if cfg.get("freeze") == "backbone":
+        cfg.freeze = "none"
+        weights = {key.removeprefix("model."): value for key, value in weights.items()}
+    model = build(cfg, in_channels=in_channels, num_classes=num_classes)
+    model.load_state_dict(weights)
+    return model
+
+
+def load_trained(ckpt_path: str, device: torch.device) -> TrainedModel:
+    from imgrec.checkpoint import load_checkpoint
+
+    if not ckpt_path:
+        raise ImgrecError("ckpt_path is required: ckpt_path=outputs/train/runs/<timestamp>/checkpoints/best.pt")
+    state = load_checkpoint(ckpt_path)
+    input_shape = list(state["input_shape"])
+    try:
+        model = rebuild_model(state["config"]["model"], input_shape[0], len(state["class_names"]), state["model"])
+    except (RuntimeError, KeyError) as error:
+        raise ImgrecError(f"ckpt_path {ckpt_path}: its model could not be rebuilt: {str(error).splitlines()[0]}") from error
+    normalization = state["normalization"]
+    return TrainedModel(model.to(device).eval(), list(state["class_names"]), list(normalization["mean"]),
+                        list(normalization["std"]), input_shape, state)
+
+
+def check_same_classes(expected: list[str], found: list[str], where: str) -> None:
+    """Raise with the difference when a dataset's classes are not the model's, in the same order."""
+    if expected == found:
+        return
+    missing = [name for name in expected if name not in found]
+    extra = [name for name in found if name not in expected]
+    detail = []
+    if missing:
+        detail.append(f"missing from the dataset: {missing}")
+    if extra:
+        detail.append(f"not known to the model: {extra}")
+    if not detail:
+        detail.append(f"same names in another order: the model has {expected}, the dataset {found}")
+    raise ImgrecError(f"{where} classes differ from the checkpoint's: {'; '.join(detail)}")
+
+
+def predict_logits(model: nn.Module, loader) -> tuple[torch.Tensor, torch.Tensor]:
+    """float32 logits and labels of every batch, in order, on the CPU."""
+    logits, labels = [], []
+    with torch.inference_mode():
+        for images, batch_labels in loader:
+            logits.append(model(images).float().cpu())
+            labels.append(batch_labels.cpu())
+    return torch.cat(logits), torch.cat(labels)

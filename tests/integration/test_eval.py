@@ -1,0 +1,89 @@
+"""imgrec-eval on real checkpoints: its numbers against scikit-learn on its own predictions.csv."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import open_dict
+from sklearn.metrics import classification_report, confusion_matrix, roc_auc_score
+
+from imgrec.config import CONFIG_DIR
+from imgrec.errors import ImgrecError
+from imgrec.eval import evaluate_checkpoint
+from imgrec.train import train
+
+
+def tool_cfg(name, run_dir, *overrides):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(name, overrides=list(overrides))
+    with open_dict(cfg):
+        cfg.paths.output_dir, cfg.paths.log_dir = str(run_dir), str(run_dir.parent)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def digits_checkpoint(tmp_path_factory):
+    root = tmp_path_factory.mktemp("digits")
+    train(tool_cfg("train", root / "run", "trainer.max_epochs=3", "trainer.progress=false"))
+    return root / "run" / "checkpoints" / "best.pt"
+
+
+def read_predictions(path):
+    with open(path) as file:
+        rows = list(csv.DictReader(file))
+    names = [key.removeprefix("prob_") for key in rows[0] if key.startswith("prob_")]
+    probabilities = np.array([[float(row[f"prob_{n}"]) for n in names] for row in rows])
+    return np.array([int(r["true"]) for r in rows]), np.array([int(r["predicted"]) for r in rows]), probabilities
+
+
+def test_report_equals_scikit_learn_on_its_own_predictions(digits_checkpoint, tmp_path):
+    report = evaluate_checkpoint(tool_cfg("eval", tmp_path / "eval", f"ckpt_path={digits_checkpoint}"))
+    y_true, y_pred, probabilities = read_predictions(tmp_path / "eval" / "predictions.csv")
+    assert len(y_true) == 360  # the checkpoint's own test split, rebuilt from its config
+    expected = classification_report(y_true, y_pred, output_dict=True, zero_division=0)
+    assert report["accuracy"] == pytest.approx(expected["accuracy"])
+    for index in range(10):
+        for key in ("precision", "recall", "f1-score"):
+            ours = report["per_class"][str(index)][key.replace("-score", "")]
+            assert ours == pytest.approx(expected[str(index)][key]), (index, key)
+    assert report["macro_avg"]["f1"] == pytest.approx(expected["macro avg"]["f1-score"])
+    assert report["weighted_avg"]["recall"] == pytest.approx(expected["weighted avg"]["recall"])
+    assert report["macro_roc_auc"] == pytest.approx(roc_auc_score(y_true, probabilities, multi_class="ovr"), abs=1e-4)
+    with open(tmp_path / "eval" / "confusion_matrix.csv") as file:
+        matrix = [[int(v) for v in row[1:]] for row in list(csv.reader(file))[1:]]
+    assert matrix == confusion_matrix(y_true, y_pred).tolist()
+    assert 0 < report["top5_accuracy"] <= 1 and report["top5_accuracy"] >= report["accuracy"]
+    assert json.loads((tmp_path / "eval" / "report.json").read_text())["split"] == "test"
+    for figure in ("confusion_matrix.png", "pr_curves.png", "confident_errors.png"):
+        assert (tmp_path / "eval" / figure).stat().st_size > 1000, figure
+    with open(tmp_path / "eval" / "per_class.csv") as file:
+        assert [row["class"] for row in csv.DictReader(file)] == [str(i) for i in range(10)]
+
+
+def test_a_dataset_with_other_classes_is_refused_with_the_difference(digits_checkpoint, tmp_path):
+    cfg = tool_cfg("eval", tmp_path / "eval", f"ckpt_path={digits_checkpoint}", "dataset=fake",
+                   "dataset.channels=1", "dataset.image_size=8")
+    with pytest.raises(ImgrecError, match=r"classes differ from the checkpoint's: missing from the dataset: \['0', '1'"):
+        evaluate_checkpoint(cfg)
+
+
+def test_binary_threshold_chosen_on_val_for_a_target_recall(tmp_path):
+    train(tool_cfg("train", tmp_path / "run", "dataset=fake", "dataset.num_classes=2", "dataset.size=200",
+                   "trainer.max_epochs=2", "trainer.progress=false"))
+    ckpt = tmp_path / "run" / "checkpoints" / "best.pt"
+    report = evaluate_checkpoint(tool_cfg("eval", tmp_path / "eval", f"ckpt_path={ckpt}", "threshold=auto",
+                                          "target_recall=0.9", "split=val"))
+    threshold = report["threshold"]
+    assert threshold["chosen_on"] == "val" and threshold["val_recall"] >= 0.9
+    assert threshold["recall"] == pytest.approx(threshold["val_recall"])  # reported on val itself here
+    y_true, y_pred, probabilities = read_predictions(tmp_path / "eval" / "predictions.csv")
+    assert (y_pred == (probabilities[:, 1] >= threshold["threshold"])).all()
+    with pytest.raises(ImgrecError, match="threshold=1.5 must be null, auto or a probability between 0 and 1"):
+        evaluate_checkpoint(tool_cfg("eval", tmp_path / "e2", f"ckpt_path={ckpt}", "threshold=1.5"))
+
+
+def test_threshold_on_a_ten_class_model_is_refused(digits_checkpoint, tmp_path):
+    with pytest.raises(ImgrecError, match="threshold=0.5 applies to two-class tasks; this model has 10"):
+        evaluate_checkpoint(tool_cfg("eval", tmp_path / "eval", f"ckpt_path={digits_checkpoint}", "threshold=0.5"))
