@@ -34,3 +34,22 @@ def compose_cfg(tmp_path: Path):
 @pytest.fixture(autouse=True)
 def _quiet_imgrec_logs(caplog):
     caplog.set_level(logging.INFO, logger="imgrec")
+
+
+def tool_cfg(name: str, run_dir: Path, *overrides: str) -> DictConfig:
+    """A command's config (train, eval, predict, export, features) with its run dir at `run_dir`."""
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(name, overrides=list(overrides))
+    with open_dict(cfg):
+        cfg.paths.output_dir, cfg.paths.log_dir = str(run_dir), str(run_dir.parent)
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def digits_checkpoint(tmp_path_factory) -> Path:
+    """best.pt of a 3-epoch default run on digits, shared by the eval / predict / export tests."""
+    from imgrec.train import train
+
+    root = tmp_path_factory.mktemp("digits")
+    train(tool_cfg("train", root / "run", "trainer.max_epochs=3", "trainer.progress=false"))
+    return root / "run" / "checkpoints" / "best.pt"

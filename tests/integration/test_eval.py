@@ -5,29 +5,12 @@ import json
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
-from omegaconf import open_dict
 from sklearn.metrics import classification_report, confusion_matrix, roc_auc_score
 
-from imgrec.config import CONFIG_DIR
 from imgrec.errors import ImgrecError
 from imgrec.eval import evaluate_checkpoint
 from imgrec.train import train
-
-
-def tool_cfg(name, run_dir, *overrides):
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(name, overrides=list(overrides))
-    with open_dict(cfg):
-        cfg.paths.output_dir, cfg.paths.log_dir = str(run_dir), str(run_dir.parent)
-    return cfg
-
-
-@pytest.fixture(scope="module")
-def digits_checkpoint(tmp_path_factory):
-    root = tmp_path_factory.mktemp("digits")
-    train(tool_cfg("train", root / "run", "trainer.max_epochs=3", "trainer.progress=false"))
-    return root / "run" / "checkpoints" / "best.pt"
+from tests.conftest import tool_cfg
 
 
 def read_predictions(path):

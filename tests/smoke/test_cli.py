@@ -81,3 +81,31 @@ def test_features_cli_writes_embeddings_and_report(tmp_path):
     bad = subprocess.run([tool, "dataset=fake", "batch_size=0"], cwd=tmp_path, capture_output=True, text=True,
                          timeout=300)
     assert bad.returncode == 2 and "error: batch_size=0 must be a whole number >= 1" in bad.stdout + bad.stderr
+
+
+def test_eval_predict_export_commands_on_a_trained_checkpoint(tmp_path):
+    bin_dir = Path(sys.executable).parent
+    assert run_cli("experiment=smoke", "dataset.image_size=32", cwd=tmp_path).returncode == 0
+    [run_dir] = (tmp_path / "outputs" / "train" / "runs").iterdir()
+    ckpt = f"ckpt_path={run_dir / 'checkpoints' / 'best.pt'}"
+
+    def command(tool, *args):
+        return subprocess.run([str(bin_dir / tool), *args], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+
+    evaluated = command("imgrec-eval", ckpt)
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert "balanced accuracy" in evaluated.stdout + evaluated.stderr
+    [eval_dir] = (tmp_path / "outputs" / "eval" / "runs").iterdir()
+    assert (eval_dir / "report.json").is_file() and (eval_dir / "confusion_matrix.png").is_file()
+
+    from PIL import Image
+
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(tmp_path / "red.jpg")
+    predicted = command("imgrec-predict", ckpt, f"inputs={tmp_path / 'red.jpg'}")
+    assert predicted.returncode == 0, predicted.stderr
+    assert next((tmp_path / "outputs" / "predict" / "runs").iterdir()).joinpath("predictions.csv").is_file()
+
+    exported = command("imgrec-export", ckpt, "format=safetensors")
+    assert exported.returncode == 0, exported.stderr
+    missing = command("imgrec-eval")
+    assert missing.returncode == 2 and "error: ckpt_path is required" in missing.stdout + missing.stderr

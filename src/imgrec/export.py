@@ -1,0 +1,113 @@
+"""imgrec-export: a checkpoint's model as safetensors, TorchScript or ONNX, with a JSON of what it
+expects, each export checked against the PyTorch model on a batch before it is kept."""
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from imgrec.config import CONFIG_DIR
+from imgrec.errors import ImgrecError
+
+log = logging.getLogger("imgrec")
+SUFFIXES = {"safetensors": ".safetensors", "torchscript": ".torchscript.pt", "onnx": ".onnx"}
+TOLERANCE = 1e-4
+
+
+def write_safetensors(trained, example, path: Path):
+    """Weights only; loading them back never runs code. Returns logits of the reloaded model."""
+    from safetensors.torch import load_file, save_file
+
+    from imgrec.inference import rebuild_model
+
+    state = {name: tensor.detach().cpu().contiguous() for name, tensor in trained.model.state_dict().items()}
+    save_file(state, str(path), metadata={"format": "imgrec", "class_names": json.dumps(trained.class_names)})
+    # a fresh model from the architecture config, as a user would rebuild it
+    reloaded = rebuild_model(trained.state["config"]["model"], trained.channels, len(trained.class_names),
+                             load_file(str(path))).eval()
+    return reloaded(example.cpu())
+
+
+def write_torchscript(trained, example, path: Path):
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():  # TorchScript is deprecated upstream but still what many servers load
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        traced = torch.jit.trace(trained.model.cpu(), example.cpu())
+        torch.jit.save(traced, str(path))
+        return torch.jit.load(str(path), map_location="cpu")(example.cpu())
+
+
+def write_onnx(trained, example, path: Path):
+    """The graph with a dynamic batch dimension; checked with onnxruntime when it is installed."""
+    import torch
+
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    try:
+        torch.onnx.export(trained.model.cpu(), (example.cpu(),), str(path), dynamo=True, input_names=["images"],
+                          output_names=["logits"], dynamic_shapes=({0: batch},), external_data=False)
+    except ImportError as error:
+        raise ImgrecError(f'format=onnx needs the onnx extra: pip install -e ".[onnx]" ({error})') from error
+    try:
+        import onnxruntime
+    except ImportError:
+        log.warning("onnxruntime is not installed, so the ONNX file was not checked against PyTorch; "
+                    'pip install -e ".[onnx]" to check it')
+        return None
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return torch.from_numpy(session.run(["logits"], {"images": example.cpu().numpy()})[0])
+
+
+WRITERS = {"safetensors": write_safetensors, "torchscript": write_torchscript, "onnx": write_onnx}
+
+
+def export_checkpoint(cfg: DictConfig) -> dict:
+    import torch
+
+    from imgrec.inference import load_trained
+
+    if cfg.format not in WRITERS:
+        raise ImgrecError(f"format={cfg.format!r} must be one of {', '.join(WRITERS)}")
+    trained = load_trained(cfg.ckpt_path, torch.device("cpu"))
+    run_dir = Path(cfg.paths.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / f"model{SUFFIXES[cfg.format]}"
+    example = torch.randn(cfg.check_batch_size, *trained.input_shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = trained.model(example)
+        exported = WRITERS[cfg.format](trained, example, path)
+    difference = None if exported is None else float((exported.float() - expected.float()).abs().max())
+    if difference is not None and not difference < TOLERANCE:  # also catches NaN
+        path.unlink(missing_ok=True)
+        raise ImgrecError(f"the {cfg.format} export differs from the PyTorch model by {difference:.3g} (more than "
+                          f"{TOLERANCE}) on a check batch, so it was not kept")
+    normalization = {"mean": trained.mean, "std": trained.std}
+    metadata = {
+        "format": cfg.format, "file": path.name, "class_names": trained.class_names, "input_shape": trained.input_shape,
+        "input": "float32 (batch, channels, height, width): pixels / 255, then (x - mean) / std per channel",
+        "normalization": normalization, "model_config": trained.state["config"]["model"],
+        "checkpoint": str(cfg.ckpt_path), "max_abs_difference": difference,
+    }
+    (run_dir / "model.json").write_text(json.dumps(metadata, indent=2))
+    checked = "not checked" if difference is None else f"max |logit difference| {difference:.2e}"
+    log.info(f"exported {path.resolve()} ({checked}) and model.json")
+    return metadata
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="export")
+def main(cfg: DictConfig) -> None:
+    try:
+        export_checkpoint(cfg)
+    except ImgrecError as error:
+        log.error(f"error: {error}")
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,118 @@
+"""imgrec-predict: the top-k classes of new images, from a checkpoint alone."""
+
+import csv
+import glob
+import json
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from imgrec.config import CONFIG_DIR
+from imgrec.errors import ImgrecError
+
+log = logging.getLogger("imgrec")
+
+
+def collect_inputs(inputs: str) -> list[Path]:
+    """A file, a folder (its image files, recursively) or a glob pattern -> sorted file paths."""
+    from imgrec.data.images import IMAGE_EXTENSIONS
+
+    if not inputs:
+        raise ImgrecError("inputs is required: an image file, a folder of images, or a glob such as 'photos/*.jpg'")
+    path = Path(str(inputs)).expanduser()
+    if path.is_dir():
+        found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        if not found:
+            raise ImgrecError(f"inputs={inputs}: the folder has no image files ({', '.join(IMAGE_EXTENSIONS)})")
+        return found
+    if path.is_file():
+        return [path]
+    if any(char in str(inputs) for char in "*?["):
+        found = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
+        if not found:
+            raise ImgrecError(f"inputs={inputs}: the pattern matches no files")
+        return found
+    raise ImgrecError(f"inputs={inputs}: no such file or folder")
+
+
+def decode_inputs(paths: list[Path], channels: int, size: int):
+    """uint8 images of every readable file, their paths, and (path, reason) for each unreadable one."""
+    from imgrec.data.images import BadImage, decode_image
+
+    images, readable, skipped = [], [], []
+    for path in paths:
+        try:
+            images.append(decode_image(path, channels, size))
+            readable.append(path)
+        except BadImage as error:
+            skipped.append((str(path), str(error)))
+    return images, readable, skipped
+
+
+def predict_images(cfg: DictConfig) -> dict:
+    import torch
+
+    from imgrec.data.loaders import Preprocess
+    from imgrec.inference import load_trained
+    from imgrec.trainer import resolve_device
+
+    if cfg.format not in ("csv", "json"):
+        raise ImgrecError(f"format={cfg.format!r} must be csv or json")
+    if not isinstance(cfg.top_k, int) or cfg.top_k < 1:
+        raise ImgrecError(f"top_k={cfg.top_k!r} must be a whole number >= 1")
+    paths = collect_inputs(cfg.inputs)
+    device = resolve_device(cfg.device)
+    trained = load_trained(cfg.ckpt_path, device)
+    images, readable, skipped = decode_inputs(paths, trained.channels, trained.image_size)
+    for path, reason in skipped:
+        log.warning(f"skipped {path}: {reason}")
+    if not images:
+        raise ImgrecError(f"none of the {len(paths)} input file(s) could be read as an image; first: "
+                          f"{skipped[0][0]}: {skipped[0][1]}")
+    preprocess = Preprocess(trained.mean, trained.std, device)
+    top_k = min(cfg.top_k, len(trained.class_names))
+    rows = []
+    with torch.inference_mode():
+        for start in range(0, len(images), cfg.batch_size):
+            batch = preprocess(torch.stack(images[start : start + cfg.batch_size]).to(device))
+            probabilities = trained.model(batch).float().softmax(dim=1)
+            if cfg.tta:  # the mean with the mirror image: horizontal flips are label-preserving for most photos
+                probabilities = (probabilities + trained.model(batch.flip(-1)).float().softmax(dim=1)) / 2
+            values, indices = probabilities.topk(top_k, dim=1)
+            for path, value_row, index_row in zip(readable[start:], values.cpu().tolist(), indices.cpu().tolist()):
+                rows.append({"path": str(path), "predictions": [
+                    {"class": trained.class_names[i], "probability": p} for i, p in zip(index_row, value_row)]})
+
+    run_dir = Path(cfg.paths.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    output = run_dir / f"predictions.{cfg.format}"
+    if cfg.format == "json":
+        output.write_text(json.dumps({"predictions": rows, "skipped": [
+            {"path": p, "reason": r} for p, r in skipped]}, indent=2))
+    else:
+        with open(output, "w", newline="") as file:
+            writer = csv.writer(file)
+            writer.writerow(["path", *(f"{kind}_{rank}" for rank in range(1, top_k + 1) for kind in ("class", "prob"))])
+            for row in rows:
+                writer.writerow([row["path"], *(v for p in row["predictions"] for v in (p["class"], f"{p['probability']:.6g}"))])
+        if skipped:
+            with open(run_dir / "skipped.csv", "w", newline="") as file:
+                csv.writer(file).writerows([("path", "reason"), *skipped])
+    log.info(f"{len(rows)} image(s) predicted, {len(skipped)} skipped; written to {output.resolve()}")
+    return {"predictions": rows, "skipped": skipped, "output": output}
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="predict")
+def main(cfg: DictConfig) -> None:
+    try:
+        predict_images(cfg)
+    except ImgrecError as error:
+        log.error(f"error: {error}")
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
