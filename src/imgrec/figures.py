@@ -69,20 +69,27 @@ def pr_curves_figure(probabilities: np.ndarray, y_true: np.ndarray, class_names:
 
 
 def image_grid_figure(images: np.ndarray, captions: list[str], title: str, columns: int = 8):
-    """uint8 images (N, C, H, W) in a grid, each with a caption such as 'true 3 / pred 8 (0.97)'."""
+    """uint8 images (N, C, H, W) in a grid, each with a caption such as 'true 3 / pred 8 (0.97)'.
+    One axes holding one mosaic: dozens of subplots would take seconds to lay out."""
     plt = _pyplot()
-    count = max(1, len(images))
-    columns = min(columns, count)
-    rows = (count + columns - 1) // columns
-    figure, axes_grid = plt.subplots(rows, columns, figsize=(columns * 1.6, rows * 1.8 + 0.4), squeeze=False)
-    for index, axes in enumerate(axes_grid.flat):
-        axes.axis("off")
-        if index < len(images):
-            pixels = images[index].transpose(1, 2, 0)
-            axes.imshow(pixels[..., 0] if pixels.shape[-1] == 1 else pixels, cmap="gray", vmin=0, vmax=255)
-            axes.set_title(captions[index], fontsize=7)
+    count, (channels, height, width) = len(images), images.shape[1:] if len(images) else (1, 8, 8)
+    columns = max(1, min(columns, count))
+    rows = max(1, (count + columns - 1) // columns)
+    gap = max(2, height // 8)
+    mosaic = np.full((rows * (height + gap), columns * (width + gap), channels), 255, dtype=np.uint8)
+    for index, image in enumerate(images):
+        top, left = (index // columns) * (height + gap), (index % columns) * (width + gap)
+        mosaic[top : top + height, left : left + width] = image.transpose(1, 2, 0)
+    cell = 1.7  # inches per image: room for a two-line caption at any pixel size
+    figure = plt.figure(figsize=(columns * cell, rows * cell + 0.5))
+    axes = figure.add_axes((0, 0, 1, rows * cell / (rows * cell + 0.5)))
+    axes.imshow(mosaic[..., 0] if channels == 1 else mosaic, cmap="gray", vmin=0, vmax=255, aspect="auto")
+    axes.axis("off")
+    for index, caption in enumerate(captions):
+        axes.text((index % columns) * (width + gap) + width / 2, (index // columns) * (height + gap) + 1, caption,
+                  ha="center", va="top", fontsize=7, color="yellow",
+                  bbox={"facecolor": "black", "alpha": 0.6, "pad": 1, "linewidth": 0})
     figure.suptitle(title)
-    figure.tight_layout()
     return figure
 
 

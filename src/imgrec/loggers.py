@@ -22,5 +22,13 @@ class TensorBoardLogger:
         self.writer.add_hparams(params, {f"hparam/{k}": v for k, v in metrics.items()}, run_name=".")
         self.writer.flush()
 
+    def log_figure(self, tag: str, figure, step: int) -> None:
+        """A matplotlib figure as an image (closed afterwards)."""
+        self.writer.add_figure(tag, figure, global_step=step, close=True)
+        self.writer.flush()
+
+    def log_pr_curve(self, tag: str, positives, scores, step: int) -> None:
+        self.writer.add_pr_curve(tag, positives, scores, global_step=step)
+
     def close(self) -> None:
         self.writer.close()

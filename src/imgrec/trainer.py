@@ -163,6 +163,8 @@ class Trainer:
         self.checkpoint_extras = checkpoint_extras or {}
         self.epoch, self.step, self.should_stop = 0, 0, False
         self.resume_path = None  # the checkpoint file fit() resumed from, if any
+        self.val_loader = None
+        self.last_predictions: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # prefix -> (logits, labels)
 
     @property
     def eval_model(self) -> nn.Module:
@@ -197,6 +199,7 @@ class Trainer:
             self.load_state_dict(resume_state)
             self.resume_path = resume_path
             log.info(f"resumed from {resume_path} at epoch {self.epoch} (step {self.step})")
+        self.val_loader = val_loader  # for callbacks that draw validation images
         self._emit("on_fit_start")
         metrics: dict[str, float] = {}
         while self.epoch < self.max_epochs and not self.should_stop:
@@ -297,6 +300,7 @@ class Trainer:
 
     def evaluate(self, loader, prefix: str) -> dict[str, float]:
         logits, labels = self.predict(loader)
+        self.last_predictions[prefix] = (logits, labels)
         loss = F.cross_entropy(logits, labels).item()
         return {f"{prefix}/loss": loss, **epoch_scores(labels.numpy(), logits.argmax(dim=1).numpy(), prefix)}
 

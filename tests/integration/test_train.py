@@ -43,7 +43,7 @@ def test_writes_last_and_best_checkpoints_with_what_resume_and_eval_need(finishe
     assert last["class_names"] == ["class_0", "class_1", "class_2", "class_3"]
     assert last["class_to_idx"] == {"class_0": 0, "class_1": 1, "class_2": 2, "class_3": 3}
     assert last["config"]["dataset"]["_target_"] == "imgrec.data.datasets.fake"
-    assert set(last["callbacks"]) == {"early_stopping", "model_checkpoint"}
+    assert set(last["callbacks"]) == {"early_stopping", "model_checkpoint", "validation_figures"}
     assert best["epoch"] == last["callbacks"]["model_checkpoint"]["best_epoch"]
     assert result["best_score"] == last["callbacks"]["model_checkpoint"]["best_score"]
 
@@ -56,6 +56,10 @@ def test_tensorboard_has_every_scalar_for_every_epoch_and_the_test_scores(finish
     for tag in SCALARS:
         assert [e.step for e in events.Scalars(tag)] == [1, 2], tag
     assert "test/acc" in tags
+    # figures after the last epoch (every 5 and the last): confusion matrix, misclassified images, PR curves
+    assert {"val/confusion_matrix", "val/misclassified"} <= set(events.Tags()["images"])
+    assert [e.step for e in events.Images("val/confusion_matrix")] == [2]
+    assert "val_pr/class_0" in events.PluginTagToContent("pr_curves")
     # the HPARAMS tab: the run's hyperparameters with its final and best scores
     assert "_hparams_/experiment" in events.PluginTagToContent("hparams")
     assert {"hparam/val/acc", "hparam/test/acc", "hparam/best/val/acc"} <= set(tags)

@@ -1,0 +1,60 @@
+"""ValidationFigures: what TensorBoard shows besides curves: the validation confusion matrix, one
+precision-recall curve per class, and the validation images the model currently gets wrong."""
+
+import numpy as np
+import torch
+
+from imgrec.callbacks import Callback
+from imgrec.errors import ImgrecError
+
+
+def split_images(loader, indices: np.ndarray) -> np.ndarray:
+    """uint8 (N, C, H, W) images at `indices` of a loader's split, in memory or read from files."""
+    if hasattr(loader, "images"):  # the in-memory loader: the split's uint8 tensor
+        return loader.images[torch.as_tensor(indices, device=loader.images.device)].cpu().numpy()
+    from imgrec.data.images import decode_image
+
+    data = loader.data
+    return np.stack([decode_image(data.paths[i], data.channels, data.image_size).numpy() for i in indices])
+
+
+class ValidationFigures(Callback):
+    """Every `every_n_epochs` epochs and at the last one; needs a logger (nothing to draw on otherwise)."""
+
+    order = 50  # after early stopping, which decides whether this epoch is the last
+
+    def __init__(self, every_n_epochs: int = 10, max_images: int = 32):
+        if not isinstance(every_n_epochs, int) or every_n_epochs < 1:
+            raise ImgrecError(f"callbacks.validation_figures.every_n_epochs={every_n_epochs!r} must be a whole number >= 1")
+        self.every_n_epochs, self.max_images = every_n_epochs, max_images
+
+    def on_epoch_end(self, trainer, metrics: dict[str, float]) -> None:
+        last = trainer.epoch >= trainer.max_epochs or trainer.should_stop
+        if trainer.logger is None or "val" not in trainer.last_predictions:
+            return
+        if trainer.epoch % self.every_n_epochs and not last:
+            return
+        self.draw(trainer.logger, trainer.last_predictions["val"], trainer.val_loader,
+                  trainer.checkpoint_extras.get("class_names"), trainer.epoch)
+
+    def draw(self, logger, predictions, val_loader, class_names: list[str] | None, epoch: int) -> None:
+        from sklearn.metrics import confusion_matrix
+
+        from imgrec.figures import confusion_matrix_figure, image_grid_figure
+
+        logits, labels = predictions
+        probabilities = logits.softmax(dim=1)
+        predicted = probabilities.argmax(dim=1)
+        names = class_names or [str(i) for i in range(logits.shape[1])]
+        counts = confusion_matrix(labels.numpy(), predicted.numpy(), labels=np.arange(len(names)))
+        logger.log_figure("val/confusion_matrix", confusion_matrix_figure(counts, names, f"val, epoch {epoch}"), epoch)
+        for index, name in enumerate(names):
+            logger.log_pr_curve(f"val_pr/{name}", labels == index, probabilities[:, index], epoch)
+        wrong = torch.nonzero(predicted != labels).flatten()
+        if len(wrong) and val_loader is not None:
+            # the most confident mistakes first: the ones worth looking at
+            wrong = wrong[probabilities[wrong, predicted[wrong]].argsort(descending=True)][: self.max_images].numpy()
+            captions = [f"true {names[labels[i]]}\npred {names[predicted[i]]} ({probabilities[i, predicted[i]]:.2f})"
+                        for i in wrong]
+            figure = image_grid_figure(split_images(val_loader, wrong), captions, f"misclassified val images, epoch {epoch}")
+            logger.log_figure("val/misclassified", figure, epoch)
