@@ -42,7 +42,7 @@ def embed(model, loader) -> tuple[np.ndarray, np.ndarray]:
 
 def model_and_normalization(cfg: DictConfig, splits, device):
     """`ckpt_path`'s model, weights and normalisation when given; otherwise `model` with the dataset's."""
-    from imgrec.checkpoint import load_checkpoint
+    from imgrec.inference import load_trained
 
     if not cfg.ckpt_path:
         if not cfg.model.get("weights"):
@@ -50,16 +50,12 @@ def model_and_normalization(cfg: DictConfig, splits, device):
                         "only. Set model.weights (pretrained) or ckpt_path (a network you trained)")
         model = build(cfg.model, in_channels=splits.channels, num_classes=len(splits.class_names))
         return model.to(device), splits.mean, splits.std, OmegaConf.select(cfg, "model._target_")
-    state = load_checkpoint(cfg.ckpt_path)
-    model_cfg = OmegaConf.create(state["config"]["model"])
-    channels = state["input_shape"][0]
-    if channels != splits.channels:
-        raise ImgrecError(f"ckpt_path {cfg.ckpt_path} takes {channels}-channel images but dataset has "
-                          f"{splits.channels}; set dataset.channels={channels}")
-    model = build(model_cfg, in_channels=channels, num_classes=len(state["class_names"]))
-    model.load_state_dict(state["model"])
-    log.info(f"embedding with the model of {cfg.ckpt_path} (epoch {state['epoch']})")
-    return model.to(device), state["normalization"]["mean"], state["normalization"]["std"], model_cfg._target_
+    trained = load_trained(cfg.ckpt_path, device)
+    if trained.channels != splits.channels:
+        raise ImgrecError(f"ckpt_path {cfg.ckpt_path} takes {trained.channels}-channel images but dataset has "
+                          f"{splits.channels}; set dataset.channels={trained.channels}")
+    log.info(f"embedding with the model of {cfg.ckpt_path} (epoch {trained.state['epoch']})")
+    return trained.model, trained.mean, trained.std, trained.state["config"]["model"]["_target_"]
 
 
 def make_classifier(classifier_cfg: DictConfig):
