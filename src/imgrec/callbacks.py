@@ -1,4 +1,5 @@
-"""Callbacks: code that reacts to the end of an epoch. Three events only; nothing hooks the batch loop."""
+"""Callbacks: code that reacts to the end of an epoch. Four events only (fit start and end, epoch end, and an
+interrupted epoch); nothing hooks the batch loop."""
 
 import math
 from pathlib import Path
@@ -28,6 +29,9 @@ class Callback:
     def on_epoch_end(self, trainer, metrics: dict[str, float]) -> None: ...
 
     def on_fit_end(self, trainer) -> None: ...
+
+    def on_interrupt(self, trainer) -> None:
+        """A stop signal cut an epoch short; the trainer stops right after this."""
 
     def state_dict(self) -> dict:
         return {}
@@ -72,15 +76,20 @@ class EarlyStopping(Callback):
 
 
 class ModelCheckpoint(Callback):
-    """Write `last.pt` every epoch and `best.pt` whenever `monitor` reaches a new best (never for NaN)."""
+    """Write `last.pt` every epoch, `best.pt` whenever `monitor` reaches a new best (never for NaN), and
+    with `save_top_k` > 0 the k best epochs as `epoch_NNN.pt`. A new file is written before an old one
+    is deleted; only files in this run's `dirpath` are ever deleted."""
 
     order = 100
 
-    def __init__(self, dirpath: str, monitor: str, mode: str = "max"):
-        self.dirpath, self.monitor, self.mode = Path(dirpath), monitor, mode
+    def __init__(self, dirpath: str, monitor: str, mode: str = "max", save_top_k: int = 0):
+        if not isinstance(save_top_k, int) or save_top_k < 0:
+            raise ImgrecError(f"callbacks.model_checkpoint.save_top_k={save_top_k!r} must be a whole number >= 0")
+        self.dirpath, self.monitor, self.mode, self.save_top_k = Path(dirpath), monitor, mode, save_top_k
         self.sign = 1 if mode == "max" else -1
         self.best_score: float | None = None
         self.best_epoch: int | None = None
+        self.top_k: list[dict] = []  # {"score", "epoch", "path"}, best first
 
     @property
     def last_path(self) -> Path:
@@ -96,8 +105,11 @@ class ModelCheckpoint(Callback):
     def on_fit_start(self, trainer) -> None:
         self.check(trainer.metric_names)
         remove_stale_temp_files(self.dirpath)
+        check_free_space(self.dirpath, getattr(trainer, "model", None))
         if trainer.resume_path is not None and self.best_score is not None:
             self._carry_best_over(trainer, Path(trainer.resume_path))
+        if trainer.resume_path is not None and self.top_k:
+            self._carry_top_k_over()
 
     def _carry_best_over(self, trainer, resume_path: Path) -> None:
         """A resumed run writes to a new run dir: bring the best weights so far, so best.pt stays the best."""
@@ -106,13 +118,26 @@ class ModelCheckpoint(Callback):
         earlier_best = resume_path.parent / "best.pt"
         if earlier_best.is_file():
             copy_checkpoint(earlier_best, self.best_path)
-        elif trainer.epoch == self.best_epoch:  # the file resumed from is itself the best so far
+        elif trainer.epoch == self.best_epoch and getattr(trainer, "resume_progress", None) is None:
+            # the file resumed from is itself the best so far (an end-of-epoch file, not a mid-epoch one)
             copy_checkpoint(resume_path, self.best_path)
         else:
             trainer.log_text(
                 f"warning: no best.pt beside {resume_path}; best.pt will hold the best of the resumed epochs only"
             )
             self.best_score = self.best_epoch = None
+
+    def _carry_top_k_over(self) -> None:
+        """Copies of the earlier run's top-k files, so this run's top-k list names files it owns."""
+        kept = []
+        for entry in self.top_k:
+            source, destination = Path(entry["path"]), self.dirpath / Path(entry["path"]).name
+            if destination.resolve() != source.resolve():
+                if not source.is_file():
+                    continue  # gone: it leaves the list rather than name a missing file
+                copy_checkpoint(source, destination)
+            kept.append({**entry, "path": str(destination)})
+        self.top_k = kept
 
     def on_epoch_end(self, trainer, metrics: dict[str, float]) -> None:
         score = metrics[self.monitor]
@@ -121,13 +146,75 @@ class ModelCheckpoint(Callback):
         )
         if improved:
             self.best_score, self.best_epoch = score, trainer.epoch
-        state = trainer.checkpoint_state()  # taken after updating best_score, so best.pt knows it is best
+        enters_top_k = self.save_top_k > 0 and math.isfinite(score) and (
+            len(self.top_k) < self.save_top_k or self.sign * score > self.sign * self.top_k[-1]["score"]
+        )
+        evicted = []
+        if enters_top_k:
+            self.top_k.append({"score": score, "epoch": trainer.epoch,
+                               "path": str(self.dirpath / f"epoch_{trainer.epoch:03d}.pt")})
+            # best first; an equal score keeps the earlier epoch ahead (as best.pt does)
+            self.top_k.sort(key=lambda entry: (-self.sign * entry["score"], entry["epoch"]))
+            evicted, self.top_k = self.top_k[self.save_top_k :], self.top_k[: self.save_top_k]
+        state = trainer.checkpoint_state()  # taken after updating the bookkeeping, so files know their rank
+        refuse_non_finite(state)
         save_checkpoint(state, self.last_path)
         if improved:
             save_checkpoint(state, self.best_path)
+        if any(entry["epoch"] == trainer.epoch for entry in self.top_k):
+            save_checkpoint(state, Path(self.top_k[[e["epoch"] for e in self.top_k].index(trainer.epoch)]["path"]))
+        for entry in evicted:  # only after the new file is safely written
+            self._delete(Path(entry["path"]), trainer)
+
+    def _delete(self, path: Path, trainer) -> None:
+        resume = getattr(trainer, "resume_path", None)
+        if path.parent.resolve() != self.dirpath.resolve() or (resume and path.resolve() == Path(resume).resolve()):
+            return  # never outside this run's folder, never the file this run resumed from
+        path.unlink(missing_ok=True)
+
+    def on_interrupt(self, trainer) -> None:
+        path = self.save_last(trainer)
+        trainer.log_text(f"saved {path} at epoch {trainer.epoch + 1}, batch {trainer.batch_in_epoch}")
+
+    def save_last(self, trainer) -> Path:
+        """Write last.pt now, mid-epoch (an interrupted run): the state says where in the epoch it stopped."""
+        state = trainer.checkpoint_state()
+        refuse_non_finite(state)
+        return save_checkpoint(state, self.last_path)
 
     def state_dict(self) -> dict:
-        return {"best_score": self.best_score, "best_epoch": self.best_epoch}
+        return {"best_score": self.best_score, "best_epoch": self.best_epoch, "top_k": self.top_k}
 
     def load_state_dict(self, state: dict) -> None:
         self.best_score, self.best_epoch = state["best_score"], state["best_epoch"]
+        self.top_k = list(state.get("top_k", []))
+
+
+def refuse_non_finite(state: dict) -> None:
+    """Never write weights with NaN or Inf in them as a checkpoint: they would be resumed or shipped."""
+    import torch
+
+    for name, tensor in state.get("model", {}).items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise ImgrecError(
+                f"the model's {name} holds NaN or Inf values, so no checkpoint was written over the last good one; "
+                "training diverged: lower optimizer.lr, set trainer.grad_clip_norm, or use trainer.precision=32"
+            )
+
+
+def check_free_space(directory: Path, model, factor: float = 2.0) -> None:
+    """Fail before training when the checkpoint folder's disk cannot hold `factor` x the model's size."""
+    import shutil
+
+    if model is None:
+        return
+    size = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+    existing = directory
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    free = shutil.disk_usage(existing).free
+    if free < factor * size:
+        raise ImgrecError(
+            f"only {free / 2**20:.1f} MiB free on the disk of {directory}, less than {factor:g} x the model's "
+            f"{size / 2**20:.1f} MiB that checkpoints need; free space or set callbacks.model_checkpoint.dirpath"
+        )

@@ -151,13 +151,35 @@ def guard_against_overwrite(callbacks: dict, resumed: bool) -> None:
         )
 
 
+def resume_command(checkpoint) -> str:
+    """The command line that continues this run: its own overrides, with ckpt_path pointing at `checkpoint`."""
+    import shlex
+
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith("ckpt_path=")]
+    except ValueError:  # not inside a Hydra run (called from Python)
+        overrides = []
+    return " ".join(["imgrec-train", *(shlex.quote(o) for o in overrides), shlex.quote(f"ckpt_path={checkpoint}")])
+
+
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    from imgrec.trainer import TrainingInterrupted
+
     try:
         result = train(cfg)
     except ImgrecError as error:
         log.error(f"error: {error}")
         sys.exit(2)
+    except TrainingInterrupted as stop:
+        if stop.checkpoint is None:
+            log.error(f"{stop}; no model_checkpoint callback is configured, so nothing was saved")
+        else:
+            where = f"in epoch {stop.epoch + 1} after batch {stop.batch}" if stop.batch else f"after epoch {stop.epoch}"
+            log.warning(f"{stop} {where}; saved {stop.checkpoint}. Resume with:\n  {resume_command(stop.checkpoint)}")
+        sys.exit(stop.exit_code)
     return result["best_score"]  # what a sweeper optimises
 
 

@@ -1,6 +1,8 @@
 """The training loop: fit -> train_epoch -> train_step, evaluate, and the state a resume needs."""
 
 import logging
+import signal
+import threading
 from collections.abc import Mapping
 import math
 import sys
@@ -22,6 +24,19 @@ from imgrec.seeding import rng_state, set_rng_state
 log = logging.getLogger("imgrec")
 
 TRAIN_METRICS = ("train/loss", "train/acc", "train/lr")
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)  # Ctrl-C, kill / preemption, SLURM's warning
+
+
+class TrainingInterrupted(Exception):
+    """A stop signal arrived; `checkpoint` (None without a ModelCheckpoint) holds the state to resume from."""
+
+    def __init__(self, signum: int, checkpoint, epoch: int, batch: int):
+        self.signum, self.checkpoint, self.epoch, self.batch = signum, checkpoint, epoch, batch
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
 EVAL_METRICS = ("loss", "acc", "macro_precision", "macro_recall", "macro_f1")
 
 
@@ -121,6 +136,7 @@ class Trainer:
         channels_last: bool = False,
         compile: bool | dict = False,
         mixup: dict | None = None,  # MixUpCutMix settings (they need num_classes)
+        max_bad_steps: int | None = 3,  # non-finite steps in a row before stopping; None: no check (no per-step sync)
         num_classes: int | None = None,
         checkpoint_extras: dict | None = None,
     ):
@@ -138,6 +154,10 @@ class Trainer:
         if not isinstance(accumulate_batches, int) or accumulate_batches < 1:
             raise ImgrecError(f"trainer.accumulate_batches={accumulate_batches!r} must be a whole number >= 1")
         self.grad_clip_norm, self.accumulate_batches = grad_clip_norm, accumulate_batches
+        if max_bad_steps is not None and (not isinstance(max_bad_steps, int) or max_bad_steps < 1):
+            raise ImgrecError(f"trainer.max_bad_steps={max_bad_steps!r} must be null (no check) or a whole number >= 1")
+        self.max_bad_steps, self.bad_steps_in_a_row, self.skipped_steps = max_bad_steps, 0, 0
+        self._buffer_snapshot = None  # batch-norm statistics before the current step, restored if it goes bad
         self.amp_dtype = autocast_dtype(precision, self.device)
         self.scaler = make_grad_scaler(self.amp_dtype, self.device)
         self.channels_last = bool(channels_last)
@@ -164,6 +184,8 @@ class Trainer:
         self.epoch, self.step, self.should_stop = 0, 0, False
         self.resume_path = None  # the checkpoint file fit() resumed from, if any
         self.val_loader = None
+        self.stop_signal: int | None = None
+        self.batch_in_epoch, self.resume_progress, self._epoch_sums = 0, None, None
         self.last_predictions: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # prefix -> (logits, labels)
 
     @property
@@ -201,28 +223,73 @@ class Trainer:
             log.info(f"resumed from {resume_path} at epoch {self.epoch} (step {self.step})")
         self.val_loader = val_loader  # for callbacks that draw validation images
         self._emit("on_fit_start")
+        handlers = self._catch_stop_signals()
+        try:
+            metrics = self._fit_epochs(train_loader, val_loader)
+        except torch.OutOfMemoryError as error:
+            raise ImgrecError(
+                f"out of GPU memory with trainer.batch_size={self.batch_size}: try trainer.batch_size="
+                f"{max(1, self.batch_size // 2)} (and trainer.accumulate_batches={2 * self.accumulate_batches} to keep "
+                "the effective batch), trainer.precision=bf16-mixed, or a smaller model"
+            ) from error
+        finally:
+            for signum, handler in handlers.items():
+                signal.signal(signum, handler)
+        self._emit("on_fit_end")
+        return metrics
+
+    def _fit_epochs(self, train_loader, val_loader) -> dict[str, float]:
         metrics: dict[str, float] = {}
         while self.epoch < self.max_epochs and not self.should_stop:
-            metrics = {**self.train_epoch(train_loader), **self.evaluate(val_loader, prefix="val")}
+            train_metrics = self.train_epoch(train_loader)
+            if train_metrics is None:  # a stop signal mid-epoch: save where we are, then stop
+                self._emit("on_interrupt")
+                raise TrainingInterrupted(self.stop_signal, self._saved_checkpoint(), self.epoch, self.batch_in_epoch)
+            metrics = {**train_metrics, **self.evaluate(val_loader, prefix="val")}
             self.epoch += 1
             if not self.schedule_per_step:
                 step_scheduler(self.scheduler, metrics)
             self.log(metrics)
             self._emit("on_epoch_end", metrics)  # early stopping, then checkpointing
-        self._emit("on_fit_end")
+            if self.stop_signal is not None:  # arrived during validation or saving: last.pt is this epoch's end
+                raise TrainingInterrupted(self.stop_signal, self._saved_checkpoint(), self.epoch, 0)
         return metrics
 
-    def train_epoch(self, loader) -> dict[str, float]:
+    def _saved_checkpoint(self):
+        checkpoint = self.callbacks.get("model_checkpoint")
+        return None if checkpoint is None else checkpoint.last_path
+
+    def _catch_stop_signals(self) -> dict:
+        """Stop signals set a flag the loop reads at the next step boundary; returns the previous handlers."""
+        if threading.current_thread() is not threading.main_thread():
+            return {}  # Python delivers signals to the main thread only
+
+        def on_signal(signum, frame):
+            name = signal.Signals(signum).name
+            if self.stop_signal is None:
+                sys.stderr.write(f"\n{name} received: saving last.pt at the next step boundary, then stopping\n")
+            else:
+                sys.stderr.write(f"\n{name} received again: already stopping, wait for the checkpoint to be written\n")
+            self.stop_signal = signum
+
+        return {signum: signal.signal(signum, on_signal) for signum in STOP_SIGNALS}
+
+    def train_epoch(self, loader) -> dict[str, float] | None:
+        """One epoch (or its rest, after a mid-epoch resume); None when a stop signal cut it short."""
         self.model.train()
-        loader.set_epoch(self.epoch)
+        progress, self.resume_progress = self.resume_progress, None
+        first = progress["batches"] if progress else 0
+        loader.set_epoch(self.epoch, skip=first)
         # running sums stay on the device: no host sync per step
-        loss_sum = torch.zeros((), device=self.device)
-        correct = torch.zeros((), dtype=torch.int64, device=self.device)
-        seen = 0
-        bar = self._progress_bar(loader)
+        if progress:
+            loss_sum, correct, seen = progress["loss_sum"].to(self.device), progress["correct"].to(self.device), progress["seen"]
+        else:
+            loss_sum = torch.zeros((), device=self.device)
+            correct, seen = torch.zeros((), dtype=torch.int64, device=self.device), 0
+        bar = self._progress_bar(loader, done=seen)
         last_refresh = time.monotonic()
         last_batch = len(loader) - 1
-        for batch, (images, labels) in enumerate(loader):
+        for batch, (images, labels) in enumerate(loader, start=first):
             # with accumulation, the optimizer steps every k batches and after the epoch's last one
             update = (batch + 1) % self.accumulate_batches == 0 or batch == last_batch
             if self.mix is not None:
@@ -240,8 +307,17 @@ class Trainer:
                 if time.monotonic() - last_refresh > 0.5:  # the .item() sync only when the bar redraws
                     bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
                     last_refresh = time.monotonic()
+            # stop only where no gradients are half-accumulated, so the saved state is complete
+            if self.stop_signal is not None and update and batch != last_batch:
+                self.batch_in_epoch, self._epoch_sums = batch + 1, (loss_sum, correct, seen)
+                if bar is not None:
+                    bar.close()
+                return None
         if bar is not None:
             bar.close()
+        self.batch_in_epoch, self._epoch_sums = 0, None
+        if self.skipped_steps:
+            log.warning(f"{self.skipped_steps} optimizer step(s) skipped so far for a non-finite loss or gradient")
         return {
             "train/loss": loss_sum.item() / seen,
             "train/acc": correct.item() / seen,
@@ -253,36 +329,82 @@ class Trainer:
         `targets` are class indices, or class probabilities for a mixed batch."""
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
+        if self.max_bad_steps is not None and self._buffer_snapshot is None:
+            self._buffer_snapshot = self._snapshot_buffers()  # at the start of each accumulation window
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
             logits = self.train_forward(images)
             loss = self.criterion(logits, targets)
         scaled = loss / self.accumulate_batches if self.accumulate_batches > 1 else loss
         (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
         if update:
-            if self.optimizer_step():
+            if self.optimizer_step(loss):
                 if self.ema is not None:
                     self.ema.update_parameters(self.model)
                 if self.schedule_per_step:
                     self.scheduler.step()
+                self.step += 1
             self.optimizer.zero_grad(set_to_none=True)
-            self.step += 1
+            self._buffer_snapshot = None
         return loss, logits
 
-    def optimizer_step(self) -> bool:
-        """Clip and step; False when a float16 GradScaler skipped the step for inf/NaN gradients, so the
-        schedule and the EMA do not move for an update that did not happen."""
-        if self.scaler is None:
+    def optimizer_step(self, loss: torch.Tensor) -> bool:
+        """Clip and step. False for a step not taken: a non-finite loss or gradient (the guard), or inf/NaN
+        gradients a float16 GradScaler skipped; then the schedule and the EMA do not move either."""
+        if self.scaler is not None:
+            if not self._step_is_finite(loss, None):
+                return False
             if self.grad_clip_norm is not None:
+                self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip_norm)
-            self.optimizer.step()
-            return True
+            scale = self.scaler.get_scale()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            return self.scaler.get_scale() >= scale  # the scale only shrinks after a skipped step
+        norm = None
         if self.grad_clip_norm is not None:
-            self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip_norm)
-        scale = self.scaler.get_scale()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        return self.scaler.get_scale() >= scale  # the scale only shrinks after a skipped step
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip_norm)
+        elif self.max_bad_steps is not None:
+            grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+            norm = torch.nn.utils.get_total_norm(grads) if grads else None
+        if not self._step_is_finite(loss, norm):
+            return False
+        self.optimizer.step()
+        return True
+
+    def _step_is_finite(self, loss: torch.Tensor, grad_norm: torch.Tensor | None) -> bool:
+        """The non-finite guard: one host sync per optimizer step (none when max_bad_steps is null)."""
+        if self.max_bad_steps is None:
+            return True
+        finite = torch.isfinite(loss.detach())
+        if grad_norm is not None:
+            finite = finite & torch.isfinite(grad_norm)
+        if bool(finite):
+            self.bad_steps_in_a_row = 0
+            return True
+        self.bad_steps_in_a_row += 1
+        self.skipped_steps += 1
+        self._restore_buffers()  # the bad forward pass also fed NaN into the batch-norm statistics
+        loss_value = float(loss.detach())
+        norm_text = "" if grad_norm is None else f", gradient norm {float(grad_norm)}"
+        log.warning(f"epoch {self.epoch + 1}, step {self.step + 1}: loss {loss_value}{norm_text}; step skipped")
+        if self.bad_steps_in_a_row >= self.max_bad_steps:
+            raise ImgrecError(
+                f"{self.bad_steps_in_a_row} optimizer steps in a row had a non-finite loss or gradient (last: loss "
+                f"{loss_value}{norm_text}); none of them changed the weights, and last.pt holds the last good epoch. "
+                "Lower optimizer.lr, set trainer.grad_clip_norm, use trainer.precision=32, or check the data "
+                "(trainer.max_bad_steps sets how many are tolerated)"
+            )
+        return False
+
+    def _snapshot_buffers(self) -> list[torch.Tensor]:
+        return [buffer.detach().clone() for buffer in self.model.buffers() if buffer.is_floating_point()]
+
+    def _restore_buffers(self) -> None:
+        if self._buffer_snapshot is not None:
+            floating = [buffer for buffer in self.model.buffers() if buffer.is_floating_point()]
+            with torch.no_grad():
+                for buffer, saved in zip(floating, self._buffer_snapshot):
+                    buffer.copy_(saved)
 
     @torch.inference_mode()
     def predict(self, loader) -> tuple[torch.Tensor, torch.Tensor]:
@@ -315,14 +437,14 @@ class Trainer:
     def log_text(self, message: str) -> None:
         log.info(message)
 
-    def _progress_bar(self, loader):
+    def _progress_bar(self, loader, done: int = 0):
         if not self.show_bar:
             return None
         from tqdm import tqdm
 
         total = min(loader.num_samples, len(loader) * loader.batch_size)
         return tqdm(
-            total=total, desc=f"epoch {self.epoch + 1}/{self.max_epochs}", unit="img",
+            total=total, initial=done, desc=f"epoch {self.epoch + 1}/{self.max_epochs}", unit="img",
             leave=False, dynamic_ncols=True, file=sys.stderr,
         )
 
@@ -345,8 +467,17 @@ class Trainer:
             "callbacks": {name: callback.state_dict() for name, callback in self.callbacks.items()},
             "rng": rng_state(),
             **({} if self.scaler is None else {"grad_scaler": self.scaler.state_dict()}),
+            **self._progress_state(),
             **self.checkpoint_extras,
         }
+
+    def _progress_state(self) -> dict:
+        """Where in the epoch an interrupted run stopped: batches done and the running training sums."""
+        if not self.batch_in_epoch:
+            return {}
+        loss_sum, correct, seen = self._epoch_sums
+        return {"epoch_progress": {"batches": self.batch_in_epoch, "loss_sum": loss_sum.detach().cpu(),
+                                   "correct": correct.detach().cpu(), "seen": seen}}
 
     def load_state_dict(self, state: dict) -> None:
         try:
@@ -366,6 +497,7 @@ class Trainer:
         if self.scaler is not None and "grad_scaler" in state:
             self.scaler.load_state_dict(state["grad_scaler"])
         self.epoch, self.step = state["epoch"], state["step"]
+        self.resume_progress = state.get("epoch_progress")  # train_epoch continues from that batch
         for name, callback in self.callbacks.items():
             if name in state["callbacks"]:
                 callback.load_state_dict(state["callbacks"][name])

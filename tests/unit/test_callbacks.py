@@ -73,7 +73,7 @@ def test_model_checkpoint_never_calls_nan_best_and_keeps_last(tmp_path):
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
     assert load_checkpoint(checkpoint.best_path)["epoch"] == 3
     assert load_checkpoint(checkpoint.last_path)["epoch"] == 4
-    assert checkpoint.state_dict() == {"best_score": 7.0, "best_epoch": 3}
+    assert checkpoint.state_dict() == {"best_score": 7.0, "best_epoch": 3, "top_k": []}
 
 
 def test_model_checkpoint_writes_no_best_while_every_score_is_nan(tmp_path):
@@ -109,3 +109,86 @@ def test_without_an_earlier_best_the_resumed_best_starts_afresh(tmp_path):
     assert "no best.pt beside" in trainer.messages[-1] and resumed.best_score is None
     run_epochs(resumed, trainer, [0.6])
     assert load_checkpoint(resumed.best_path)["epoch"] == 3
+
+
+def test_top_2_of_nan_5_7_3_keeps_exactly_those_files_also_after_a_resume(tmp_path):
+    first = tmp_path / "run1" / "checkpoints"
+    trainer = StandInTrainer()
+    checkpoint = ModelCheckpoint(dirpath=str(first), monitor="val/acc", mode="max", save_top_k=2)
+    checkpoint.on_fit_start(trainer)
+    run_epochs(checkpoint, trainer, [math.nan, 5.0, 7.0, 3.0])
+    assert sorted(p.name for p in first.iterdir()) == ["best.pt", "epoch_002.pt", "epoch_003.pt", "last.pt"]
+    assert load_checkpoint(first / "epoch_002.pt")["epoch"] == 2
+    # stop after epoch 2 and resume in a new run dir from its last.pt: the same files result there
+    run_a = tmp_path / "a" / "checkpoints"
+    trainer = StandInTrainer()
+    checkpoint = ModelCheckpoint(dirpath=str(run_a), monitor="val/acc", save_top_k=2)
+    checkpoint.on_fit_start(trainer)
+    run_epochs(checkpoint, trainer, [math.nan, 5.0])
+    saved = checkpoint.state_dict()
+    run_b = tmp_path / "b" / "checkpoints"
+    resumed = ModelCheckpoint(dirpath=str(run_b), monitor="val/acc", save_top_k=2)
+    resumed.load_state_dict(saved)
+    trainer.resume_path = str(run_a / "last.pt")
+    resumed.on_fit_start(trainer)
+    run_epochs(resumed, trainer, [7.0, 3.0])
+    assert sorted(p.name for p in run_b.iterdir()) == ["best.pt", "epoch_002.pt", "epoch_003.pt", "last.pt"]
+    assert sorted(p.name for p in run_a.iterdir()) == ["best.pt", "epoch_002.pt", "last.pt"]  # untouched
+    assert [e["epoch"] for e in resumed.state_dict()["top_k"]] == [3, 2]
+
+
+def test_eviction_writes_the_new_file_first_and_never_deletes_outside_the_run_dir(tmp_path):
+    trainer = StandInTrainer()
+    outside = tmp_path / "elsewhere.pt"
+    outside.write_bytes(b"keep me")
+    checkpoint = ModelCheckpoint(dirpath=str(tmp_path / "ck"), monitor="val/acc", save_top_k=1)
+    checkpoint.on_fit_start(trainer)
+    checkpoint.top_k = [{"score": 1.0, "epoch": 0, "path": str(outside)}]
+    run_epochs(checkpoint, trainer, [2.0])
+    assert outside.read_bytes() == b"keep me"
+    assert [e["epoch"] for e in checkpoint.top_k] == [1]
+
+
+def test_a_failed_save_stops_with_a_clear_error_and_the_previous_file_intact(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    trainer = StandInTrainer()
+    checkpoint = ModelCheckpoint(dirpath=str(tmp_path / "ck"), monitor="val/acc")
+    checkpoint.on_fit_start(trainer)
+    run_epochs(checkpoint, trainer, [1.0])
+    before = checkpoint.last_path.read_bytes()
+
+    def full_disk(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    with pytest.raises(ImgrecError, match=r"could not write checkpoint .*last.pt: \[Errno 28\] No space left on device"):
+        run_epochs(checkpoint, trainer, [2.0])
+    monkeypatch.undo()
+    assert checkpoint.last_path.read_bytes() == before
+    assert not [p for p in checkpoint.dirpath.iterdir() if p.name.startswith(".")]  # no temp file left
+
+
+def test_non_finite_weights_are_never_written(tmp_path):
+    trainer = StandInTrainer()
+    trainer.checkpoint_state = lambda: {"epoch": trainer.epoch, "model": {"w": torch.tensor([1.0, float("nan")])}}
+    checkpoint = ModelCheckpoint(dirpath=str(tmp_path / "ck"), monitor="val/acc")
+    with pytest.raises(ImgrecError, match="the model's w holds NaN or Inf values, so no checkpoint was written"):
+        run_epochs(checkpoint, trainer, [1.0])
+    assert not checkpoint.last_path.exists()
+
+
+def test_too_little_disk_is_refused_before_training(tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    from imgrec.callbacks import check_free_space
+
+    model = torch.nn.Linear(1000, 1000)  # 4 MB of weights
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 5 * 2**20, 5 * 2**20))
+    with pytest.raises(ImgrecError, match=r"only 5.0 MiB free on the disk of .*, less than 2 x the model's 3.8 MiB"):
+        check_free_space(tmp_path / "not" / "yet" / "made", model)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 0, 10**9))
+    check_free_space(tmp_path, model)

@@ -39,6 +39,7 @@ class EpochOrder:
     def __init__(self, num_samples: int, batch_size: int, shuffle: bool, drop_last: bool, seed: int, limit_batches):
         self.num_samples, self.batch_size, self.shuffle, self.drop_last = num_samples, batch_size, shuffle, drop_last
         self.seed, self.epoch, self.limit_batches = seed, 0, limit_batches
+        self.skip = 0  # batches of this epoch already trained before a mid-epoch resume
 
     def __len__(self) -> int:
         if self.drop_last:
@@ -55,7 +56,7 @@ class EpochOrder:
 
     def __iter__(self) -> Iterator[list[int]]:  # a batch sampler for DataLoader
         order = self.order().tolist()
-        for batch in range(len(self)):
+        for batch in range(self.skip, len(self)):
             yield order[batch * self.batch_size : (batch + 1) * self.batch_size]
 
 
@@ -64,8 +65,9 @@ class EpochLoader:
 
     sampler: EpochOrder
 
-    def set_epoch(self, epoch: int) -> None:
-        self.sampler.epoch = epoch
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        """Serve `epoch`'s batches from batch `skip` on (a mid-epoch resume); skipped ones are not even read."""
+        self.sampler.epoch, self.sampler.skip = epoch, skip
 
     @property
     def num_samples(self) -> int:
@@ -92,7 +94,7 @@ class InMemoryLoader(EpochLoader):
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = self.sampler.order().to(self.device) if self.sampler.shuffle else None
-        for batch in range(len(self)):
+        for batch in range(self.sampler.skip, len(self)):
             start = batch * self.batch_size
             if order is None:  # contiguous slices are views: no gather
                 images, labels = self.images[start : start + self.batch_size], self.labels[start : start + self.batch_size]
