@@ -10,11 +10,59 @@ from imgrec.errors import ImgrecError
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
 
+# `_target_`s may name only these packages' callables: a config (or the config stored in a checkpoint
+# someone sent you) must not be able to call os.system. `allowed_targets=[mypkg.]` adds a trusted package.
+ALLOWED_TARGET_PREFIXES = ("imgrec.", "torch.", "torchvision.", "albumentations.", "timm.", "sklearn.")
+_user_allowed_prefixes: list[str] = []
+
+
+def allow_targets(prefixes) -> None:
+    """Trust the packages the user listed in `allowed_targets` (each a module prefix such as `mypkg.`)."""
+    for prefix in prefixes or []:
+        if not isinstance(prefix, str) or not prefix.strip("."):
+            raise ImgrecError(f"allowed_targets entry {prefix!r} must be a module name such as mypkg or mypkg.models")
+        prefix = prefix if prefix.endswith(".") else prefix + "."
+        if prefix not in _user_allowed_prefixes:
+            _user_allowed_prefixes.append(prefix)
+
+
+def check_targets(node, where: str = "") -> None:
+    """Raise before anything is instantiated if any `_target_` under `node` is outside the allowed packages."""
+    from omegaconf import ListConfig
+
+    if isinstance(node, (DictConfig, dict)):
+        keys = list(node.keys())
+        for key in keys:
+            if isinstance(node, DictConfig) and not where:
+                child_where = node._get_full_key(key)  # e.g. model._target_ for build(cfg.model)
+            else:
+                child_where = f"{where}.{key}" if where else str(key)
+            if key == "_target_":
+                target = str(node[key])
+                allowed = (*ALLOWED_TARGET_PREFIXES, *_user_allowed_prefixes)
+                if not target.startswith(allowed):
+                    module = target.rsplit(".", 1)[0]
+                    raise ImgrecError(
+                        f"{child_where}={target!r} is not allowed: imgrec instantiates only callables from "
+                        f"{', '.join(p.rstrip('.') for p in allowed)}. If you trust {module}, add "
+                        f"allowed_targets=[{module}] to the command line"
+                    )
+            else:
+                value = node._get_node(key)._value() if isinstance(node, DictConfig) else node[key]
+                if isinstance(value, (DictConfig, ListConfig, dict, list)):
+                    check_targets(node[key], child_where)
+    elif isinstance(node, (ListConfig, list)):
+        for index in range(len(node)):
+            check_targets(node[index], f"{where}[{index}]")
+
+
 def build(node, **kwargs):
-    """hydra.utils.instantiate, with our own errors unwrapped so users read the message, not a traceback."""
+    """hydra.utils.instantiate, after checking its `_target_`s, with our own errors unwrapped so users
+    read the message, not a traceback."""
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
 
+    check_targets(node)
     try:
         return instantiate(node, **kwargs)
     except InstantiationException as error:
@@ -23,9 +71,16 @@ def build(node, **kwargs):
         raise ImgrecError(str(error)) from error
 
 
+def check_tool_config(cfg: DictConfig) -> None:
+    """What every command checks first: the user's trusted packages, then every `_target_` in its config."""
+    allow_targets(cfg.get("allowed_targets"))
+    check_targets(cfg)
+
+
 def check_top_level(cfg: DictConfig) -> None:
     from imgrec.trainer import logged_metric_names
 
+    check_tool_config(cfg)
     if cfg.optimized_mode not in ("min", "max"):
         raise ImgrecError(f"optimized_mode={cfg.optimized_mode!r} must be 'min' or 'max'")
     if cfg.optimized_metric not in logged_metric_names():

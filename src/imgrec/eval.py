@@ -10,7 +10,7 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from imgrec.config import CONFIG_DIR, build
+from imgrec.config import CONFIG_DIR, build, check_tool_config
 from imgrec.errors import ImgrecError
 
 log = logging.getLogger("imgrec")
@@ -98,6 +98,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
     from imgrec.metrics import format_report
     from imgrec.trainer import resolve_device
 
+    check_tool_config(cfg)  # before anything is built
     if cfg.split not in ("test", "val", "train"):
         raise ImgrecError(f"split={cfg.split!r} must be test, val or train")
     device = resolve_device(cfg.device)

@@ -9,7 +9,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from imgrec.config import CONFIG_DIR
+from imgrec.config import CONFIG_DIR, check_tool_config
 from imgrec.errors import ImgrecError
 
 log = logging.getLogger("imgrec")
@@ -72,6 +72,7 @@ def export_checkpoint(cfg: DictConfig) -> dict:
 
     from imgrec.inference import load_trained
 
+    check_tool_config(cfg)  # before anything is built
     if cfg.format not in WRITERS:
         raise ImgrecError(f"format={cfg.format!r} must be one of {', '.join(WRITERS)}")
     trained = load_trained(cfg.ckpt_path, torch.device("cpu"))

@@ -9,7 +9,7 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from imgrec.config import CONFIG_DIR, build
+from imgrec.config import CONFIG_DIR, build, check_tool_config
 from imgrec.errors import ImgrecError
 
 log = logging.getLogger("imgrec")
@@ -85,6 +85,7 @@ def extract_features(cfg: DictConfig) -> dict:
     from imgrec.train import check_model_fits
     from imgrec.trainer import resolve_device
 
+    check_tool_config(cfg)  # before anything is built
     if not isinstance(cfg.batch_size, int) or cfg.batch_size < 1:
         raise ImgrecError(f"batch_size={cfg.batch_size!r} must be a whole number >= 1")
     device = resolve_device(cfg.device)

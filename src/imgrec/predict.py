@@ -10,7 +10,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from imgrec.config import CONFIG_DIR
+from imgrec.config import CONFIG_DIR, check_tool_config
 from imgrec.errors import ImgrecError
 
 log = logging.getLogger("imgrec")
@@ -59,6 +59,7 @@ def predict_images(cfg: DictConfig) -> dict:
     from imgrec.inference import load_trained
     from imgrec.trainer import resolve_device
 
+    check_tool_config(cfg)  # before anything is built
     if cfg.format not in ("csv", "json"):
         raise ImgrecError(f"format={cfg.format!r} must be csv or json")
     if not isinstance(cfg.top_k, int) or cfg.top_k < 1:

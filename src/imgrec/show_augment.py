@@ -7,7 +7,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from imgrec.config import CONFIG_DIR, build
+from imgrec.config import CONFIG_DIR, build, check_tool_config
 from imgrec.errors import ImgrecError
 
 log = logging.getLogger("imgrec")
@@ -30,6 +30,7 @@ def show_augment(cfg: DictConfig) -> Path:
     from imgrec.data.augment import build_augment
     from imgrec.seeding import seed_everything
 
+    check_tool_config(cfg)  # before anything is built
     for key in ("num_images", "repeats"):
         if not isinstance(cfg[key], int) or cfg[key] < 1:
             raise ImgrecError(f"{key}={cfg[key]!r} must be a whole number >= 1")

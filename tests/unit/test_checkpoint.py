@@ -69,3 +69,59 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
     with pytest.raises(CheckpointError, match="refused to load"):
         load_checkpoint(tmp_path / "evil.pt")
     assert not marker.exists()
+
+
+def test_no_source_file_loads_with_weights_only_off():
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    offenders = []
+    for path in [*(root / "src").rglob("*.py"), *(root / "scripts").rglob("*.py")]:
+        text = path.read_text()
+        if re.search(r"weights_only\s*=\s*False", text):
+            offenders.append(f"{path}: weights_only=False")
+        for call in re.finditer(r"torch\.load\((?:[^()]|\([^()]*\))*\)", text):
+            if "weights_only=True" not in call.group(0):
+                offenders.append(f"{path}: {call.group(0)}")
+    assert offenders == []
+
+
+def test_sigkill_at_20_random_moments_never_leaves_a_broken_checkpoint(tmp_path):
+    """A forked child saves a large checkpoint over and over; each kill lands at a random moment of a save."""
+    import hashlib
+    import random
+    import signal
+    import time
+
+    from imgrec.checkpoint import remove_stale_temp_files
+
+    path = tmp_path / "last.pt"
+    versions = {}
+    for version in range(2):
+        state = {"version": version, "weights": torch.full((4_000_000,), float(version))}  # 16 MB
+        save_checkpoint(state, path)
+        versions[hashlib.sha256(path.read_bytes()).hexdigest()] = version
+    save_checkpoint({"version": 0, "weights": torch.full((4_000_000,), 0.0)}, path)
+    rng = random.Random(0)
+    outcomes = []
+    for _ in range(20):
+        before = hashlib.sha256(path.read_bytes()).hexdigest()
+        pid = os.fork()
+        if pid == 0:  # the child: save the other version forever
+            try:
+                other = 1 - versions[before]
+                while True:
+                    save_checkpoint({"version": other, "weights": torch.full((4_000_000,), float(other))}, path)
+            finally:
+                os._exit(1)
+        time.sleep(rng.uniform(0.0, 0.15))
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        after = hashlib.sha256(path.read_bytes()).hexdigest()
+        assert after in versions, "the final file is a partial or mixed write"
+        assert load_checkpoint(path)["version"] == versions[after]
+        outcomes.append("kept" if after == before else "replaced")
+        remove_stale_temp_files(tmp_path)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]  # temp files cleaned at the next start
+    assert len(outcomes) == 20

@@ -87,3 +87,17 @@ def test_loader_normalises_and_keeps_images_with_their_labels():
 def test_limit_batches_and_drop_last():
     assert len(make_loader(limit_batches=2)) == 2 and len(list(make_loader(limit_batches=2))) == 2
     assert len(make_loader(drop_last=True)) == 2
+
+
+def test_a_label_out_of_range_names_the_sample_before_any_training():
+    import pytest
+    import torch
+
+    from imgrec.data.splits import make_splits
+    from imgrec.errors import ImgrecError
+
+    images = torch.zeros(12, 1, 4, 4, dtype=torch.uint8)
+    labels = torch.tensor([0, 1, 2] * 3 + [0, 1, 3])  # sample 11 says class 3 of three
+    with pytest.raises(ValueError, match=r"sample 11 has label 3 but there are 3 classes \(labels 0..2\)"):
+        make_splits(images, labels, ["a", "b", "c"], 0.25, 0.25, 0, "unit")
+    assert issubclass(ImgrecError, ValueError)

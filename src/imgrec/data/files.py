@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from imgrec.data.images import BadImage, decode_image
-from imgrec.data.splits import ImageTensors, Splits, assign_indices, normalization_stats
+from imgrec.data.splits import ImageTensors, Splits, assign_indices, check_labels, normalization_stats
 from imgrec.errors import ImgrecError
 
 log = logging.getLogger("imgrec")
@@ -129,6 +129,7 @@ def splits_from_files(
         raise ImgrecError(f"dataset.channels={channels} must be 1 (grayscale) or 3 (RGB)")
     if not isinstance(image_size, int) or image_size < 4:
         raise ImgrecError(f"dataset.image_size={image_size!r} must be a whole number of pixels >= 4")
+    check_labels(labels, class_names, lambda index: f"file {paths[index]}")
     if in_memory not in IN_MEMORY_CHOICES:
         raise ImgrecError(f"dataset.in_memory={in_memory!r} must be auto, true or false")
     if in_memory == "auto":

@@ -131,6 +131,18 @@ def carve(indices: np.ndarray, labels: np.ndarray, fraction: float, seed: int, n
     return np.sort(rest), np.sort(carved)
 
 
+def check_labels(labels, class_names: list[str], describe=lambda index: f"sample {index}") -> None:
+    """A label outside 0..classes-1 is an error naming the sample, here on the CPU, not a CUDA assert later."""
+    labels = torch.as_tensor(labels)
+    bad = torch.nonzero((labels < 0) | (labels >= len(class_names))).flatten()
+    if len(bad):
+        index = int(bad[0])
+        raise ImgrecError(
+            f"{describe(index)} has label {int(labels[index])} but there are {len(class_names)} classes "
+            f"(labels 0..{len(class_names) - 1}); {len(bad)} sample(s) are out of range"
+        )
+
+
 def splits_from_assignment(
     images: torch.Tensor,
     labels: torch.Tensor,
@@ -145,6 +157,7 @@ def splits_from_assignment(
     skipped=(),
 ) -> Splits:
     """Splits given per image (TRAIN/VAL/TEST); a split with no images is carved out of train, stratified."""
+    check_labels(labels, class_names)
     train_idx, val_idx, test_idx = assign_indices(labels.numpy(), assignment, val_fraction, test_fraction, split_seed)
     part = lambda idx: ImageTensors(images[idx].contiguous(), labels[idx].contiguous())  # noqa: E731
     train = part(train_idx)
