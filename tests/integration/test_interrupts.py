@@ -106,3 +106,13 @@ def test_non_finite_steps_are_skipped_then_stop_the_run(compose_cfg, tmp_path, m
     with pytest.raises(ImgrecError, match="3 optimizer steps in a row had a non-finite loss or gradient"):
         train(compose_cfg("dataset=fake", "trainer.max_epochs=2", "trainer.batch_size=16", run_dir=tmp_path / "diverged"))
     assert not (tmp_path / "diverged" / "checkpoints" / "last.pt").exists()
+
+
+def test_out_of_memory_names_the_batch_size_and_what_to_try(compose_cfg, tmp_path, monkeypatch):
+    def out_of_memory(self, images, targets, update=True):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(Trainer, "train_step", out_of_memory)
+    with pytest.raises(ImgrecError, match=r"out of GPU memory with trainer.batch_size=64: try trainer.batch_size=32 "
+                                          r"\(and trainer.accumulate_batches=2 to keep the effective batch\)"):
+        train(compose_cfg("dataset=fake", run_dir=tmp_path / "run"))

@@ -109,3 +109,48 @@ def test_eval_predict_export_commands_on_a_trained_checkpoint(tmp_path):
     assert exported.returncode == 0, exported.stderr
     missing = command("imgrec-eval")
     assert missing.returncode == 2 and "error: ckpt_path is required" in missing.stdout + missing.stderr
+
+
+SIGNAL_RUN = ["dataset=fake", "dataset.size=800", "trainer.batch_size=8", "trainer.max_epochs=2",
+              "trainer.progress=false", "augment=basic"]
+
+
+@pytest.fixture(scope="module")
+def unbroken_run(tmp_path_factory):
+    """The final weights of the run the signal tests interrupt, trained without a break."""
+    from imgrec.checkpoint import load_checkpoint
+
+    root = tmp_path_factory.mktemp("unbroken")
+    result = run_cli(*SIGNAL_RUN, "hydra.run.dir=whole", cwd=root)
+    assert result.returncode == 0, result.stderr
+    return load_checkpoint(root / "whole" / "checkpoints" / "last.pt")["model"]
+
+
+@pytest.mark.parametrize("signum, exit_code", [(2, 130), (15, 143), (10, 138)])  # SIGINT, SIGTERM, SIGUSR1
+def test_a_signal_mid_training_saves_and_the_resume_ends_where_an_unbroken_run_ends(tmp_path, unbroken_run,
+                                                                                     signum, exit_code):
+    import signal as signals
+    import time
+
+    import torch
+
+    from imgrec.checkpoint import load_checkpoint
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    child = subprocess.Popen([IMGREC_TRAIN, *SIGNAL_RUN, "hydra.run.dir=first"], cwd=tmp_path, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in child.stdout:  # training has started once the model is announced
+        if "training SmallCNN" in line:
+            break
+    time.sleep(1.0)
+    child.send_signal(signum)
+    output = line + child.stdout.read()
+    assert child.wait(timeout=120) == exit_code, output
+    assert f"{signals.Signals(signum).name} received" in output and "Resume with:" in output
+    resume_line = output.split("Resume with:")[1].strip().splitlines()[0]
+    assert resume_line.startswith("imgrec-train ") and "ckpt_path=" in resume_line
+    last = tmp_path / "first" / "checkpoints" / "last.pt"
+    resumed = run_cli(*SIGNAL_RUN, "hydra.run.dir=resumed", f"ckpt_path={last}", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    final = load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.pt")["model"]
+    assert all(torch.equal(final[name], tensor) for name, tensor in unbroken_run.items())

@@ -1,14 +1,17 @@
 """Your own images: class folders (`image_folder`) or a CSV of paths and labels (`csv`)."""
 
 import csv
+import logging
 from pathlib import Path
 
+from imgrec.data.archives import extract_archive, is_archive
 from imgrec.data.files import splits_from_files
 from imgrec.data.images import IMAGE_EXTENSIONS
 from imgrec.data.splits import TEST, TRAIN, VAL, Splits
 from imgrec.errors import ImgrecError
 
 FOLDER_LAYOUT = "<root>/<class>/<image> or <root>/{train,val,test}/<class>/<image> (see README: Your own images)"
+log = logging.getLogger("imgrec")
 SPLIT_NAMES = {"train": TRAIN, "val": VAL, "valid": VAL, "validation": VAL, "test": TEST}
 
 
@@ -46,6 +49,18 @@ def _scan(folder: Path, class_names: list[str] | None) -> tuple[list[Path], list
     return paths, labels, class_names
 
 
+def extracted_root(archive: Path, extract_dir: Path) -> Path:
+    """The archive's contents (extracted on first use; again when the archive is newer), descending into
+    a single top-level folder, as archives of a folder usually have one."""
+    destination = extract_dir / archive.name.split(".")[0]
+    if not destination.is_dir() or destination.stat().st_mtime < archive.stat().st_mtime:
+        log.info(f"extracting {archive} to {destination}")
+        extract_archive(archive, destination)
+    entries = [p for p in destination.iterdir() if not p.name.startswith(".")]
+    # one folder alone cannot be the class folders (a dataset needs two classes): it wraps them
+    return entries[0] if len(entries) == 1 and entries[0].is_dir() else destination
+
+
 def image_folder(
     root: str,
     image_size: int = 64,
@@ -59,11 +74,15 @@ def image_folder(
     std=None,
     on_bad_image: str = "error",
     in_memory="auto",
+    extract_dir: str | None = None,
 ) -> Splits:
     """Images in class folders. With train/ (and optionally val/, test/) subfolders those are the splits;
     a missing val/ or test/ is carved out of train/ by its fraction. Otherwise all images are split
-    stratified by val_fraction/test_fraction."""
+    stratified by val_fraction/test_fraction. `root` may be a .zip/.tar(.gz) of such a folder: it is
+    extracted safely into `extract_dir` once and read from there."""
     root_path = Path(root).expanduser()
+    if is_archive(root_path):
+        root_path = extracted_root(root_path, Path(extract_dir or root_path.parent / "extracted"))
     if not root_path.is_dir():
         raise ImgrecError(f"dataset.root '{root}' does not exist or is not a folder; expected {FOLDER_LAYOUT}")
     if (root_path / "train").is_dir():
