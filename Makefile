@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: install train test test-fast tb clean
+.PHONY: install train test test-fast tb bench bench-quick clean
 
 install: $(STAMP)
 
@@ -25,6 +25,15 @@ test: install
 # unit + integration only: skips the subprocess smoke tests
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow" $(ARGS)
+
+# the side-by-side benchmark (issue #7): imgrec vs a plain loop vs Lightning; appends to BENCHMARKS.md
+bench: install
+	$(BIN)/python -m pip install -c constraints.txt -e ".[bench]"
+	$(BIN)/python scripts/bench.py $(ARGS)
+
+# every benchmark task at toy size, about a minute; prints the report, appends nothing
+bench-quick: install
+	$(BIN)/python scripts/bench.py --quick $(ARGS)
 
 tb: install
 	$(BIN)/tensorboard --logdir outputs $(ARGS)

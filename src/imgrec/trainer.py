@@ -185,6 +185,7 @@ class Trainer:
         self.resume_path = None  # the checkpoint file fit() resumed from, if any
         self.val_loader = None
         self.stop_signal: int | None = None
+        self.epoch_seconds: float | None = None
         self.batch_in_epoch, self.resume_progress, self._epoch_sums = 0, None, None
         self.last_predictions: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # prefix -> (logits, labels)
 
@@ -241,11 +242,13 @@ class Trainer:
     def _fit_epochs(self, train_loader, val_loader) -> dict[str, float]:
         metrics: dict[str, float] = {}
         while self.epoch < self.max_epochs and not self.should_stop:
+            started = time.perf_counter()
             train_metrics = self.train_epoch(train_loader)
             if train_metrics is None:  # a stop signal mid-epoch: save where we are, then stop
                 self._emit("on_interrupt")
                 raise TrainingInterrupted(self.stop_signal, self._saved_checkpoint(), self.epoch, self.batch_in_epoch)
             metrics = {**train_metrics, **self.evaluate(val_loader, prefix="val")}
+            self.epoch_seconds = time.perf_counter() - started  # training + validation, shown in the log line
             self.epoch += 1
             if not self.schedule_per_step:
                 step_scheduler(self.scheduler, metrics)
@@ -432,7 +435,8 @@ class Trainer:
         if self.logger is not None:
             self.logger.log_metrics(metrics, step=self.epoch)
         shown = "  ".join(f"{name} {value:.4f}" for name, value in metrics.items() if name != "train/lr")
-        self.log_text(f"epoch {self.epoch}/{self.max_epochs}  {shown}  lr {metrics['train/lr']:.2e}")
+        seconds = f"  {self.epoch_seconds:.2f}s" if self.epoch_seconds is not None else ""
+        self.log_text(f"epoch {self.epoch}/{self.max_epochs}  {shown}  lr {metrics['train/lr']:.2e}{seconds}")
 
     def log_text(self, message: str) -> None:
         log.info(message)

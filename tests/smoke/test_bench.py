@@ -1,0 +1,35 @@
+"""scripts/bench.py --quick: every task at toy size produces a well-formed report (no timing asserted)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(),
+                    reason="needs Debian's dataset-fashion-mnist (.ci/run installs it)")
+def test_quick_bench_writes_a_report_with_every_task_and_contender(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench.py"), "--quick", "--out", str(tmp_path / "report.md"),
+         "--json", str(tmp_path / "report.json")], capture_output=True, text=True, timeout=900,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    data = json.loads((tmp_path / "report.json").read_text())
+    assert set(data["tasks"]) == {"digits", "fashion_mnist_epoch", "startup", "fashion_mnist_to_92.5"}
+    assert {"imgrec", "plain loop"} <= set(data["tasks"]["digits"])
+    for task, contenders in data["tasks"].items():
+        for name, runs in contenders.items():
+            assert runs and all(r["wall_s"] > 0 and r["peak_rss_mib"] > 10 for r in runs), (task, name)
+    digits = data["tasks"]["digits"]
+    assert len(digits["imgrec"][0]["epoch_s"]) == 2 and 0 <= digits["imgrec"][0]["test_acc"] <= 1
+    assert len(digits["plain loop"][0]["epoch_s"]) == 2
+    report = (tmp_path / "report.md").read_text()
+    for heading in ("### digits", "### fashion_mnist_epoch", "### startup", "### fashion_mnist_to_92.5"):
+        assert heading in report
+    assert "- imgrec / plain loop: wall s " in report
+    assert "BENCHMARKS" not in result.stdout  # quick mode appends nothing
