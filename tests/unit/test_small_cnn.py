@@ -52,3 +52,12 @@ def test_stride_and_padding_set_the_feature_map_size():
         SmallCNN(1, 5, stride=0)
     with pytest.raises(ImgrecError, match="model.padding='valid' must be 'same' or a whole number >= 0"):
         SmallCNN(1, 5, padding="valid")
+
+
+def test_head_pool_size_keeps_a_grid_of_positions():
+    flat = SmallCNN(1, 10, widths=[4, 8], convs_per_stage=1, hidden=[16], head_pool_size=7)
+    first_linear = next(m for m in flat.modules() if isinstance(m, torch.nn.Linear))
+    assert first_linear.in_features == 8 * 7 * 7
+    assert flat(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    with pytest.raises(ImgrecError, match="model.head_pool_size=0 must be a whole number >= 1"):
+        SmallCNN(1, 10, head_pool_size=0)

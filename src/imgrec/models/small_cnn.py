@@ -43,12 +43,15 @@ class SmallCNN(nn.Module):
         batch_norm: bool = True,
         hidden: Sequence[int] = (128,),
         dropout: float = 0.25,
+        head_pool_size: int = 1,
     ):
         super().__init__()
         if pool not in POOLS:
             raise ImgrecError(f"model.pool={pool!r} is not one of {', '.join(POOLS)}")
         if not widths or convs_per_stage < 1:
             raise ImgrecError(f"model.widths={list(widths)} and model.convs_per_stage={convs_per_stage} must be non-empty / >= 1")
+        if not isinstance(head_pool_size, int) or head_pool_size < 1:
+            raise ImgrecError(f"model.head_pool_size={head_pool_size!r} must be a whole number >= 1 (1: global average)")
         if not 0.0 <= dropout < 1.0:
             raise ImgrecError(f"model.dropout={dropout} must be in [0, 1)")
         if not isinstance(stride, int) or stride < 1:
@@ -72,7 +75,9 @@ class SmallCNN(nn.Module):
             # ceil_mode lets a 3x3 or 1x1 map still be pooled instead of vanishing
             layers.append(POOLS[pool](2, ceil_mode=True))
         self.features = nn.Sequential(*layers)
-        head: list[nn.Module] = [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+        # 1: global average pooling; k > 1 keeps a k x k grid of where features are (more parameters)
+        head: list[nn.Module] = [nn.AdaptiveAvgPool2d(head_pool_size), nn.Flatten()]
+        channels *= head_pool_size * head_pool_size
         for size in hidden:
             head += [nn.Dropout(dropout), nn.Linear(channels, size), make_activation(activation)]
             channels = size
