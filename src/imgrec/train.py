@@ -1,6 +1,7 @@
 """imgrec-train: compose the config, fit, then score the best checkpoint on the test split."""
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -16,14 +17,10 @@ log = logging.getLogger("imgrec")
 
 
 def train(cfg: DictConfig) -> dict:
-    """Fit and test as `cfg` says. Returns the last epoch's metrics, the best score and the test report."""
-    from imgrec.checkpoint import load_checkpoint
-    from imgrec.data.augment import build_augment
-    from imgrec.losses import build_loss
-    from imgrec.optim import build_optimizer
-    from imgrec.reporting import record_dataset
-    from imgrec.seeding import seed_everything
-    from imgrec.trainer import check_trainer_settings, check_training_options, resolve_device
+    """Fit and test as `cfg` says. Returns the last epoch's metrics, the best score and the test report.
+    Under torchrun, each process runs this; rank 0 alone writes files."""
+    from imgrec import distributed
+    from imgrec.trainer import check_trainer_settings
 
     # everything that can be checked cheaply is checked before data is loaded or a model is built
     check_top_level(cfg)
@@ -32,20 +29,41 @@ def train(cfg: DictConfig) -> dict:
         settings.max_epochs, settings.batch_size, settings.eval_batch_size, settings.limit_batches, settings.progress,
         settings.get("num_workers", "auto"),
     )
-    device = resolve_device(settings.device)
+    env, device_setting = distributed.setup(settings.device)
+    try:
+        return _train(cfg, env, device_setting)
+    finally:
+        distributed.teardown(env)
+
+
+def _train(cfg: DictConfig, env, device_setting: str) -> dict:
+    from imgrec import distributed
+    from imgrec.checkpoint import load_checkpoint
+    from imgrec.data.augment import build_augment
+    from imgrec.losses import build_loss
+    from imgrec.optim import build_optimizer
+    from imgrec.reporting import record_dataset
+    from imgrec.seeding import seed_everything
+    from imgrec.trainer import check_training_options, resolve_device
+
+    settings = cfg.trainer
+    device = resolve_device(device_setting)
     check_training_options(device, settings.get("precision", 32), settings.get("compile", False), settings.get("mixup"))
     resume_state = load_checkpoint(cfg.ckpt_path) if cfg.ckpt_path else None
     if resume_state is not None:
         for warning in check_resume_matches(resume_state["config"], cfg, cfg.ckpt_path):
             log.warning(warning)
-    run_dir = Path(cfg.paths.output_dir)
+    run_dir = Path(distributed.quiet_other_ranks(env, cfg.paths.output_dir))
     callbacks = instantiate_callbacks(cfg)
+    if not env.is_main:  # one process writes files: checkpoints, figures, reports, TensorBoard
+        callbacks = {name: c for name, c in callbacks.items() if name not in ("model_checkpoint", "validation_figures")}
     guard_against_overwrite(callbacks, resumed=resume_state is not None)
     augment = build_augment(cfg.get("augment"))  # training batches only; evaluation sees plain images
 
     seed_everything(cfg.seed)
     splits = build(cfg.dataset)
-    record_dataset(splits, run_dir, log)
+    if env.is_main:
+        record_dataset(splits, run_dir, log)
     if resume_state is not None and resume_state["class_names"] != splits.class_names:
         raise ImgrecError(
             f"ckpt_path {cfg.ckpt_path} was trained on classes {resume_state['class_names']} but dataset "
@@ -53,7 +71,7 @@ def train(cfg: DictConfig) -> dict:
         )
     model = build(cfg.model, in_channels=splits.channels, num_classes=len(splits.class_names)).to(device)
     check_model_fits(model, cfg.model, [splits.channels, splits.image_size, splits.image_size], device)
-    logger = build(cfg.logger) if cfg.get("logger") else None
+    logger = build(cfg.logger) if cfg.get("logger") and env.is_main else None
     extras = {
         "config": OmegaConf.to_container(cfg, resolve=True),  # plain containers: safe to load back
         "class_names": splits.class_names,
@@ -65,6 +83,7 @@ def train(cfg: DictConfig) -> dict:
     trainer = build(cfg.trainer, _partial_=True)(
         model=model, optimizer=build_optimizer(cfg.optimizer, model), scheduler=build(cfg.scheduler),
         callbacks=callbacks, logger=logger, checkpoint_extras=extras, num_classes=len(splits.class_names),
+        dist_env=env,
         loss=build_loss(**settings.get("loss", {}), class_counts=splits.class_counts("train")),
     )
     loaders = {
@@ -74,12 +93,15 @@ def train(cfg: DictConfig) -> dict:
         for split in ("train", "val", "test")
     }
 
+    processes = f" x {env.world_size} processes ({env.backend})" if env.enabled else ""
     log.info(f"training {type(model).__name__} ({sum(p.numel() for p in model.parameters()):,} parameters) "
-             f"on {device} for up to {settings.max_epochs} epochs; run dir {run_dir}")
+             f"on {device}{processes} for up to {settings.max_epochs} epochs; run dir {run_dir}")
     metrics = trainer.fit(loaders["train"], loaders["val"], resume_state, cfg.ckpt_path)
     checkpoint = callbacks.get("model_checkpoint")
     best_score = checkpoint.best_score if checkpoint else None
-    report = score_best_on_test(trainer, checkpoint, loaders["test"], splits.class_names, run_dir) if cfg.test else None
+    if env.enabled:  # rank 0's best.pt is what every process scores
+        checkpoint = from_main_checkpoint(callbacks, cfg)
+    report = score_best_on_test(trainer, checkpoint, loaders["test"], splits.class_names, run_dir, env) if cfg.test else None
 
     if logger is not None:
         log_final_scores(logger, cfg, trainer.epoch, metrics, report, best_score)
@@ -115,7 +137,15 @@ def check_model_fits(model, model_cfg: DictConfig, input_shape: list[int], devic
                           "a classifier must return (batch, num_classes) logits")
 
 
-def score_best_on_test(trainer, checkpoint, test_loader, class_names: list[str], run_dir: Path) -> dict:
+def from_main_checkpoint(callbacks: dict, cfg: DictConfig):
+    """Rank 0's ModelCheckpoint (its best.pt path), as every process needs to load it for the test."""
+    from imgrec import distributed
+
+    distributed.barrier()  # rank 0 has finished writing
+    return distributed.from_main(callbacks.get("model_checkpoint"))
+
+
+def score_best_on_test(trainer, checkpoint, test_loader, class_names: list[str], run_dir: Path, env=None) -> dict:
     """Score best.pt (or the final weights when there is none) on the test split and write the report."""
     from imgrec.checkpoint import load_checkpoint
     from imgrec.reporting import write_test_report
@@ -126,7 +156,9 @@ def score_best_on_test(trainer, checkpoint, test_loader, class_names: list[str],
     else:
         source = "the final weights (no best.pt was written)"
     log.info(f"testing {source} on {test_loader.num_samples} test images")
-    logits, labels = trainer.predict(test_loader)
+    logits, labels = trainer.predict(test_loader)  # under DDP: gathered from every process
+    if env is not None and not env.is_main:
+        return None
     return write_test_report(logits, labels, class_names, run_dir, log)
 
 
@@ -174,6 +206,8 @@ def main(cfg: DictConfig) -> float | None:
         log.error(f"error: {error}")
         sys.exit(2)
     except TrainingInterrupted as stop:
+        if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports for everyone
+            sys.exit(stop.exit_code)
         if stop.checkpoint is None:
             log.error(f"{stop}; no model_checkpoint callback is configured, so nothing was saved")
         else:

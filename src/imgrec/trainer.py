@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from imgrec import distributed
 from imgrec.callbacks import Callback
 from imgrec.data.loaders import make_loader
 from imgrec.errors import ImgrecError
@@ -138,6 +139,8 @@ class Trainer:
         mixup: dict | None = None,  # MixUpCutMix settings (they need num_classes)
         max_bad_steps: int | None = 3,  # non-finite steps in a row before stopping; None: no check (no per-step sync)
         num_classes: int | None = None,
+        dist_env=None,  # distributed.DistEnv under torchrun
+        sync_batchnorm: bool = False,
         checkpoint_extras: dict | None = None,
     ):
         check_trainer_settings(max_epochs, batch_size, eval_batch_size, limit_batches, progress, num_workers)
@@ -177,7 +180,21 @@ class Trainer:
 
             # batch-norm statistics are averaged too, so the EMA model evaluates with its own statistics
             self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
-        self.train_forward = compiled(self.model, compile)
+        self.dist = dist_env or distributed.DistEnv()
+        self.ddp = None
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            if sync_batchnorm and self.device.type != "cuda":
+                raise ImgrecError("trainer.sync_batchnorm=true needs CUDA (PyTorch's SyncBatchNorm has no CPU "
+                                  "kernel); use it with GPUs, or leave it false on CPU processes")
+            if sync_batchnorm:  # the same Parameter objects: the optimizer still holds them
+                self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.ddp = DistributedDataParallel(self.model, device_ids=ids)
+        # training runs through DDP (gradients averaged over processes); evaluation uses the plain module,
+        # each process predicting its own share, then gathered
+        self.train_forward = compiled(self.ddp or self.model, compile)
         self.eval_forward = self.train_forward if self.ema is None else compiled(self.ema.module, compile)
         self.show_bar = progress is True or (progress == "auto" and sys.stderr.isatty())
         self.checkpoint_extras = checkpoint_extras or {}
@@ -200,10 +217,13 @@ class Trainer:
 
     def make_loader(self, data, mean: list[float], std: list[float], train: bool, seed: int = 0, augment=None):
         """A loader with this trainer's batch sizes, device, workers and batch limit; shuffled and augmented when `train`."""
-        return make_loader(
+        loader = make_loader(
             data, self.batch_size if train else self.eval_batch_size, mean, std, self.device, shuffle=train,
             seed=seed, limit_batches=self.limit_batches, augment=augment if train else None, num_workers=self.num_workers,
         )
+        if self.dist.enabled:
+            loader.shard(self.dist.rank, self.dist.world_size)
+        return loader
 
     # ---- the loop -------------------------------------------------------------------------------
 
@@ -254,6 +274,9 @@ class Trainer:
                 step_scheduler(self.scheduler, metrics)
             self.log(metrics)
             self._emit("on_epoch_end", metrics)  # early stopping, then checkpointing
+            if self.dist.enabled:  # rank 0 decides; every process stops together
+                self.should_stop = distributed.from_main(self.should_stop)
+                self.stop_signal = distributed.agreed_signal(self.stop_signal, self.device)
             if self.stop_signal is not None:  # arrived during validation or saving: last.pt is this epoch's end
                 raise TrainingInterrupted(self.stop_signal, self._saved_checkpoint(), self.epoch, 0)
         return metrics
@@ -310,6 +333,8 @@ class Trainer:
                 if time.monotonic() - last_refresh > 0.5:  # the .item() sync only when the bar redraws
                     bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
                     last_refresh = time.monotonic()
+            if self.dist.enabled and update:  # every process stops at the same step, whichever got the signal
+                self.stop_signal = distributed.agreed_signal(self.stop_signal, self.device)
             # stop only where no gradients are half-accumulated, so the saved state is complete
             if self.stop_signal is not None and update and batch != last_batch:
                 self.batch_in_epoch, self._epoch_sums = batch + 1, (loss_sum, correct, seen)
@@ -319,6 +344,10 @@ class Trainer:
         if bar is not None:
             bar.close()
         self.batch_in_epoch, self._epoch_sums = 0, None
+        if self.dist.enabled:  # the epoch's loss and accuracy over every process's samples
+            loss_sum, correct, seen_total = distributed.all_sum(
+                loss_sum, correct, torch.tensor(seen, device=self.device))
+            seen = int(seen_total.item())
         if self.skipped_steps:
             log.warning(f"{self.skipped_steps} optimizer step(s) skipped so far for a non-finite loss or gradient")
         return {
@@ -378,7 +407,9 @@ class Trainer:
         """The non-finite guard: one host sync per optimizer step (none when max_bad_steps is null)."""
         if self.max_bad_steps is None:
             return True
-        finite = torch.isfinite(loss.detach())
+        # under DDP the gradients are already averaged, so their norm is the same on every process and all
+        # skip together; a process's own loss is not, so it is not consulted there
+        finite = torch.isfinite(loss.detach()) if not (self.dist.enabled and grad_norm is not None) else torch.tensor(True)
         if grad_norm is not None:
             finite = finite & torch.isfinite(grad_norm)
         if bool(finite):
@@ -421,6 +452,8 @@ class Trainer:
                 outputs.append((self.eval_forward(images).float(), labels))
         logits = torch.cat([o[0] for o in outputs]).cpu()
         labels = torch.cat([o[1] for o in outputs]).cpu()
+        if self.dist.enabled:  # every process gets the whole split's predictions, in the split's order
+            logits, labels = distributed.gather_in_order(logits, labels, loader.order()[: len(labels)])
         return logits, labels
 
     def evaluate(self, loader, prefix: str) -> dict[str, float]:
@@ -472,6 +505,7 @@ class Trainer:
             "rng": rng_state(),
             **({} if self.scaler is None else {"grad_scaler": self.scaler.state_dict()}),
             **self._progress_state(),
+            "world_size": self.dist.world_size,
             **self.checkpoint_extras,
         }
 
@@ -502,6 +536,10 @@ class Trainer:
             self.scaler.load_state_dict(state["grad_scaler"])
         self.epoch, self.step = state["epoch"], state["step"]
         self.resume_progress = state.get("epoch_progress")  # train_epoch continues from that batch
+        if self.resume_progress is not None and state.get("world_size", 1) != self.dist.world_size:
+            log.warning(f"the checkpoint stopped mid-epoch with {state.get('world_size', 1)} process(es) and this run "
+                        f"has {self.dist.world_size}: epoch {self.epoch + 1} restarts from its first batch")
+            self.resume_progress = None
         for name, callback in self.callbacks.items():
             if name in state["callbacks"]:
                 callback.load_state_dict(state["callbacks"][name])

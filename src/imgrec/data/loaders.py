@@ -37,9 +37,19 @@ class EpochOrder:
     """
 
     def __init__(self, num_samples: int, batch_size: int, shuffle: bool, drop_last: bool, seed: int, limit_batches):
-        self.num_samples, self.batch_size, self.shuffle, self.drop_last = num_samples, batch_size, shuffle, drop_last
+        self.total, self.batch_size, self.shuffle, self.drop_last = num_samples, batch_size, shuffle, drop_last
         self.seed, self.epoch, self.limit_batches = seed, 0, limit_batches
         self.skip = 0  # batches of this epoch already trained before a mid-epoch resume
+        self.rank, self.world_size = 0, 1  # under DDP: this process's share of every epoch
+
+    @property
+    def num_samples(self) -> int:
+        """Samples this process serves per epoch (all of them without DDP)."""
+        if self.world_size == 1:
+            return self.total
+        if self.shuffle:  # training: padded so every process runs the same number of steps
+            return math.ceil(self.total / self.world_size)
+        return len(range(self.rank, self.total, self.world_size))  # evaluation: no sample twice
 
     def __len__(self) -> int:
         if self.drop_last:
@@ -49,10 +59,20 @@ class EpochOrder:
         return min(full, self.limit_batches) if self.limit_batches else full
 
     def order(self) -> torch.Tensor:
+        """This process's sample indices for the epoch. Every process draws the same permutation and takes
+        every world_size-th sample from its rank on, so a step's batches across processes together are
+        the block of the permutation one process would take with world_size times the batch size."""
         if not self.shuffle:
-            return torch.arange(self.num_samples)
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return torch.randperm(self.num_samples, generator=generator)
+            full = torch.arange(self.total)
+        else:
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            full = torch.randperm(self.total, generator=generator)
+        if self.world_size == 1:
+            return full
+        if self.shuffle:
+            padding = self.num_samples * self.world_size - self.total
+            full = torch.cat([full, full[:padding]])  # as DistributedSampler pads: a few samples twice
+        return full[self.rank :: self.world_size]
 
     def __iter__(self) -> Iterator[list[int]]:  # a batch sampler for DataLoader
         order = self.order().tolist()
@@ -76,6 +96,10 @@ class EpochLoader:
     def __len__(self) -> int:
         return len(self.sampler)
 
+    def shard(self, rank: int, world_size: int) -> None:
+        """Serve only process `rank`'s share of each epoch (DDP)."""
+        self.sampler.rank, self.sampler.world_size = rank, world_size
+
     def order(self) -> torch.Tensor:
         """Sample indices of this epoch, in the order they are served."""
         return self.sampler.order()
@@ -93,7 +117,8 @@ class InMemoryLoader(EpochLoader):
         self.batch_size, self.device = batch_size, device
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        order = self.sampler.order().to(self.device) if self.sampler.shuffle else None
+        sharded = self.sampler.world_size > 1
+        order = self.sampler.order().to(self.device) if self.sampler.shuffle or sharded else None
         for batch in range(self.sampler.skip, len(self)):
             start = batch * self.batch_size
             if order is None:  # contiguous slices are views: no gather

@@ -1,0 +1,92 @@
+"""torchrun on CPU (gloo): two processes write one set of run files, report what one process would,
+and train to the weights one process reaches with the same global batch."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from imgrec.checkpoint import load_checkpoint
+from imgrec.config import build
+from imgrec.inference import load_trained
+from tests.conftest import tool_cfg
+
+pytestmark = pytest.mark.slow
+TORCHRUN = str(Path(sys.executable).parent / "torchrun")
+# SGD, no dropout (two processes draw other masks than one would) and no batch norm (per-process batch statistics
+# differ from the global batch's; SyncBatchNorm, which fixes that, needs CUDA)
+COMMON = ["dataset=fake", "dataset.size=320", "trainer.max_epochs=1", "trainer.progress=false", "model.dropout=0.0",
+          "model.batch_norm=false", "~callbacks.validation_figures", "optimizer=sgd"]  # SGD: Adam would magnify rounding
+
+
+def torchrun(processes: int, run_dir: Path, *overrides: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "1"}
+    command = [TORCHRUN, "--standalone", f"--nproc_per_node={processes}", "-m", "imgrec.train",
+               *COMMON, *overrides, f"hydra.run.dir={run_dir}"]
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def two_process_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ddp")
+    result = torchrun(2, root / "two", "trainer.batch_size=16", cwd=root)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    return root, result
+
+
+def test_two_processes_write_one_set_of_run_files(two_process_run):
+    root, result = two_process_run
+    runs = [p for p in root.iterdir() if p.is_dir()]
+    assert [p.name for p in runs] == ["two"]  # no second run dir from rank 1
+    run_dir = root / "two"
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
+    writers = {path.name.split(".")[-2] for path in (run_dir / "tensorboard").glob("events.out.tfevents.*")}
+    assert len(writers) == 1  # event files of one process (its pid in the name)
+    assert (run_dir / "train.log").read_text().count("epoch 1/1") == 1  # rank 1 logs nothing
+    assert "x 2 processes (gloo)" in (run_dir / "train.log").read_text()
+
+
+def test_two_process_test_scores_equal_one_process_evaluating_the_saved_best(two_process_run, tmp_path):
+    root, _ = two_process_run
+    report = json.loads((root / "two" / "test_report.json").read_text())
+    trained = load_trained(str(root / "two" / "checkpoints" / "best.pt"), torch.device("cpu"))
+    from imgrec.data.loaders import make_loader
+    from imgrec.inference import predict_logits
+
+    test = build(tool_cfg("train", tmp_path / "x", *COMMON[:2]).dataset).test
+    logits, labels = predict_logits(trained.model, make_loader(test, 512, trained.mean, trained.std, torch.device("cpu")))
+    assert report["num_samples"] == len(test) == 80  # every test image once: no sampler padding
+    assert report["accuracy"] == int((logits.argmax(1) == labels).sum()) / 80
+    with open(root / "two" / "test_predictions.csv") as file:
+        rows = list(csv.DictReader(file))
+    assert [int(r["true"]) for r in rows] == labels.tolist()  # in the split's order, gathered from both processes
+    assert [int(r["predicted"]) for r in rows] == logits.argmax(1).tolist()
+    assert report["confusion_matrix"] == [[int(((labels == t) & (logits.argmax(1) == p)).sum()) for p in range(4)]
+                                          for t in range(4)]
+
+
+def test_two_processes_reach_the_weights_of_one_with_the_same_global_batch(two_process_run, tmp_path):
+    root, _ = two_process_run
+    one = torchrun(1, tmp_path / "one", "trainer.batch_size=32", cwd=tmp_path)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = load_checkpoint(root / "two" / "checkpoints" / "last.pt")["model"]
+    single = load_checkpoint(tmp_path / "one" / "checkpoints" / "last.pt")["model"]
+    for name, tensor in single.items():
+        if tensor.is_floating_point():
+            assert torch.allclose(two[name], tensor, atol=1e-4, rtol=1e-3), name
+
+
+def test_a_two_process_checkpoint_resumes_in_one_process(two_process_run, tmp_path):
+    from imgrec.train import train
+
+    root, _ = two_process_run
+    cfg = tool_cfg("train", tmp_path / "resumed", *COMMON, "trainer.max_epochs=2", "trainer.batch_size=16",
+                   f"ckpt_path={root / 'two' / 'checkpoints' / 'last.pt'}")
+    result = train(cfg)
+    assert load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.pt")["epoch"] == 2
+    assert 0 <= result["test"]["accuracy"] <= 1
