@@ -1,9 +1,6 @@
 """The training loop: fit -> train_epoch -> train_step, evaluate, and the state a resume needs."""
 
 import logging
-import signal
-import threading
-from collections.abc import Mapping
 import math
 import sys
 import time
@@ -16,105 +13,22 @@ from imgrec import distributed
 from imgrec.callbacks import Callback
 from imgrec.data.loaders import make_loader
 from imgrec.errors import ImgrecError
+from imgrec.guard import NonFiniteGuard
 from imgrec.losses import build_loss
 from imgrec.metrics import epoch_scores
 from imgrec.mixing import MixUpCutMix
 from imgrec.precision import autocast_dtype, make_grad_scaler
-from imgrec.seeding import rng_state, set_rng_state
+from imgrec.stopping import TrainingInterrupted, catch_stop_signals, restore_handlers
+from imgrec.trainer_settings import (  # noqa: F401  (resolve_device and friends are imported from here too)
+    EVAL_METRICS, TRAIN_METRICS, check_trainer_settings, check_training_options, compiled, logged_metric_names,
+    resolve_device, step_scheduler,
+)
+from imgrec.trainer_state import TrainerState
 
 log = logging.getLogger("imgrec")
 
-TRAIN_METRICS = ("train/loss", "train/acc", "train/lr")
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)  # Ctrl-C, kill / preemption, SLURM's warning
 
-
-class TrainingInterrupted(Exception):
-    """A stop signal arrived; `checkpoint` (None without a ModelCheckpoint) holds the state to resume from."""
-
-    def __init__(self, signum: int, checkpoint, epoch: int, batch: int):
-        self.signum, self.checkpoint, self.epoch, self.batch = signum, checkpoint, epoch, batch
-        super().__init__(f"stopped by {signal.Signals(signum).name}")
-
-    @property
-    def exit_code(self) -> int:
-        return 128 + self.signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
-EVAL_METRICS = ("loss", "acc", "macro_precision", "macro_recall", "macro_f1")
-
-
-def step_scheduler(scheduler, metrics: dict[str, float] | None = None) -> None:
-    """Advance a schedule by one of its own steps: a `monitor`ing one (plateau) reads its metric."""
-    monitor = getattr(scheduler, "monitor", None)
-    if monitor is None:
-        scheduler.step()
-    else:
-        scheduler.step(metrics[monitor])
-
-
-def logged_metric_names() -> list[str]:
-    """Every key `fit` logs each epoch: what `monitor` and `optimized_metric` may name."""
-    return [*TRAIN_METRICS, *(f"val/{name}" for name in EVAL_METRICS)]
-
-
-def resolve_device(device: str) -> torch.device:
-    """`auto` -> CUDA when present, else CPU; an explicit CUDA request without CUDA is an error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError as error:
-        raise ImgrecError(f"trainer.device={device!r} is not a device; use auto, cpu, cuda or cuda:N") from error
-    if resolved.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ImgrecError(
-                f"trainer.device={device} but this machine has no usable CUDA GPU "
-                f"(torch {torch.__version__}, built for CUDA {torch.version.cuda}); use trainer.device=cpu or auto"
-            )
-        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
-            raise ImgrecError(
-                f"trainer.device={device} but only {torch.cuda.device_count()} CUDA device(s) exist; "
-                f"use cuda:0 .. cuda:{torch.cuda.device_count() - 1}"
-            )
-    elif resolved.type != "cpu":
-        raise ImgrecError(f"trainer.device={device!r} is not supported; use auto, cpu, cuda or cuda:N")
-    return resolved
-
-
-def check_trainer_settings(max_epochs, batch_size, eval_batch_size, limit_batches, progress, num_workers="auto") -> None:
-    """Raise on settings that would fail or silently misbehave later; called before any data is loaded."""
-    for name, value in (("max_epochs", max_epochs), ("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ImgrecError(f"trainer.{name}={value!r} must be a whole number >= 1")
-    if limit_batches is not None and (not isinstance(limit_batches, int) or limit_batches < 1):
-        raise ImgrecError(f"trainer.limit_batches={limit_batches!r} must be null (all batches) or a whole number >= 1")
-    if progress not in ("auto", True, False):
-        raise ImgrecError(f"trainer.progress={progress!r} must be auto, true or false")
-    if num_workers != "auto" and (not isinstance(num_workers, int) or num_workers < 0):
-        raise ImgrecError(f"trainer.num_workers={num_workers!r} must be auto or a whole number >= 0")
-
-
-def compiled(model: nn.Module, settings: bool | dict) -> nn.Module:
-    """`model` through torch.compile when `settings` is true or a dict of torch.compile arguments.
-    The compiled wrapper shares the model's parameters; checkpoints save the plain model's state dict."""
-    if settings is False or settings is None:
-        return model
-    if settings is True:
-        settings = {}
-    if not isinstance(settings, Mapping):
-        raise ImgrecError(f"trainer.compile={settings!r} must be true, false or a dict of torch.compile arguments, "
-                          "e.g. {mode: max-autotune}")
-    return torch.compile(model, **dict(settings))
-
-
-def check_training_options(device: torch.device, precision="32", compile=False, mixup=None) -> None:
-    """The Trainer's own checks of these options, run by train.py before any data is loaded."""
-    autocast_dtype(precision, device, warn=False)
-    if compile not in (True, False, None) and not isinstance(compile, Mapping):
-        compiled(nn.Identity(), compile)  # raises the message
-    if mixup:
-        MixUpCutMix(num_classes=2, **mixup)
-
-
-class Trainer:
+class Trainer(TrainerState):
     def __init__(
         self,
         model: nn.Module,
@@ -157,10 +71,7 @@ class Trainer:
         if not isinstance(accumulate_batches, int) or accumulate_batches < 1:
             raise ImgrecError(f"trainer.accumulate_batches={accumulate_batches!r} must be a whole number >= 1")
         self.grad_clip_norm, self.accumulate_batches = grad_clip_norm, accumulate_batches
-        if max_bad_steps is not None and (not isinstance(max_bad_steps, int) or max_bad_steps < 1):
-            raise ImgrecError(f"trainer.max_bad_steps={max_bad_steps!r} must be null (no check) or a whole number >= 1")
-        self.max_bad_steps, self.bad_steps_in_a_row, self.skipped_steps = max_bad_steps, 0, 0
-        self._buffer_snapshot = None  # batch-norm statistics before the current step, restored if it goes bad
+        self.guard = NonFiniteGuard(max_bad_steps)
         self.amp_dtype = autocast_dtype(precision, self.device)
         self.scaler = make_grad_scaler(self.amp_dtype, self.device)
         self.channels_last = bool(channels_last)
@@ -244,7 +155,7 @@ class Trainer:
             log.info(f"resumed from {resume_path} at epoch {self.epoch} (step {self.step})")
         self.val_loader = val_loader  # for callbacks that draw validation images
         self._emit("on_fit_start")
-        handlers = self._catch_stop_signals()
+        handlers = catch_stop_signals(self)
         try:
             metrics = self._fit_epochs(train_loader, val_loader)
         except torch.OutOfMemoryError as error:
@@ -254,8 +165,7 @@ class Trainer:
                 "the effective batch), trainer.precision=bf16-mixed, or a smaller model"
             ) from error
         finally:
-            for signum, handler in handlers.items():
-                signal.signal(signum, handler)
+            restore_handlers(handlers)
         self._emit("on_fit_end")
         return metrics
 
@@ -284,21 +194,6 @@ class Trainer:
     def _saved_checkpoint(self):
         checkpoint = self.callbacks.get("model_checkpoint")
         return None if checkpoint is None else checkpoint.last_path
-
-    def _catch_stop_signals(self) -> dict:
-        """Stop signals set a flag the loop reads at the next step boundary; returns the previous handlers."""
-        if threading.current_thread() is not threading.main_thread():
-            return {}  # Python delivers signals to the main thread only
-
-        def on_signal(signum, frame):
-            name = signal.Signals(signum).name
-            if self.stop_signal is None:
-                sys.stderr.write(f"\n{name} received: saving last.pt at the next step boundary, then stopping\n")
-            else:
-                sys.stderr.write(f"\n{name} received again: already stopping, wait for the checkpoint to be written\n")
-            self.stop_signal = signum
-
-        return {signum: signal.signal(signum, on_signal) for signum in STOP_SIGNALS}
 
     def train_epoch(self, loader) -> dict[str, float] | None:
         """One epoch (or its rest, after a mid-epoch resume); None when a stop signal cut it short."""
@@ -348,8 +243,8 @@ class Trainer:
             loss_sum, correct, seen_total = distributed.all_sum(
                 loss_sum, correct, torch.tensor(seen, device=self.device))
             seen = int(seen_total.item())
-        if self.skipped_steps:
-            log.warning(f"{self.skipped_steps} optimizer step(s) skipped so far for a non-finite loss or gradient")
+        if self.guard.skipped:
+            log.warning(f"{self.guard.skipped} optimizer step(s) skipped so far for a non-finite loss or gradient")
         return {
             "train/loss": loss_sum.item() / seen,
             "train/acc": correct.item() / seen,
@@ -361,8 +256,7 @@ class Trainer:
         `targets` are class indices, or class probabilities for a mixed batch."""
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        if self.max_bad_steps is not None and self._buffer_snapshot is None:
-            self._buffer_snapshot = self._snapshot_buffers()  # at the start of each accumulation window
+        self.guard.begin_window(self.model)
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
             logits = self.train_forward(images)
             loss = self.criterion(logits, targets)
@@ -376,7 +270,7 @@ class Trainer:
                     self.scheduler.step()
                 self.step += 1
             self.optimizer.zero_grad(set_to_none=True)
-            self._buffer_snapshot = None
+            self.guard.end_window()
         return loss, logits
 
     def optimizer_step(self, loss: torch.Tensor) -> bool:
@@ -395,7 +289,7 @@ class Trainer:
         norm = None
         if self.grad_clip_norm is not None:
             norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip_norm)
-        elif self.max_bad_steps is not None:
+        elif self.guard.enabled:
             grads = [p.grad for p in self.model.parameters() if p.grad is not None]
             norm = torch.nn.utils.get_total_norm(grads) if grads else None
         if not self._step_is_finite(loss, norm):
@@ -404,41 +298,9 @@ class Trainer:
         return True
 
     def _step_is_finite(self, loss: torch.Tensor, grad_norm: torch.Tensor | None) -> bool:
-        """The non-finite guard: one host sync per optimizer step (none when max_bad_steps is null)."""
-        if self.max_bad_steps is None:
-            return True
-        # under DDP the gradients are already averaged, so their norm is the same on every process and all
-        # skip together; a process's own loss is not, so it is not consulted there
-        finite = torch.isfinite(loss.detach()) if not (self.dist.enabled and grad_norm is not None) else torch.tensor(True)
-        if grad_norm is not None:
-            finite = finite & torch.isfinite(grad_norm)
-        if bool(finite):
-            self.bad_steps_in_a_row = 0
-            return True
-        self.bad_steps_in_a_row += 1
-        self.skipped_steps += 1
-        self._restore_buffers()  # the bad forward pass also fed NaN into the batch-norm statistics
-        loss_value = float(loss.detach())
-        norm_text = "" if grad_norm is None else f", gradient norm {float(grad_norm)}"
-        log.warning(f"epoch {self.epoch + 1}, step {self.step + 1}: loss {loss_value}{norm_text}; step skipped")
-        if self.bad_steps_in_a_row >= self.max_bad_steps:
-            raise ImgrecError(
-                f"{self.bad_steps_in_a_row} optimizer steps in a row had a non-finite loss or gradient (last: loss "
-                f"{loss_value}{norm_text}); none of them changed the weights, and last.pt holds the last good epoch. "
-                "Lower optimizer.lr, set trainer.grad_clip_norm, use trainer.precision=32, or check the data "
-                "(trainer.max_bad_steps sets how many are tolerated)"
-            )
-        return False
-
-    def _snapshot_buffers(self) -> list[torch.Tensor]:
-        return [buffer.detach().clone() for buffer in self.model.buffers() if buffer.is_floating_point()]
-
-    def _restore_buffers(self) -> None:
-        if self._buffer_snapshot is not None:
-            floating = [buffer for buffer in self.model.buffers() if buffer.is_floating_point()]
-            with torch.no_grad():
-                for buffer, saved in zip(floating, self._buffer_snapshot):
-                    buffer.copy_(saved)
+        # under DDP the averaged gradients, and so their norm, agree on every process; the losses do not
+        judged_loss = None if (self.dist.enabled and grad_norm is not None) else loss
+        return self.guard.check(self.model, judged_loss, grad_norm, f"epoch {self.epoch + 1}, step {self.step + 1}")
 
     @torch.inference_mode()
     def predict(self, loader) -> tuple[torch.Tensor, torch.Tensor]:
@@ -488,59 +350,3 @@ class Trainer:
     def _emit(self, event: str, *args) -> None:
         for callback in self.callbacks.values():
             getattr(callback, event)(self, *args)
-
-    # ---- state ----------------------------------------------------------------------------------
-
-    def checkpoint_state(self) -> dict:
-        """Everything an exact resume needs, plus what evaluation needs to rebuild the model."""
-        ema = {} if self.ema is None else {"train_model": self.model.state_dict(), "ema_updates": self.ema.n_averaged}
-        return {
-            "model": self.eval_model.state_dict(),  # the weights to evaluate and ship
-            **ema,  # with EMA on, the raw weights that training continues from
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "epoch": self.epoch,
-            "step": self.step,
-            "callbacks": {name: callback.state_dict() for name, callback in self.callbacks.items()},
-            "rng": rng_state(),
-            **({} if self.scaler is None else {"grad_scaler": self.scaler.state_dict()}),
-            **self._progress_state(),
-            "world_size": self.dist.world_size,
-            **self.checkpoint_extras,
-        }
-
-    def _progress_state(self) -> dict:
-        """Where in the epoch an interrupted run stopped: batches done and the running training sums."""
-        if not self.batch_in_epoch:
-            return {}
-        loss_sum, correct, seen = self._epoch_sums
-        return {"epoch_progress": {"batches": self.batch_in_epoch, "loss_sum": loss_sum.detach().cpu(),
-                                   "correct": correct.detach().cpu(), "seen": seen}}
-
-    def load_state_dict(self, state: dict) -> None:
-        try:
-            if self.ema is not None:
-                self.model.load_state_dict(state["train_model"])
-                self.ema.module.load_state_dict(state["model"])
-                self.ema.n_averaged.copy_(state["ema_updates"])
-            else:
-                self.model.load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
-        except (RuntimeError, ValueError, KeyError) as error:
-            raise ImgrecError(
-                f"the checkpoint's model/optimizer do not fit this configuration: {str(error).splitlines()[0]}. "
-                "Resume with the same model and optimizer settings the checkpoint was trained with."
-            ) from error
-        self.scheduler.load_state_dict(state["scheduler"])
-        if self.scaler is not None and "grad_scaler" in state:
-            self.scaler.load_state_dict(state["grad_scaler"])
-        self.epoch, self.step = state["epoch"], state["step"]
-        self.resume_progress = state.get("epoch_progress")  # train_epoch continues from that batch
-        if self.resume_progress is not None and state.get("world_size", 1) != self.dist.world_size:
-            log.warning(f"the checkpoint stopped mid-epoch with {state.get('world_size', 1)} process(es) and this run "
-                        f"has {self.dist.world_size}: epoch {self.epoch + 1} restarts from its first batch")
-            self.resume_progress = None
-        for name, callback in self.callbacks.items():
-            if name in state["callbacks"]:
-                callback.load_state_dict(state["callbacks"][name])
-        set_rng_state(state["rng"])
