@@ -55,8 +55,15 @@ def test_every_shipped_config_uses_allowed_targets_only():
 
     from imgrec.config import CONFIG_DIR
 
+    from imgrec.config import ALLOWED_TARGET_PREFIXES
+
+    targets = []
     for path in Path(CONFIG_DIR).rglob("*.yaml"):
-        check_targets(OmegaConf.load(path), str(path.relative_to(CONFIG_DIR)))
+        check_targets(OmegaConf.load(path), str(path.relative_to(CONFIG_DIR)))  # raises on a disallowed one
+        targets += [line.split(":", 1)[1].strip() for line in path.read_text().splitlines()
+                    if line.strip().startswith("_target_:")]
+    assert len(targets) > 30  # every group's files were read
+    assert all(target.startswith(ALLOWED_TARGET_PREFIXES) for target in targets)
 
 
 def test_checkpoint_weights_alone_cannot_smuggle_code(tmp_path):
