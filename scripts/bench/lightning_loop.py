@@ -6,7 +6,6 @@ Needs the bench extra (`pip install -e ".[bench]"`). Prints one JSON line.
     .venv/bin/python scripts/bench/lightning_loop.py --dataset digits --seed 0 --epochs 20
 """
 
-import argparse
 import json
 import time
 
@@ -16,9 +15,8 @@ import lightning as L  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from imgrec.models.small_cnn import SmallCNN  # noqa: E402
 from imgrec.schedulers import warmup_cosine  # noqa: E402
-from plain_loop import batches, load  # noqa: E402
+from plain_loop import batches, parse_args, prepare  # noqa: E402
 
 
 class Batches:
@@ -74,20 +72,8 @@ class Classifier(L.LightningModule):
 
 
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--dataset", choices=["digits", "fashion_mnist"], default="digits")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--limit-batches", type=int, default=None)
-    args = parser.parse_args()
-
-    torch.manual_seed(args.seed)
-    splits = load(args.dataset, None)
-    mean, std = torch.tensor(splits.mean).view(1, -1, 1, 1), torch.tensor(splits.std).view(1, -1, 1, 1)
-    scale, shift = 1.0 / (255.0 * std), -mean / std
-    model = SmallCNN(in_channels=splits.channels, num_classes=len(splits.class_names))
+    args = parse_args(__doc__)
+    splits, scale, shift, model = prepare(args)
     train = Batches(splits.train.images, splits.train.labels, args.batch_size, scale, shift, args.seed, args.limit_batches)
     val = Batches(splits.val.images, splits.val.labels, 512, scale, shift, limit=args.limit_batches)
     module = Classifier(model, args.lr, len(train), args.epochs)

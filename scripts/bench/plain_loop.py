@@ -48,21 +48,29 @@ def accuracy(model, images, labels, scale, shift, limit=None):
     return torch.cat([o[0] for o in outputs]).eq(torch.cat([o[1] for o in outputs])).float().mean().item()
 
 
-def main():
-    parser = argparse.ArgumentParser()
+def parse_args(description: str):
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--dataset", choices=["digits", "fashion_mnist"], default="digits")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--limit-batches", type=int, default=None, help="batches per epoch in every split")
-    args = parser.parse_args()
+    return parser.parse_args()
 
+
+def prepare(args):
+    """The seeded model and the data with its normalisation as one multiply-add (what imgrec does)."""
     torch.manual_seed(args.seed)
     splits = load(args.dataset, None)
     mean, std = torch.tensor(splits.mean).view(1, -1, 1, 1), torch.tensor(splits.std).view(1, -1, 1, 1)
-    scale, shift = 1.0 / (255.0 * std), -mean / std
     model = SmallCNN(in_channels=splits.channels, num_classes=len(splits.class_names))
+    return splits, 1.0 / (255.0 * std), -mean / std, model
+
+
+def main():
+    args = parse_args(__doc__)
+    splits, scale, shift, model = prepare(args)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     steps = -(-len(splits.train) // args.batch_size)
     steps = min(steps, args.limit_batches) if args.limit_batches else steps

@@ -44,7 +44,7 @@ def _train(cfg: DictConfig, env, device_setting: str) -> dict:
     from imgrec.optim import build_optimizer
     from imgrec.reporting import record_dataset
     from imgrec.seeding import seed_everything
-    from imgrec.trainer import check_training_options, resolve_device
+    from imgrec.trainer_settings import check_training_options, resolve_device
 
     settings = cfg.trainer
     device = resolve_device(device_setting)

@@ -1,4 +1,5 @@
-"""The training loop: fit -> train_epoch -> train_step, evaluate, and the state a resume needs."""
+"""The training loop: fit -> train_epoch -> train_step. Evaluation and logging: trainer_reporting.py;
+checkpoint state: trainer_state.py; settings checks: trainer_settings.py."""
 
 import logging
 import math
@@ -6,7 +7,6 @@ import sys
 import time
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from imgrec import distributed
@@ -15,20 +15,17 @@ from imgrec.data.loaders import make_loader
 from imgrec.errors import ImgrecError
 from imgrec.guard import NonFiniteGuard
 from imgrec.losses import build_loss
-from imgrec.metrics import epoch_scores
 from imgrec.mixing import MixUpCutMix
 from imgrec.precision import autocast_dtype, make_grad_scaler
 from imgrec.stopping import TrainingInterrupted, catch_stop_signals, restore_handlers
-from imgrec.trainer_settings import (  # noqa: F401  (resolve_device and friends are imported from here too)
-    EVAL_METRICS, TRAIN_METRICS, check_trainer_settings, check_training_options, compiled, logged_metric_names,
-    resolve_device, step_scheduler,
-)
+from imgrec.trainer_reporting import TrainerReporting
+from imgrec.trainer_settings import check_trainer_settings, compiled, logged_metric_names, resolve_device, step_scheduler
 from imgrec.trainer_state import TrainerState
 
 log = logging.getLogger("imgrec")
 
 
-class Trainer(TrainerState):
+class Trainer(TrainerState, TrainerReporting):
     def __init__(
         self,
         model: nn.Module,
@@ -301,51 +298,6 @@ class Trainer(TrainerState):
         # under DDP the averaged gradients, and so their norm, agree on every process; the losses do not
         judged_loss = None if (self.dist.enabled and grad_norm is not None) else loss
         return self.guard.check(self.model, judged_loss, grad_norm, f"epoch {self.epoch + 1}, step {self.step + 1}")
-
-    @torch.inference_mode()
-    def predict(self, loader) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits (float32) and labels of every batch `loader` yields, on the CPU."""
-        self.eval_model.eval()
-        outputs = []
-        for images, labels in loader:
-            if self.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-                outputs.append((self.eval_forward(images).float(), labels))
-        logits = torch.cat([o[0] for o in outputs]).cpu()
-        labels = torch.cat([o[1] for o in outputs]).cpu()
-        if self.dist.enabled:  # every process gets the whole split's predictions, in the split's order
-            logits, labels = distributed.gather_in_order(logits, labels, loader.order()[: len(labels)])
-        return logits, labels
-
-    def evaluate(self, loader, prefix: str) -> dict[str, float]:
-        logits, labels = self.predict(loader)
-        self.last_predictions[prefix] = (logits, labels)
-        loss = F.cross_entropy(logits, labels).item()
-        return {f"{prefix}/loss": loss, **epoch_scores(labels.numpy(), logits.argmax(dim=1).numpy(), prefix)}
-
-    # ---- reporting ------------------------------------------------------------------------------
-
-    def log(self, metrics: dict[str, float]) -> None:
-        if self.logger is not None:
-            self.logger.log_metrics(metrics, step=self.epoch)
-        shown = "  ".join(f"{name} {value:.4f}" for name, value in metrics.items() if name != "train/lr")
-        seconds = f"  {self.epoch_seconds:.2f}s" if self.epoch_seconds is not None else ""
-        self.log_text(f"epoch {self.epoch}/{self.max_epochs}  {shown}  lr {metrics['train/lr']:.2e}{seconds}")
-
-    def log_text(self, message: str) -> None:
-        log.info(message)
-
-    def _progress_bar(self, loader, done: int = 0):
-        if not self.show_bar:
-            return None
-        from tqdm import tqdm
-
-        total = min(loader.num_samples, len(loader) * loader.batch_size)
-        return tqdm(
-            total=total, initial=done, desc=f"epoch {self.epoch + 1}/{self.max_epochs}", unit="img",
-            leave=False, dynamic_ncols=True, file=sys.stderr,
-        )
 
     def _emit(self, event: str, *args) -> None:
         for callback in self.callbacks.values():
