@@ -102,6 +102,28 @@ def time_to_accuracy_contenders(quick: bool, work: Path, seed: int) -> dict:
     return {"imgrec (experiment=fashion_fast)": imgrec}
 
 
+def step_overhead(quick: bool, work: Path) -> dict:
+    """scripts/bench/step_overhead.py on both datasets: one process, contenders alternating."""
+    results = {}
+    for dataset in ("digits", "fashion_mnist"):
+        size = ["--batches", "3", "--rounds", "2"] if quick else ["--batches", "20", "--rounds", "9"]
+        output = run([PYTHON, str(BENCH / "step_overhead.py"), "--dataset", dataset, *size], work)["output"]
+        results[dataset] = json.loads([line for line in output.splitlines() if line.startswith("{")][-1])
+        print(f"  {dataset}: {results[dataset]['overhead_us']}", flush=True)
+    return results
+
+
+def step_overhead_table(results: dict) -> str:
+    lines = ["### step_overhead: per training step, one process, batch 64, medians of alternating rounds", "",
+             "| dataset | plain step us | imgrec step us | imgrec overhead us | ratio | guard off: overhead us |",
+             "|---|---|---|---|---|---|"]
+    for dataset, r in results.items():
+        us, over = r["per_step_us"], r["overhead_us"]
+        lines.append(f"| {dataset} | {us['plain']:.0f} | {us['imgrec']:.0f} | {over['imgrec']:+.0f} | "
+                     f"{r['ratio']['imgrec']:.3f} | {over['imgrec_guard_off']:+.0f} |")
+    return "\n".join(lines) + "\n"
+
+
 def measure(contenders: dict, repeats: int) -> dict[str, list[dict]]:
     results: dict[str, list[dict]] = {name: [] for name in contenders}
     for repeat in range(repeats):  # A B C A B C: drift in the machine's speed hits every contender alike
@@ -163,9 +185,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="toy sizes, one repeat; not appended to BENCHMARKS.md")
     parser.add_argument("--repeats", type=int, default=None, help="runs per contender (default 3; 1 with --quick)")
-    parser.add_argument("--tasks", default="digits,fashion_mnist_epoch,startup,fashion_mnist_to_92.5")
+    parser.add_argument("--tasks", default="digits,fashion_mnist_epoch,step_overhead,startup,fashion_mnist_to_92.5")
     parser.add_argument("--out", default=None, help="also write the markdown report here")
     parser.add_argument("--json", default=None, help="write every measurement as JSON here")
+    parser.add_argument("--no-append", action="store_true", help="do not append the report to BENCHMARKS.md")
     args = parser.parse_args()
     repeats = args.repeats or (1 if args.quick else 3)
     info = machine()
@@ -182,6 +205,9 @@ def main() -> None:
                 results = measure(startup_contenders(work), repeats)
                 report.append(table("startup: compose only vs bare imports", results,
                                     {"wall s": "wall_s", "peak MiB": "peak_rss_mib"}))
+            elif task == "step_overhead":
+                results = step_overhead(args.quick, work)
+                report.append(step_overhead_table(results))
             elif task == "fashion_mnist_to_92.5":
                 results = {}
                 for seed in range(1 if args.quick else 3):
@@ -205,7 +231,7 @@ def main() -> None:
         Path(args.out).write_text(text)
     if args.json:
         Path(args.json).write_text(json.dumps(everything, indent=1))
-    if not args.quick:
+    if not (args.quick or args.no_append):
         with open(ROOT / "BENCHMARKS.md", "a") as file:
             file.write("\n" + text)
 

@@ -19,20 +19,22 @@ def split_images(loader, indices: np.ndarray) -> np.ndarray:
 
 
 class ValidationFigures(Callback):
-    """Every `every_n_epochs` epochs and at the last one; needs a logger (nothing to draw on otherwise)."""
+    """After the last epoch, and every `every_n_epochs` epochs when set; needs a logger (nothing to draw on otherwise)."""
 
     order = 50  # after early stopping, which decides whether this epoch is the last
 
-    def __init__(self, every_n_epochs: int = 10, max_images: int = 32):
-        if not isinstance(every_n_epochs, int) or every_n_epochs < 1:
-            raise ImgrecError(f"callbacks.validation_figures.every_n_epochs={every_n_epochs!r} must be a whole number >= 1")
+    def __init__(self, every_n_epochs: int | None = None, max_images: int = 32):
+        if every_n_epochs is not None and (not isinstance(every_n_epochs, int) or every_n_epochs < 1):
+            raise ImgrecError(f"callbacks.validation_figures.every_n_epochs={every_n_epochs!r} must be null (after the "
+                              "last epoch only) or a whole number >= 1")
         self.every_n_epochs, self.max_images = every_n_epochs, max_images
 
     def on_epoch_end(self, trainer, metrics: dict[str, float]) -> None:
         last = trainer.epoch >= trainer.max_epochs or trainer.should_stop
         if trainer.logger is None or "val" not in trainer.last_predictions:
             return
-        if trainer.epoch % self.every_n_epochs and not last:
+        periodic = self.every_n_epochs is not None and trainer.epoch % self.every_n_epochs == 0
+        if not (periodic or last):
             return
         self.draw(trainer.logger, trainer.last_predictions["val"], trainer.val_loader,
                   trainer.checkpoint_extras.get("class_names"), trainer.epoch)

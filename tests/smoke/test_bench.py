@@ -20,16 +20,24 @@ def test_quick_bench_writes_a_report_with_every_task_and_contender(tmp_path):
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     data = json.loads((tmp_path / "report.json").read_text())
-    assert set(data["tasks"]) == {"digits", "fashion_mnist_epoch", "startup", "fashion_mnist_to_92.5"}
+    assert set(data["tasks"]) == {"digits", "fashion_mnist_epoch", "step_overhead", "startup", "fashion_mnist_to_92.5"}
+    for dataset in ("digits", "fashion_mnist"):
+        steps = data["tasks"]["step_overhead"][dataset]
+        assert set(steps["per_step_us"]) == {"plain", "imgrec", "imgrec_guard_off"}
+        assert all(value > 0 for value in steps["per_step_us"].values())
+        assert steps["overhead_us"]["imgrec"] == pytest.approx(steps["per_step_us"]["imgrec"] - steps["per_step_us"]["plain"])
     assert {"imgrec", "plain loop"} <= set(data["tasks"]["digits"])
     for task, contenders in data["tasks"].items():
+        if task == "step_overhead":
+            continue  # per-step figures, checked above
         for name, runs in contenders.items():
             assert runs and all(r["wall_s"] > 0 and r["peak_rss_mib"] > 10 for r in runs), (task, name)
     digits = data["tasks"]["digits"]
     assert len(digits["imgrec"][0]["epoch_s"]) == 2 and 0 <= digits["imgrec"][0]["test_acc"] <= 1
     assert len(digits["plain loop"][0]["epoch_s"]) == 2
     report = (tmp_path / "report.md").read_text()
-    for heading in ("### digits", "### fashion_mnist_epoch", "### startup", "### fashion_mnist_to_92.5"):
+    for heading in ("### digits", "### fashion_mnist_epoch", "### step_overhead", "### startup",
+                    "### fashion_mnist_to_92.5"):
         assert heading in report
     assert "- imgrec / plain loop: wall s " in report
     assert "BENCHMARKS" not in result.stdout  # quick mode appends nothing

@@ -38,6 +38,15 @@ def test_drawn_every_n_epochs_and_after_the_last():
     assert {tag for tag, _ in logger.pr_curves} == {"val_pr/a", "val_pr/b", "val_pr/c"}
 
 
+def test_by_default_drawn_after_the_last_epoch_only():
+    logger = RecordingLogger()
+    trainer, callback = StandIn(logger), ValidationFigures()
+    for epoch in range(1, 8):
+        trainer.epoch = epoch
+        callback.on_epoch_end(trainer, {})
+    assert sorted({step for _, step in logger.figures}) == [7]
+
+
 def test_an_early_stop_draws_that_epoch_and_no_logger_draws_nothing():
     logger = RecordingLogger()
     trainer = StandIn(logger)
@@ -47,5 +56,5 @@ def test_an_early_stop_draws_that_epoch_and_no_logger_draws_nothing():
     quiet = StandIn(None)
     quiet.epoch = 5
     ValidationFigures(every_n_epochs=5).on_epoch_end(quiet, {})  # no logger: a no-op, no error
-    with pytest.raises(ImgrecError, match="every_n_epochs=0 must be a whole number >= 1"):
+    with pytest.raises(ImgrecError, match=r"every_n_epochs=0 must be null \(after the last epoch only\) or a whole number >= 1"):
         ValidationFigures(every_n_epochs=0)
