@@ -92,14 +92,14 @@ def startup_contenders(work: Path) -> dict:
 
 
 def time_to_accuracy_contenders(quick: bool, work: Path, seed: int) -> dict:
-    """The recipe of configs/experiment/fashion_fast.yaml, whole process (start to test report)."""
+    """The recipe of configs/experiment/fashion_mnist_cnn.yaml, whole process (start to test report)."""
     def imgrec():
         run_dir = Path(tempfile.mkdtemp(dir=work))
         extra = ["trainer.max_epochs=1", "trainer.limit_batches=3"] if quick else []
-        command = [IMGREC_TRAIN, "experiment=fashion_fast", f"seed={seed}", *extra, f"hydra.run.dir={run_dir}"]
+        command = [IMGREC_TRAIN, "experiment=fashion_mnist_cnn", f"seed={seed}", *extra, f"hydra.run.dir={run_dir}"]
         return imgrec_result(run(command, work), run_dir)
 
-    return {"imgrec (experiment=fashion_fast)": imgrec}
+    return {"imgrec (experiment=fashion_mnist_cnn)": imgrec}
 
 
 def step_overhead(quick: bool, work: Path) -> dict:

@@ -89,6 +89,7 @@ class ModelCheckpoint(Callback):
         self.sign = 1 if mode == "max" else -1
         self.best_score: float | None = None
         self.best_epoch: int | None = None
+        self.best_metrics: dict[str, float] = {}  # every metric of the best epoch (sweep summaries)
         self.top_k: list[dict] = []  # {"score", "epoch", "path"}, best first
 
     @property
@@ -126,6 +127,7 @@ class ModelCheckpoint(Callback):
                 f"warning: no best.pt beside {resume_path}; best.pt will hold the best of the resumed epochs only"
             )
             self.best_score = self.best_epoch = None
+            self.best_metrics = {}
 
     def _carry_top_k_over(self) -> None:
         """Copies of the earlier run's top-k files, so this run's top-k list names files it owns."""
@@ -145,7 +147,7 @@ class ModelCheckpoint(Callback):
             self.best_score is None or self.sign * score > self.sign * self.best_score
         )
         if improved:
-            self.best_score, self.best_epoch = score, trainer.epoch
+            self.best_score, self.best_epoch, self.best_metrics = score, trainer.epoch, dict(metrics)
         enters_top_k = self.save_top_k > 0 and math.isfinite(score) and (
             len(self.top_k) < self.save_top_k or self.sign * score > self.sign * self.top_k[-1]["score"]
         )
@@ -183,11 +185,13 @@ class ModelCheckpoint(Callback):
         return save_checkpoint(state, self.last_path)
 
     def state_dict(self) -> dict:
-        return {"best_score": self.best_score, "best_epoch": self.best_epoch, "top_k": self.top_k}
+        return {"best_score": self.best_score, "best_epoch": self.best_epoch, "top_k": self.top_k,
+                "best_metrics": self.best_metrics}
 
     def load_state_dict(self, state: dict) -> None:
         self.best_score, self.best_epoch = state["best_score"], state["best_epoch"]
         self.top_k = list(state.get("top_k", []))
+        self.best_metrics = dict(state.get("best_metrics") or {})
 
 
 def refuse_non_finite(state: dict) -> None:

@@ -81,6 +81,12 @@ def check_top_level(cfg: DictConfig) -> None:
     from imgrec.trainer import logged_metric_names
 
     check_tool_config(cfg)
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ImgrecError(
+            f"{', '.join(missing)} must be set: the config leaves {'them' if len(missing) > 1 else 'it'} to you "
+            f"(???); add {' '.join(f'{key}=...' for key in missing)} to the command line"
+        )
     if cfg.optimized_mode not in ("min", "max"):
         raise ImgrecError(f"optimized_mode={cfg.optimized_mode!r} must be 'min' or 'max'")
     if cfg.optimized_metric not in logged_metric_names():

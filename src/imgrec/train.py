@@ -21,6 +21,7 @@ def train(cfg: DictConfig) -> dict:
     Under torchrun, each process runs this; rank 0 alone writes files."""
     from imgrec import distributed
     from imgrec.trainer import check_trainer_settings
+    from imgrec.trainer_settings import check_num_threads
 
     # everything that can be checked cheaply is checked before data is loaded or a model is built
     check_top_level(cfg)
@@ -29,6 +30,7 @@ def train(cfg: DictConfig) -> dict:
         settings.max_epochs, settings.batch_size, settings.eval_batch_size, settings.limit_batches, settings.progress,
         settings.get("num_workers", "auto"),
     )
+    check_num_threads(settings.get("num_threads", "auto"))
     env, device_setting = distributed.setup(settings.device)
     try:
         return _train(cfg, env, device_setting)
@@ -94,8 +96,9 @@ def _train(cfg: DictConfig, env, device_setting: str) -> dict:
     }
 
     processes = f" x {env.world_size} processes ({env.backend})" if env.enabled else ""
+    threads = torch_threads()
     log.info(f"training {type(model).__name__} ({sum(p.numel() for p in model.parameters()):,} parameters) "
-             f"on {device}{processes} for up to {settings.max_epochs} epochs; run dir {run_dir}")
+             f"on {device}{processes} ({threads} CPU thread{'s' if threads != 1 else ''}) for up to {settings.max_epochs} epochs; run dir {run_dir}")
     metrics = trainer.fit(loaders["train"], loaders["val"], resume_state, cfg.ckpt_path)
     checkpoint = callbacks.get("model_checkpoint")
     best_score = checkpoint.best_score if checkpoint else None
@@ -111,7 +114,15 @@ def _train(cfg: DictConfig, env, device_setting: str) -> dict:
         # outputs/ shows every run side by side; a run placed elsewhere (hydra.run.dir=...) is shown alone
         shown = log_dir if run_dir.resolve().is_relative_to(log_dir) else run_dir.resolve()
         log.info(f"see its curves with: tensorboard --logdir {shown}   (or: make tb)")
-    return {"metrics": metrics, "best_score": best_score, "test": report}
+    best = callbacks.get("model_checkpoint")
+    return {"metrics": metrics, "best_score": best_score, "test": report, "epochs": trainer.epoch,
+            "best_epoch": best.best_epoch if best else None, "best_metrics": best.best_metrics if best else {}}
+
+
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def check_model_fits(model, model_cfg: DictConfig, input_shape: list[int], device) -> None:
@@ -196,11 +207,43 @@ def resume_command(checkpoint) -> str:
     return " ".join(["imgrec-train", *(shlex.quote(o) for o in overrides), shlex.quote(f"ckpt_path={checkpoint}")])
 
 
+def train_sweep_job(cfg: DictConfig) -> float | None:
+    """One job of `imgrec-train -m`: an error ends this job only (recorded in job_result.json, the sweep goes
+    on), a stop signal ends the sweep. Returns the score the sweeper optimises, None for a failed job."""
+    import time
+
+    from hydra.core.hydra_config import HydraConfig
+
+    from imgrec.sweeps import sweep_value, write_job_result, write_summary
+    from imgrec.trainer import TrainingInterrupted
+
+    started, run_dir = time.perf_counter(), Path(HydraConfig.get().runtime.output_dir)
+    try:
+        result = train(cfg)
+    except (TrainingInterrupted, KeyboardInterrupt):
+        raise
+    except Exception as error:  # NaN divergence, out of memory, a bad combination of options ...
+        if isinstance(error, ImgrecError):
+            log.error(f"error: {error}")
+        else:
+            log.exception(f"error: {type(error).__name__}: {error}")
+        log.error("this job failed; the sweep goes on (its row in summary.csv says failed)")
+        write_job_result(run_dir, cfg, time.perf_counter() - started, error=error)
+        write_summary(Path(HydraConfig.get().sweep.dir))
+        return None
+    write_job_result(run_dir, cfg, time.perf_counter() - started, result=result)
+    write_summary(Path(HydraConfig.get().sweep.dir))
+    return sweep_value(result, cfg)
+
+
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    from imgrec.sweeps import in_multirun
     from imgrec.trainer import TrainingInterrupted
 
     try:
+        if in_multirun():
+            return train_sweep_job(cfg)
         result = train(cfg)
     except ImgrecError as error:
         log.error(f"error: {error}")

@@ -19,7 +19,9 @@ from imgrec.mixing import MixUpCutMix
 from imgrec.precision import autocast_dtype, make_grad_scaler
 from imgrec.stopping import TrainingInterrupted, catch_stop_signals, restore_handlers
 from imgrec.trainer_reporting import TrainerReporting
-from imgrec.trainer_settings import check_trainer_settings, compiled, logged_metric_names, resolve_device, step_scheduler
+from imgrec.trainer_settings import (
+    check_trainer_settings, compiled, logged_metric_names, resolve_device, set_cpu_threads, step_scheduler,
+)
 from imgrec.trainer_state import TrainerState
 
 log = logging.getLogger("imgrec")
@@ -40,6 +42,7 @@ class Trainer(TrainerState, TrainerReporting):
         limit_batches: int | None = None,
         progress: str | bool = "auto",
         num_workers: int | str = "auto",
+        num_threads: int | str = "auto",  # CPU threads for tensor operations (trainer_settings.set_cpu_threads)
         loss=None,  # a loss module, or the trainer.loss settings
         grad_clip_norm: float | None = None,
         accumulate_batches: int = 1,
@@ -56,6 +59,7 @@ class Trainer(TrainerState, TrainerReporting):
     ):
         check_trainer_settings(max_epochs, batch_size, eval_batch_size, limit_batches, progress, num_workers)
         self.device = resolve_device(device)
+        set_cpu_threads(num_threads)
         self.model = model.to(self.device)  # a no-op when train.py built it there (before the optimizer)
         self.optimizer, self.scheduler_factory, self.scheduler = optimizer, scheduler, None
         self.callbacks = dict(sorted((callbacks or {}).items(), key=lambda item: item[1].order))

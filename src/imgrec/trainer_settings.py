@@ -85,3 +85,17 @@ def check_training_options(device: torch.device, precision="32", compile=False, 
         compiled(nn.Identity(), compile)  # raises the message
     if mixup:
         MixUpCutMix(num_classes=2, **mixup)
+
+
+def set_cpu_threads(setting) -> int:
+    """trainer.num_threads: a whole number sets torch's intra-op threads; auto keeps torch's choice, which
+    follows OMP_NUM_THREADS (set per job by the parallel launcher, by SLURM or by the user)."""
+    check_num_threads(setting)
+    if setting != "auto":
+        torch.set_num_threads(setting)
+    return torch.get_num_threads()
+
+
+def check_num_threads(setting) -> None:
+    if setting != "auto" and (not isinstance(setting, int) or isinstance(setting, bool) or setting < 1):
+        raise ImgrecError(f"trainer.num_threads={setting!r} must be auto or a whole number >= 1")

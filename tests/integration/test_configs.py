@@ -5,7 +5,7 @@ import torch
 from hydra.utils import instantiate
 
 from imgrec.callbacks import Callback
-from imgrec.config import build, instantiate_callbacks
+from imgrec.config import CONFIG_DIR, build, instantiate_callbacks
 from imgrec.trainer import step_scheduler
 from imgrec.data.mnist import DEBIAN_FASHION_MNIST
 from imgrec.data.splits import Splits
@@ -114,10 +114,32 @@ def test_every_augment_config_builds_and_keeps_shape_and_range(compose_cfg, name
     assert torch.equal(augment(images), out)  # the same seed gives the same augmented batch
 
 
+def experiment_extras(name: str, tmp_path) -> list[str]:
+    """What an experiment needs from its user: the linear probe a local weights file (made here)."""
+    if name != "transfer_linear_probe":
+        return []
+    import torchvision
+
+    weights = tmp_path / "resnet18.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), weights)
+    return [f"model.weights={weights}", "dataset.image_size=32", "trainer.batch_size=16"]
+
+
 @pytest.mark.parametrize("name", config_names("experiment"))
 def test_every_experiment_runs_one_limited_epoch_on_fake_data(compose_cfg, name, tmp_path):
     # group choices on the command line beat an experiment's own `override /dataset`
-    cfg = compose_cfg(f"experiment={name}", "dataset=fake", "trainer.max_epochs=1", "trainer.limit_batches=1")
+    cfg = compose_cfg(f"experiment={name}", "dataset=fake", "trainer.max_epochs=1", "trainer.limit_batches=1",
+                      *experiment_extras(name, tmp_path))
+    header = (CONFIG_DIR / "experiment" / f"{name}.yaml").read_text().splitlines()[1]
+    assert header.startswith("# ") and len(header) > 20, "each experiment file starts by saying what it does"
     result = train(cfg)
-    assert set(result["metrics"]) >= {"train/loss", "val/acc"}
+    assert set(result["metrics"]) >= {"train/loss", "val/acc"} and result["epochs"] == 1
     assert (tmp_path / "run" / "checkpoints" / "last.pt").is_file()
+    if name == "transfer_linear_probe":
+        assert result["best_metrics"]["val/acc"] == result["best_score"]
+
+
+def test_the_linear_probe_without_weights_says_how_to_give_them(compose_cfg):
+    cfg = compose_cfg("experiment=transfer_linear_probe", "dataset=fake", "trainer.max_epochs=1")
+    with pytest.raises(ImgrecError, match="needs pretrained weights: set model.weights to a local file"):
+        train(cfg)

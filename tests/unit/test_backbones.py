@@ -58,7 +58,7 @@ def test_weights_problems_are_named(tmp_path, monkeypatch):
         torchvision_model("resnet18", 3, 10, weights="ResNet18_Weights.IMAGENET1K_V1")
     with pytest.raises(ImgrecError, match="is neither a file nor a torchvision weights name"):
         torchvision_model("resnet18", 3, 10, weights="imagenet")
-    with pytest.raises(ImgrecError, match="freeze=backbone trains only the head: it needs model.weights"):
+    with pytest.raises(ImgrecError, match="freeze=backbone trains only the head, so it needs pretrained weights: set model.weights"):
         torchvision_model("resnet18", 3, 10, freeze="backbone")
     torch.save(torchvision_model("mobilenet_v3_small", 3, 10).state_dict(), tmp_path / "other.pt")
     with pytest.raises(ImgrecError, match="fits only .* tensors of ResNet"):

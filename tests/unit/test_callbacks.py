@@ -73,7 +73,7 @@ def test_model_checkpoint_never_calls_nan_best_and_keeps_last(tmp_path):
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
     assert load_checkpoint(checkpoint.best_path)["epoch"] == 3
     assert load_checkpoint(checkpoint.last_path)["epoch"] == 4
-    assert checkpoint.state_dict() == {"best_score": 7.0, "best_epoch": 3, "top_k": []}
+    assert checkpoint.state_dict() == {"best_score": 7.0, "best_epoch": 3, "top_k": [], "best_metrics": {"val/acc": 7.0}}
 
 
 def test_model_checkpoint_writes_no_best_while_every_score_is_nan(tmp_path):

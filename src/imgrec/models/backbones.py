@@ -136,7 +136,11 @@ def torchvision_model(name: str, in_channels: int, num_classes: int, small_input
     if freeze not in FREEZE_CHOICES:
         raise ImgrecError(f"model.freeze={freeze!r} must be one of {', '.join(FREEZE_CHOICES)}")
     if freeze == "backbone" and not weights:
-        raise ImgrecError("model.freeze=backbone trains only the head: it needs model.weights (a random backbone)")
+        raise ImgrecError(
+            "model.freeze=backbone trains only the head, so it needs pretrained weights: set model.weights to a local "
+            "file (e.g. model.weights=~/.cache/torch/hub/checkpoints/resnet18-f37072fd.pth) or a torchvision weights "
+            "name in the torch hub cache; a frozen random backbone would learn nothing"
+        )
     model = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
     if weights:  # a head for another number of classes does not fit, so it keeps its fresh init
         load_weights(model, _resolve_weights(weights))
