@@ -133,3 +133,17 @@ def gather_in_order(logits: torch.Tensor, labels: torch.Tensor, indices: torch.T
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+
+
+def wrap_model(model: torch.nn.Module, device: torch.device, sync_batchnorm: bool = False):
+    """(model, DDP wrapper): the model (with SyncBatchNorm layers when asked) and the DistributedDataParallel
+    that trains it. SyncBatchNorm keeps the same Parameter objects, so the optimizer still holds them."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    if sync_batchnorm and device.type != "cuda":
+        raise ImgrecError("trainer.sync_batchnorm=true needs CUDA (PyTorch's SyncBatchNorm has no CPU "
+                          "kernel); use it with GPUs, or leave it false on CPU processes")
+    if sync_batchnorm:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    ids = [device.index] if device.type == "cuda" else None
+    return model, DistributedDataParallel(model, device_ids=ids)

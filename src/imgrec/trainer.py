@@ -95,15 +95,7 @@ class Trainer(TrainerState, TrainerReporting):
         self.dist = dist_env or distributed.DistEnv()
         self.ddp = None
         if self.dist.enabled:
-            from torch.nn.parallel import DistributedDataParallel
-
-            if sync_batchnorm and self.device.type != "cuda":
-                raise ImgrecError("trainer.sync_batchnorm=true needs CUDA (PyTorch's SyncBatchNorm has no CPU "
-                                  "kernel); use it with GPUs, or leave it false on CPU processes")
-            if sync_batchnorm:  # the same Parameter objects: the optimizer still holds them
-                self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.ddp = DistributedDataParallel(self.model, device_ids=ids)
+            self.model, self.ddp = distributed.wrap_model(self.model, self.device, sync_batchnorm)
         # training runs through DDP (gradients averaged over processes); evaluation uses the plain module,
         # each process predicting its own share, then gathered
         self.train_forward = compiled(self.ddp or self.model, compile)

@@ -61,3 +61,14 @@ def test_head_pool_size_keeps_a_grid_of_positions():
     assert flat(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
     with pytest.raises(ImgrecError, match="model.head_pool_size=0 must be a whole number >= 1"):
         SmallCNN(1, 10, head_pool_size=0)
+
+
+def test_the_head_pool_passes_a_map_of_its_size_through_and_pools_any_other():
+    from imgrec.models.small_cnn import HeadPool
+
+    pool = HeadPool(7)
+    sized = torch.randn(2, 3, 7, 7, requires_grad=True)
+    assert pool(sized) is sized  # nothing computed, nothing in the backward pass
+    larger = torch.randn(2, 3, 14, 14)
+    assert torch.equal(pool(larger), torch.nn.functional.adaptive_avg_pool2d(larger, 7))
+    assert torch.allclose(HeadPool(1)(larger), larger.mean(dim=(2, 3), keepdim=True), atol=1e-6)
