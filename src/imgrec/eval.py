@@ -93,9 +93,10 @@ def confident_errors(split, probabilities, labels, predicted, names, count: int)
 def evaluate_checkpoint(cfg: DictConfig) -> dict:
     from imgrec.data.loaders import make_loader
     from imgrec.evaluation import binary_metrics_at, full_report
-    from imgrec.figures import confusion_matrix_figure, image_grid_figure, pr_curves_figure, save_figure
+    from imgrec.figures import pr_curves_figure, save_figure
     from imgrec.inference import check_same_classes, load_trained, predict_logits
     from imgrec.metrics import format_report
+    from imgrec.raster_figures import confusion_matrix_image, image_grid_image
     from imgrec.trainer import resolve_device
 
     check_tool_config(cfg)  # before anything is built
@@ -130,13 +131,13 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     identifiers = [str(p) for p in split.paths] if hasattr(split, "paths") else [str(i) for i in range(len(labels))]
     write_eval_files(run_dir, report, probabilities, labels, predicted, names, identifiers)
-    save_figure(confusion_matrix_figure(report["confusion_matrix"], names, f"{cfg.split} confusion matrix"),
-                run_dir / "confusion_matrix.png")
+    confusion_matrix_image(report["confusion_matrix"], names, f"{cfg.split} confusion matrix").save(
+        run_dir / "confusion_matrix.png")
     marked = report.get("threshold")
     save_figure(pr_curves_figure(probabilities, labels, names, marked), run_dir / "pr_curves.png")
     images, captions = confident_errors(split, probabilities, labels, predicted, names, cfg.errors_shown)
-    save_figure(image_grid_figure(images, captions, f"most confident errors ({len(captions)} shown)"),
-                run_dir / "confident_errors.png")
+    image_grid_image(images, captions, f"most confident errors ({len(captions)} shown)").save(
+        run_dir / "confident_errors.png")
     log.info(f"{cfg.split} split of {dataset_cfg._target_.rsplit('.', 1)[-1]}, {len(labels)} images:\n"
              + format_report(report) + "\n" + summary_lines(report))
     log.info(f"evaluation saved in {run_dir.resolve()}")

@@ -22,9 +22,11 @@ class TensorBoardLogger:
         self.writer.add_hparams(params, {f"hparam/{k}": v for k, v in metrics.items()}, run_name=".")
         self.writer.flush()
 
-    def log_figure(self, tag: str, figure, step: int) -> None:
-        """A matplotlib figure as an image (closed afterwards)."""
-        self.writer.add_figure(tag, figure, global_step=step, close=True)
+    def log_image(self, tag: str, image, step: int) -> None:
+        """A Pillow image (imgrec.raster_figures draws the confusion matrix and error grid as these)."""
+        import numpy as np
+
+        self.writer.add_image(tag, np.asarray(image.convert("RGB")), global_step=step, dataformats="HWC")
         self.writer.flush()
 
     def log_pr_curve(self, tag: str, positives, scores, step: int) -> None:

@@ -42,14 +42,14 @@ class ValidationFigures(Callback):
     def draw(self, logger, predictions, val_loader, class_names: list[str] | None, epoch: int) -> None:
         from sklearn.metrics import confusion_matrix
 
-        from imgrec.figures import confusion_matrix_figure, image_grid_figure
+        from imgrec.raster_figures import confusion_matrix_image, image_grid_image
 
         logits, labels = predictions
         probabilities = logits.softmax(dim=1)
         predicted = probabilities.argmax(dim=1)
         names = class_names or [str(i) for i in range(logits.shape[1])]
         counts = confusion_matrix(labels.numpy(), predicted.numpy(), labels=np.arange(len(names)))
-        logger.log_figure("val/confusion_matrix", confusion_matrix_figure(counts, names, f"val, epoch {epoch}"), epoch)
+        logger.log_image("val/confusion_matrix", confusion_matrix_image(counts, names, f"val, epoch {epoch}"), epoch)
         for index, name in enumerate(names):
             logger.log_pr_curve(f"val_pr/{name}", labels == index, probabilities[:, index], epoch)
         wrong = torch.nonzero(predicted != labels).flatten()
@@ -58,5 +58,5 @@ class ValidationFigures(Callback):
             wrong = wrong[probabilities[wrong, predicted[wrong]].argsort(descending=True)][: self.max_images].numpy()
             captions = [f"true {names[labels[i]]}\npred {names[predicted[i]]} ({probabilities[i, predicted[i]]:.2f})"
                         for i in wrong]
-            figure = image_grid_figure(split_images(val_loader, wrong), captions, f"misclassified val images, epoch {epoch}")
-            logger.log_figure("val/misclassified", figure, epoch)
+            grid = image_grid_image(split_images(val_loader, wrong), captions, f"misclassified val images, epoch {epoch}")
+            logger.log_image("val/misclassified", grid, epoch)

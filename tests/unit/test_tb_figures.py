@@ -9,7 +9,7 @@ class RecordingLogger:
     def __init__(self):
         self.figures, self.pr_curves = [], []
 
-    def log_figure(self, tag, figure, step):
+    def log_image(self, tag, image, step):
         self.figures.append((tag, step))
 
     def log_pr_curve(self, tag, positives, scores, step):
