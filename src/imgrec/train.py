@@ -42,6 +42,7 @@ def _train(cfg: DictConfig, env, device_setting: str) -> dict:
     from imgrec import distributed
     from imgrec.checkpoint import load_checkpoint
     from imgrec.data.augment import build_augment
+    from imgrec.heap import setup_objects_frozen
     from imgrec.losses import build_loss
     from imgrec.optim import build_optimizer
     from imgrec.reporting import record_dataset
@@ -99,7 +100,8 @@ def _train(cfg: DictConfig, env, device_setting: str) -> dict:
     threads = torch_threads()
     log.info(f"training {type(model).__name__} ({sum(p.numel() for p in model.parameters()):,} parameters) "
              f"on {device}{processes} ({threads} CPU thread{'s' if threads != 1 else ''}) for up to {settings.max_epochs} epochs; run dir {run_dir}")
-    metrics = trainer.fit(loaders["train"], loaders["val"], resume_state, cfg.ckpt_path)
+    with setup_objects_frozen():
+        metrics = trainer.fit(loaders["train"], loaders["val"], resume_state, cfg.ckpt_path)
     checkpoint = callbacks.get("model_checkpoint")
     best_score = checkpoint.best_score if checkpoint else None
     if env.enabled:  # rank 0's best.pt is what every process scores
@@ -238,6 +240,10 @@ def train_sweep_job(cfg: DictConfig) -> float | None:
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    from imgrec.heap import pause_collection_during_setup, skip_collection_at_exit
+
+    skip_collection_at_exit()
+    pause_collection_during_setup()  # before the imports below, which bring in torch
     from imgrec.sweeps import in_multirun
     from imgrec.trainer import TrainingInterrupted
 
