@@ -3,7 +3,6 @@
 import csv
 import json
 import logging
-import sys
 from pathlib import Path
 
 import hydra
@@ -11,6 +10,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from imgrec.config import CONFIG_DIR, build, check_tool_config
+from imgrec.cli import run_command
 from imgrec.errors import ImgrecError
 
 log = logging.getLogger("imgrec")
@@ -160,11 +160,7 @@ def summary_lines(report: dict) -> str:
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="eval")
 def main(cfg: DictConfig) -> float | None:
-    try:
-        return evaluate_checkpoint(cfg)["accuracy"]
-    except ImgrecError as error:
-        log.error(f"error: {error}")
-        sys.exit(2)
+    return run_command(evaluate_checkpoint, cfg)["accuracy"]
 
 
 if __name__ == "__main__":

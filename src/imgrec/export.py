@@ -3,13 +3,13 @@ expects, each export checked against the PyTorch model on a batch before it is k
 
 import json
 import logging
-import sys
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
 from imgrec.config import CONFIG_DIR, check_tool_config
+from imgrec.cli import run_command
 from imgrec.errors import ImgrecError
 
 log = logging.getLogger("imgrec")
@@ -103,11 +103,7 @@ def export_checkpoint(cfg: DictConfig) -> dict:
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="export")
 def main(cfg: DictConfig) -> None:
-    try:
-        export_checkpoint(cfg)
-    except ImgrecError as error:
-        log.error(f"error: {error}")
-        sys.exit(2)
+    run_command(export_checkpoint, cfg)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,6 @@
 scikit-learn classifier on them: the "deep features" baseline to compare fine-tuning against."""
 
 import logging
-import sys
 from pathlib import Path
 
 import hydra
@@ -10,6 +9,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from imgrec.config import CONFIG_DIR, build, check_tool_config
+from imgrec.cli import run_command
 from imgrec.errors import ImgrecError
 
 log = logging.getLogger("imgrec")
@@ -122,11 +122,7 @@ def extract_features(cfg: DictConfig) -> dict:
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="features")
 def main(cfg: DictConfig) -> float | None:
-    try:
-        return extract_features(cfg)["test"]["scores"]["acc"]
-    except ImgrecError as error:
-        log.error(f"error: {error}")
-        sys.exit(2)
+    return run_command(extract_features, cfg)["test"]["scores"]["acc"]
 
 
 if __name__ == "__main__":

@@ -4,13 +4,13 @@ import csv
 import glob
 import json
 import logging
-import sys
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
 from imgrec.config import CONFIG_DIR, check_tool_config
+from imgrec.cli import run_command
 from imgrec.errors import ImgrecError
 
 log = logging.getLogger("imgrec")
@@ -108,11 +108,7 @@ def predict_images(cfg: DictConfig) -> dict:
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="predict")
 def main(cfg: DictConfig) -> None:
-    try:
-        predict_images(cfg)
-    except ImgrecError as error:
-        log.error(f"error: {error}")
-        sys.exit(2)
+    run_command(predict_images, cfg)
 
 
 if __name__ == "__main__":

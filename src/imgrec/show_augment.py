@@ -1,13 +1,13 @@
 """imgrec-show-augment: a grid of augmented training images, as a PNG and in TensorBoard."""
 
 import logging
-import sys
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
 from imgrec.config import CONFIG_DIR, build, check_tool_config
+from imgrec.cli import run_command
 from imgrec.errors import ImgrecError
 
 log = logging.getLogger("imgrec")
@@ -23,7 +23,6 @@ def augment_grid(images, augment, repeats: int):
 
 
 def show_augment(cfg: DictConfig) -> Path:
-    import torch
     from PIL import Image
     from torchvision.utils import make_grid
 
@@ -57,11 +56,7 @@ def show_augment(cfg: DictConfig) -> Path:
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="show_augment")
 def main(cfg: DictConfig) -> None:
-    try:
-        show_augment(cfg)
-    except ImgrecError as error:
-        log.error(f"error: {error}")
-        sys.exit(2)
+    run_command(show_augment, cfg)
 
 
 if __name__ == "__main__":
