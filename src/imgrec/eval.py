@@ -9,8 +9,8 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from imgrec.config import CONFIG_DIR, build, check_tool_config
 from imgrec.cli import run_command
+from imgrec.config import CONFIG_DIR, build, check_tool_config
 from imgrec.errors import ImgrecError
 
 log = logging.getLogger("imgrec")

@@ -6,8 +6,8 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from imgrec.config import CONFIG_DIR, build, check_tool_config
 from imgrec.cli import run_command
+from imgrec.config import CONFIG_DIR, build, check_tool_config
 from imgrec.errors import ImgrecError
 
 log = logging.getLogger("imgrec")
