@@ -25,8 +25,11 @@ def font(size: int):
         return ImageFont.load_default()  # the fixed bitmap font
 
 
+_MEASURING = ImageDraw.Draw(Image.new("L", (1, 1)))  # text is measured on this, never drawn
+
+
 def text_size(text: str, face) -> tuple[int, int]:
-    left, top, right, bottom = ImageDraw.Draw(Image.new("L", (1, 1))).multiline_textbbox((0, 0), text, font=face)
+    left, top, right, bottom = _MEASURING.multiline_textbbox((0, 0), text, font=face)
     return right - left, bottom - top
 
 
@@ -59,7 +62,7 @@ class MatrixLayout(NamedTuple):
 def matrix_layout(counts: np.ndarray, names: list[str], label_font, title_font) -> MatrixLayout:
     classes = len(names)
     numbers = classes <= 30  # beyond that the numbers are unreadable; the CSV has them
-    widest_count = max(text_size(str(int(c)), label_font)[0] for c in counts.flatten()) if counts.size else 8
+    widest_count = text_size(str(int(counts.max())) if counts.size else "0", label_font)[0]  # most digits
     cell = max(28, widest_count + 10) if numbers else max(6, min(28, 900 // max(classes, 1)))
     name_width = max(text_size(short(n), label_font)[0] for n in names)
     line = text_size("Ag", label_font)[1]
