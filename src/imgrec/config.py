@@ -10,50 +10,119 @@ from imgrec.errors import ImgrecError
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
 
-# `_target_`s may name only these packages' callables: a config (or the config stored in a checkpoint
-# someone sent you) must not be able to call os.system. `allowed_targets=[mypkg.]` adds a trusted package.
-ALLOWED_TARGET_PREFIXES = ("imgrec.", "torch.", "torchvision.", "albumentations.", "timm.", "sklearn.")
-_user_allowed_prefixes: list[str] = []
+# `_target_`s may name only what imgrec.registry lists, and the exact callables the user trusts on the command
+# line (`allowed_targets=[mypkg.models.Net]`): a config, or the config stored in a checkpoint someone sent
+# you, must not be able to call torch.load, os.system or an imgrec function that writes files.
+_user_allowed: set[str] = set()
+# resolvers that turn a string into config nodes: the only way an unresolvable value could become a _target_
+NODE_MAKING_RESOLVERS = ("oc.create", "oc.decode")
 
 
-def allow_targets(prefixes) -> None:
-    """Trust the packages the user listed in `allowed_targets` (each a module prefix such as `mypkg.`)."""
-    for prefix in prefixes or []:
-        if not isinstance(prefix, str) or not prefix.strip("."):
-            raise ImgrecError(f"allowed_targets entry {prefix!r} must be a module name such as mypkg or mypkg.models")
-        prefix = prefix if prefix.endswith(".") else prefix + "."
-        if prefix not in _user_allowed_prefixes:
-            _user_allowed_prefixes.append(prefix)
+def allow_targets(names) -> None:
+    """Trust exactly these callables (the command line's `allowed_targets`), replacing any earlier list."""
+    from imgrec.registry import user_callable_problem
+
+    trusted = set()
+    for name in names or []:
+        if not isinstance(name, str) or not name.strip("."):
+            raise ImgrecError(f"allowed_targets entry {name!r} must be the dotted path of a callable, e.g. mypkg.models.Net")
+        problem = user_callable_problem(name)
+        if problem is not None:
+            raise ImgrecError(f"allowed_targets entry {name!r} cannot be trusted: {problem}")
+        trusted.add(name)
+    _user_allowed.clear()
+    _user_allowed.update(trusted)
 
 
-def check_targets(node, where: str = "") -> None:
-    """Raise before anything is instantiated if any `_target_` under `node` is outside the allowed packages."""
-    from omegaconf import ListConfig
+def target_problem(target) -> str | None:
+    """Why `target` may not be called, or None when it may."""
+    from imgrec.registry import FAMILY_SUMMARY, family_kind, registered_kind
 
-    if isinstance(node, (DictConfig, dict)):
-        keys = list(node.keys())
+    if not isinstance(target, str):
+        return f"must be a string naming a callable, not {type(target).__name__}"
+    if registered_kind(target) is not None or target in _user_allowed or family_kind(target) is not None:
+        return None
+    return (f"is not allowed: imgrec builds only its own registered components and {FAMILY_SUMMARY}. "
+            f"If you trust {target}, add allowed_targets=[{target}] to the command line")
+
+
+def _resolved_items(node, where: str):
+    """(path, value) of each child of a config node, interpolations resolved one value at a time, as
+    Hydra's instantiate will resolve them. A value that cannot be resolved yet (a `${hydra:...}` outside
+    a run, a `???`) is skipped unless it could turn into config nodes."""
+    from omegaconf import DictConfig, ListConfig
+    from omegaconf.errors import OmegaConfBaseException
+
+    if isinstance(node, (DictConfig, ListConfig)):
+        keys = list(node.keys()) if isinstance(node, DictConfig) else range(len(node))
         for key in keys:
-            if isinstance(node, DictConfig) and not where:
-                child_where = node._get_full_key(key)  # e.g. model._target_ for build(cfg.model)
-            else:
-                child_where = f"{where}.{key}" if where else str(key)
-            if key == "_target_":
-                target = str(node[key])
-                allowed = (*ALLOWED_TARGET_PREFIXES, *_user_allowed_prefixes)
-                if not target.startswith(allowed):
-                    module = target.rsplit(".", 1)[0]
-                    raise ImgrecError(
-                        f"{child_where}={target!r} is not allowed: imgrec instantiates only callables from "
-                        f"{', '.join(p.rstrip('.') for p in allowed)}. If you trust {module}, add "
-                        f"allowed_targets=[{module}] to the command line"
-                    )
-            else:
-                value = node._get_node(key)._value() if isinstance(node, DictConfig) else node[key]
-                if isinstance(value, (DictConfig, ListConfig, dict, list)):
-                    check_targets(node[key], child_where)
-    elif isinstance(node, (ListConfig, list)):
-        for index in range(len(node)):
-            check_targets(node[index], f"{where}[{index}]")
+            path = f"{where}[{key}]" if isinstance(node, ListConfig) else (f"{where}.{key}" if where else str(key))
+            try:
+                yield key, path, node[key]
+            except OmegaConfBaseException:
+                raw = node._get_node(key)._value()
+                if isinstance(raw, str) and any(resolver in raw for resolver in NODE_MAKING_RESOLVERS):
+                    raise ImgrecError(f"{path}={raw!r} builds config nodes from a string ({', '.join(NODE_MAKING_RESOLVERS)}), "
+                                      "which imgrec does not allow; write the values out") from None
+    elif isinstance(node, dict):
+        for key, value in node.items():
+            yield key, f"{where}.{key}" if where else str(key), value
+    elif isinstance(node, (list, tuple)):
+        for index, value in enumerate(node):
+            yield index, f"{where}[{index}]", value
+
+
+def check_targets(node, where: str | None = None, skip=()) -> None:
+    """Raise before anything is instantiated if any `_target_` under `node` may not be called (top-level
+    keys in `skip` are left out)."""
+    from omegaconf import DictConfig, ListConfig
+
+    if where is None:
+        where = node._get_full_key(None) if isinstance(node, (DictConfig, ListConfig)) else ""
+    for key, path, value in _resolved_items(node, where):
+        if key in skip:
+            continue
+        if key == "_target_":
+            problem = target_problem(value)
+            if problem is not None:
+                raise ImgrecError(f"{path}={value!r} {problem}")
+        elif isinstance(value, (DictConfig, ListConfig, dict, list, tuple)):
+            check_targets(value, path)
+
+
+def stored_component(component, kind: str, where: str) -> dict:
+    """A component config read from a checkpoint (data, not code), made safe to build: its `_target_` must
+    be one imgrec registers for `kind` (a renamed one is mapped to its new path) or an `allowed_targets`
+    entry, and nothing inside it may name another target, use Hydra's `_..._` keys or interpolate."""
+    from imgrec.registry import canonical, registered_kind
+
+    if not isinstance(component, dict) or not isinstance(component.get("_target_"), str):
+        raise ImgrecError(f"{where} is not a component config with a _target_ string; the checkpoint is damaged")
+    target = component["_target_"]
+    if registered_kind(target) != kind and target not in _user_allowed:
+        raise ImgrecError(f"{where}._target_={target!r} is not allowed: a checkpoint may only name one of imgrec's "
+                          f"{kind} builders. If you trust {target}, add allowed_targets=[{target}] to the command line")
+
+    def check_value(value, path: str) -> None:
+        if isinstance(value, dict):
+            for key, child in value.items():
+                if not isinstance(key, str) or key.startswith("_"):
+                    raise ImgrecError(f"{path}.{key} is not allowed in a checkpoint's stored config: only plain "
+                                      "settings may sit inside a component (no _target_, _args_, _partial_ ...)")
+                check_value(child, f"{path}.{key}")
+        elif isinstance(value, (list, tuple)):
+            for index, child in enumerate(value):
+                check_value(child, f"{path}[{index}]")
+        elif isinstance(value, str) and "${" in value:
+            raise ImgrecError(f"{path}={value!r} is an interpolation; a checkpoint's stored config holds resolved "
+                              "values only")
+        elif not (value is None or isinstance(value, (str, int, float, bool))):
+            raise ImgrecError(f"{path} holds a {type(value).__name__}; a stored config holds plain values only")
+
+    for key, value in component.items():
+        if key != "_target_":
+            check_value({key: value}, where)
+    return {**component, "_target_": canonical(target)}
 
 
 def build(node, **kwargs):
@@ -77,10 +146,30 @@ def check_tool_config(cfg: DictConfig) -> None:
     check_targets(cfg)
 
 
+def resolve_checkpoint_shortcut(cfg: DictConfig) -> None:
+    """`ckpt_path=last` or `best` becomes that file of the newest training run under paths.log_dir (for
+    imgrec-train: of its own task_name), in place, and says which file it picked."""
+    import logging
+
+    from omegaconf import open_dict
+
+    from imgrec.checkpoint import SHORTCUTS, resolve_ckpt_path
+
+    if cfg.get("ckpt_path") not in SHORTCUTS:
+        return
+    # imgrec-train (the config with an optimizer) resumes runs of its own task_name; the others read training runs
+    task = cfg.task_name if "optimizer" in cfg else "train"
+    path = resolve_ckpt_path(cfg.ckpt_path, Path(cfg.paths.log_dir) / task)
+    logging.getLogger("imgrec").info(f"ckpt_path={cfg.ckpt_path}: {path}")
+    with open_dict(cfg):
+        cfg.ckpt_path = path
+
+
 def check_top_level(cfg: DictConfig) -> None:
     from imgrec.trainer import logged_metric_names
 
     check_tool_config(cfg)
+    resolve_checkpoint_shortcut(cfg)
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise ImgrecError(
@@ -164,21 +253,24 @@ def instantiate_callbacks(cfg: DictConfig) -> dict:
 
 
 def hyperparameters(cfg: DictConfig) -> dict:
-    """The config's groups flattened to `group.key: scalar`, the form TensorBoard's HPARAMS tab takes."""
+    """The run's settings for TensorBoard's HPARAMS tab, as `group.key: value` (nested settings flattened,
+    booleans kept), the keys this run's command line set first: in a sweep those are the columns that vary."""
     params: dict = {"seed": cfg.seed}
+    overridden: list[str] = []
     try:
         from hydra.core.hydra_config import HydraConfig
 
-        choices = HydraConfig.get().runtime.choices
-        params.update({group: str(choice) for group, choice in choices.items() if not group.startswith("hydra")})
+        hydra_cfg = HydraConfig.get()
+        params.update({group: str(choice) for group, choice in hydra_cfg.runtime.choices.items()
+                       if not group.startswith("hydra") and choice is not None})
+        overridden = [o.lstrip("+~").split("=", 1)[0] for o in hydra_cfg.overrides.task]
     except ValueError:  # composed outside a Hydra run (tests): no choices recorded
         pass
     container = OmegaConf.to_container(cfg, resolve=True)
     for group in ("dataset", "model", "optimizer", "scheduler", "trainer"):
-        for key, value in (container.get(group) or {}).items():
-            if key in ("_target_", "_partial_"):
-                continue
-            if value is None or isinstance(value, (list, dict, tuple)):
-                value = str(value)
-            params[f"{group}.{key}"] = value
-    return params
+        params.update(_flatten({key: value for key, value in (container.get(group) or {}).items()
+                                if key not in ("_target_", "_partial_")}, f"{group}."))
+    params = {key: value if value is None or isinstance(value, (bool, int, float, str)) else str(value)
+              for key, value in params.items()}
+    first = [key for key in params if key in overridden]
+    return {**{key: params[key] for key in first}, **{key: v for key, v in params.items() if key not in first}}
