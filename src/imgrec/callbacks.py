@@ -106,7 +106,7 @@ class ModelCheckpoint(Callback):
     def on_fit_start(self, trainer) -> None:
         self.check(trainer.metric_names)
         remove_stale_temp_files(self.dirpath)
-        check_free_space(self.dirpath, getattr(trainer, "model", None))
+        check_free_space(self.dirpath, trainer)
         if trainer.resume_path is not None and self.best_score is not None:
             self._carry_best_over(trainer, Path(trainer.resume_path))
         if trainer.resume_path is not None and self.top_k:
@@ -206,19 +206,26 @@ def refuse_non_finite(state: dict) -> None:
             )
 
 
-def check_free_space(directory: Path, model, factor: float = 2.0) -> None:
-    """Fail before training when the checkpoint folder's disk cannot hold `factor` x the model's size."""
+def check_free_space(directory: Path, trainer) -> None:
+    """Fail before training when the checkpoint folder's disk cannot hold two checkpoints (last.pt and
+    best.pt, or a new last.pt beside the old one while it is written). A checkpoint is about the weights,
+    two optimizer slots per weight (Adam's moments; SGD's momentum needs one), and an EMA copy if any."""
     import shutil
 
+    model = getattr(trainer, "model", None)
     if model is None:
         return
-    size = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+    weights = sum(t.numel() * t.element_size() for t in model.parameters())
+    buffers = sum(t.numel() * t.element_size() for t in model.buffers())
+    copies = 2 if getattr(trainer, "ema", None) is not None else 1
+    checkpoint_size = copies * (weights + buffers) + 2 * weights
     existing = directory
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     free = shutil.disk_usage(existing).free
-    if free < factor * size:
+    if free < 2 * checkpoint_size:
         raise ImgrecError(
-            f"only {free / 2**20:.1f} MiB free on the disk of {directory}, less than {factor:g} x the model's "
-            f"{size / 2**20:.1f} MiB that checkpoints need; free space or set callbacks.model_checkpoint.dirpath"
+            f"only {free / 2**20:.1f} MiB free on the disk of {directory}, less than the {2 * checkpoint_size / 2**20:.1f} MiB "
+            f"two checkpoints of this model need (about {checkpoint_size / 2**20:.1f} MiB each with the optimizer state); "
+            "free space or set callbacks.model_checkpoint.dirpath to another disk"
         )

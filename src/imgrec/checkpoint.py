@@ -1,5 +1,6 @@
 """Checkpoint files: atomic writes and safe loads."""
 
+import math
 import os
 import pickle
 import shutil
@@ -55,12 +56,25 @@ def save_checkpoint(state: dict, path: str | Path) -> Path:
     path = Path(path)
     try:
         _write_atomically(path, lambda file: torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, **state}, file))
-    except OSError as error:
+    except (OSError, RuntimeError) as error:  # torch's zip writer reports a full disk as a RuntimeError
         raise CheckpointError(
-            f"could not write checkpoint {path}: {error}. Free disk space or fix the folder's permissions; "
-            f"any earlier {path.name} there is intact."
+            f"could not write checkpoint {path} ({_reason(error)}; {_free_space(path.parent)}). Free disk space or "
+            f"fix the folder's permissions, then resume; any earlier {path.name} there is intact"
         ) from error
     return path
+
+
+def _reason(error: Exception) -> str:
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
+
+
+def _free_space(folder: Path) -> str:
+    try:
+        return f"{shutil.disk_usage(folder).free / 2**20:.1f} MiB free there"
+    except OSError:
+        return "free space unknown"
 
 
 def copy_checkpoint(source: str | Path, destination: str | Path) -> Path:
@@ -74,7 +88,8 @@ def copy_checkpoint(source: str | Path, destination: str | Path) -> Path:
     try:
         _write_atomically(destination, copy)
     except OSError as error:
-        raise CheckpointError(f"could not copy checkpoint {source} to {destination}: {error}") from error
+        raise CheckpointError(f"could not copy checkpoint {source} to {destination} ({_reason(error)}; "
+                              f"{_free_space(destination.parent)})") from error
     return destination
 
 
@@ -89,9 +104,31 @@ def remove_stale_temp_files(directory: str | Path) -> list[Path]:
     return stale
 
 
-def load_checkpoint(path: str | Path) -> dict:
-    """Read an imgrec checkpoint without executing any code stored in it (`weights_only=True`)."""
+SHORTCUTS = ("last", "best")
+
+
+def resolve_ckpt_path(ckpt_path, runs_root: str | Path) -> str | None:
+    """`ckpt_path=last` / `best`: that file of the newest run under `runs_root` (e.g. outputs/train), by the
+    time it was written; any other value is returned as given."""
+    if ckpt_path not in SHORTCUTS:
+        return ckpt_path
+    root = Path(runs_root)
+    found = [p for p in root.glob(f"**/checkpoints/{ckpt_path}.pt") if p.is_file()] if root.is_dir() else []
+    if not found:
+        raise CheckpointError(f"ckpt_path={ckpt_path}: no run under {root} has a checkpoints/{ckpt_path}.pt; give the "
+                              "file's path, e.g. ckpt_path=outputs/train/runs/<timestamp>/checkpoints/last.pt")
+    return str(max(found, key=lambda p: p.stat().st_mtime))
+
+
+def load_checkpoint(path: str | Path, purpose: str | None = None) -> dict:
+    """Read an imgrec checkpoint without executing any code stored in it (`weights_only=True`); with a
+    `purpose` ("inference" or "resume"), also check that it holds what that needs (check_contents)."""
     path = Path(path)
+    if path.is_dir():
+        inside = sorted(p.name for p in path.glob("*.pt"))
+        hint = f"; it holds {', '.join(inside)}" if inside else ""
+        raise CheckpointError(f"ckpt_path '{path}' is a folder, not a checkpoint file{hint}: give the file, "
+                              f"e.g. ckpt_path={path / (inside[0] if inside else 'last.pt')}")
     if not path.is_file():
         raise CheckpointError(
             f"ckpt_path '{path}' does not exist; give the path of a checkpoint imgrec wrote, "
@@ -119,4 +156,70 @@ def load_checkpoint(path: str | Path) -> dict:
         raise CheckpointError(
             f"'{path}' was written by a newer imgrec (format {state['format_version']} > {FORMAT_VERSION}); upgrade imgrec"
         )
+    upgrade(state)
+    if purpose is not None:
+        check_contents(state, path, purpose)
     return state
+
+
+def upgrade(state: dict) -> None:
+    """Checkpoints of earlier imgrec versions, in today's shape (in place)."""
+    progress = state.get("epoch_progress")
+    if isinstance(progress, dict) and "sums" not in progress and "loss_sum" in progress:
+        progress["sums"] = {"loss_sum": progress.pop("loss_sum"), "correct": progress.pop("correct", None)}
+
+
+def _is_count(value, minimum: int = 0) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def _is_numbers(value, length: int) -> bool:
+    return (isinstance(value, (list, tuple)) and len(value) == length
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value))
+
+
+def check_contents(state: dict, path: Path, purpose: str) -> None:
+    """A damaged checkpoint that kept the format marker is named with what is missing or wrong, instead of
+    failing later with a KeyError or a ZeroDivisionError. "inference" needs the weights (finite), the
+    config, class names, input shape and normalisation; "resume" also the training state."""
+    def bad(what: str) -> CheckpointError:
+        return CheckpointError(f"checkpoint '{path}' is damaged: {what}; use another checkpoint imgrec wrote "
+                               "(last.pt and best.pt of the same run hold the same kind of state)")
+
+    weights = state.get("model")
+    if not isinstance(weights, dict) or not weights or not all(isinstance(t, torch.Tensor) for t in weights.values()):
+        raise bad("'model' (the weights) is missing or not a dict of tensors")
+    for name, tensor in weights.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise bad(f"the weights hold NaN or Inf values (first in {name}), so their predictions would be meaningless")
+    config = state.get("config")
+    if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
+        raise bad("'config' (the settings it was trained with) or its 'model' section is missing")
+    names = state.get("class_names")
+    if not isinstance(names, list) or len(names) < 2 or not all(isinstance(n, str) for n in names):
+        raise bad("'class_names' is missing or not a list of at least two names")
+    shape = state.get("input_shape")
+    if not (isinstance(shape, (list, tuple)) and len(shape) == 3 and all(_is_count(v, 1) for v in shape)):
+        raise bad(f"'input_shape' is {shape!r}, not [channels, height, width]")
+    normalization = state.get("normalization")
+    if not (isinstance(normalization, dict) and _is_numbers(normalization.get("mean"), shape[0])
+            and _is_numbers(normalization.get("std"), shape[0]) and min(normalization["std"]) > 0):
+        raise bad(f"'normalization' is {normalization!r}, not {shape[0]} mean and {shape[0]} std values (std > 0)")
+    if not _is_count(state.get("epoch")):
+        raise bad(f"'epoch' is {state.get('epoch')!r}, not a whole number >= 0")
+    if purpose != "resume":
+        return
+    if not _is_count(state.get("step")):
+        raise bad(f"'step' is {state.get('step')!r}, not a whole number >= 0")
+    for key in ("optimizer", "scheduler", "callbacks", "rng"):
+        if not isinstance(state.get(key), dict):
+            raise bad(f"'{key}' is missing, so training cannot continue where it stopped")
+    if not all(key in state["rng"] for key in ("python", "numpy", "torch")):
+        raise bad("'rng' lacks the python, numpy or torch generator state")
+    progress = state.get("epoch_progress")
+    if progress is not None and not (
+        isinstance(progress, dict) and _is_count(progress.get("batches"), 1) and _is_count(progress.get("seen"), 1)
+        and isinstance(progress.get("sums"), dict) and all(isinstance(v, torch.Tensor) for v in progress["sums"].values())
+    ):
+        raise bad(f"'epoch_progress' (where in an epoch it stopped) is {progress!r}, not batches >= 1, seen >= 1 "
+                  "and the running sums")

@@ -5,12 +5,11 @@ import json
 import logging
 from pathlib import Path
 
-import hydra
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from imgrec.cli import run_command
-from imgrec.config import CONFIG_DIR, build, check_tool_config
+from imgrec.cli import hydra_command, run_command
+from imgrec.config import build, check_tool_config, resolve_checkpoint_shortcut, stored_component
 from imgrec.errors import ImgrecError
 
 log = logging.getLogger("imgrec")
@@ -29,7 +28,8 @@ def check_threshold_settings(cfg: DictConfig, num_classes: int) -> None:
         raise ImgrecError(f"target_recall={cfg.target_recall} is used with threshold=auto only")
 
 
-def resolve_threshold(cfg: DictConfig, trained, splits, probabilities: np.ndarray, labels: np.ndarray, loader_for):
+def resolve_threshold(cfg: DictConfig, split_name: str, model, splits, probabilities: np.ndarray, labels: np.ndarray,
+                      loader_for):
     """None (argmax), or the binary decision threshold as given or as chosen on the validation split."""
     from imgrec.evaluation import choose_threshold
     from imgrec.inference import predict_logits
@@ -38,10 +38,10 @@ def resolve_threshold(cfg: DictConfig, trained, splits, probabilities: np.ndarra
         return None
     if cfg.threshold != "auto":
         return {"threshold": float(cfg.threshold), "chosen_on": "given"}
-    if cfg.split == "val":
+    if split_name == "val":
         val_probabilities, val_labels = probabilities, labels
     else:  # chosen on validation, never on the split being reported
-        logits, val_tensor = predict_logits(trained.model, loader_for(splits.val))
+        logits, val_tensor = predict_logits(model, loader_for(splits.val))
         val_probabilities, val_labels = logits.softmax(dim=1).numpy(), val_tensor.numpy()
     chosen = choose_threshold(val_probabilities[:, 1], val_labels, cfg.target_recall)
     log.info(f"threshold {chosen['threshold']:.4f} chosen on val: precision {chosen['precision']:.4f}, "
@@ -90,22 +90,47 @@ def confident_errors(split, probabilities, labels, predicted, names, count: int)
     return images, captions
 
 
+def stored_dataset(dataset_cfg) -> DictConfig:
+    """The dataset a checkpoint was trained on, rebuilt from its stored settings; never downloads."""
+    checked = stored_component(dataset_cfg, "dataset", "the checkpoint's config.dataset")
+    if "download" in checked:
+        checked["download"] = False
+    return OmegaConf.create(checked)
+
+
+SPLIT_CHOICES = ("auto", "all", "test", "val", "train")
+
+
+def chosen_split(setting: str, from_checkpoint: bool, test_given: bool) -> str:
+    """`auto`: the held-out test split of the checkpoint's own data, or of data that comes with a test split
+    (a test/ folder, a split column); every image of any other dataset (a new folder to score whole)."""
+    if setting != "auto":
+        return setting
+    chosen = "test" if from_checkpoint or test_given else "all"
+    log.info(f"split=auto: scoring {'the test split' if chosen == 'test' else 'every image of the dataset'}"
+             + ("" if from_checkpoint else f" ({'it has' if test_given else 'it has no'} test split of its own)"))
+    return chosen
+
+
 def evaluate_checkpoint(cfg: DictConfig) -> dict:
     from imgrec.data.loaders import make_loader
+    from imgrec.data.splits import sample_ids
     from imgrec.evaluation import binary_metrics_at, full_report
     from imgrec.figures import pr_curves_figure, save_figure
-    from imgrec.inference import check_same_classes, load_trained, predict_logits
+    from imgrec.inference import check_same_classes, inference_device, load_trained, predict_logits
     from imgrec.metrics import format_report
     from imgrec.raster_figures import confusion_matrix_image, image_grid_image
-    from imgrec.trainer import resolve_device
 
     check_tool_config(cfg)  # before anything is built
-    if cfg.split not in ("test", "val", "train"):
-        raise ImgrecError(f"split={cfg.split!r} must be test, val or train")
-    device = resolve_device(cfg.device)
+    resolve_checkpoint_shortcut(cfg)
+    if cfg.split not in SPLIT_CHOICES:
+        raise ImgrecError(f"split={cfg.split!r} must be one of {', '.join(SPLIT_CHOICES)}")
+    device = inference_device(cfg)
     trained = load_trained(cfg.ckpt_path, device)
     check_threshold_settings(cfg, len(trained.class_names))
-    dataset_cfg = cfg.dataset if cfg.get("dataset") else OmegaConf.create(trained.state["config"]["dataset"])
+    dataset_cfg = cfg.dataset if cfg.get("dataset") else stored_dataset(trained.state["config"].get("dataset"))
+    if dataset_cfg.get("channels") == "auto":  # read new images the way the model was trained to see them
+        dataset_cfg.channels = trained.channels
     splits = build(dataset_cfg)
     check_same_classes(trained.class_names, splits.class_names, f"dataset ({dataset_cfg._target_})")
     if [splits.channels, splits.image_size] != [trained.channels, trained.image_size]:
@@ -116,29 +141,34 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
     def loader_for(split):
         return make_loader(split, cfg.batch_size, trained.mean, trained.std, device, num_workers=cfg.num_workers)
 
-    split = getattr(splits, cfg.split)
+    split_name = chosen_split(cfg.split, from_checkpoint=not cfg.get("dataset"), test_given=splits.test_given)
+    if split_name == "all" and cfg.threshold == "auto":
+        raise ImgrecError("threshold=auto would choose the threshold on the val images of a dataset that is scored "
+                          "whole (split=all); give the threshold as a number (e.g. the one an earlier imgrec-eval "
+                          "chose on the training data), or use split=test")
+    split = splits.everything() if split_name == "all" else getattr(splits, split_name)
     logits, label_tensor = predict_logits(trained.model, loader_for(split))
     probabilities, labels = logits.softmax(dim=1).numpy(), label_tensor.numpy()
-    threshold = resolve_threshold(cfg, trained, splits, probabilities, labels, loader_for)
+    threshold = resolve_threshold(cfg, split_name, trained.model, splits, probabilities, labels, loader_for)
     predicted = probabilities.argmax(axis=1) if threshold is None else (probabilities[:, 1] >= threshold["threshold"]).astype(int)
     names = trained.class_names
     report = full_report(probabilities, labels, names, predicted)
-    report.update(split=cfg.split, checkpoint=str(cfg.ckpt_path), checkpoint_epoch=trained.state.get("epoch"))
+    report.update(split=split_name, checkpoint=str(cfg.ckpt_path), checkpoint_epoch=trained.state.get("epoch"))
     if threshold is not None:
         report["threshold"] = {**threshold, **binary_metrics_at(threshold["threshold"], probabilities[:, 1], labels)}
 
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    identifiers = [str(p) for p in split.paths] if hasattr(split, "paths") else [str(i) for i in range(len(labels))]
+    identifiers = sample_ids(split)
     write_eval_files(run_dir, report, probabilities, labels, predicted, names, identifiers)
-    confusion_matrix_image(report["confusion_matrix"], names, f"{cfg.split} confusion matrix").save(
+    confusion_matrix_image(report["confusion_matrix"], names, f"{split_name} confusion matrix").save(
         run_dir / "confusion_matrix.png")
     marked = report.get("threshold")
     save_figure(pr_curves_figure(probabilities, labels, names, marked), run_dir / "pr_curves.png")
     images, captions = confident_errors(split, probabilities, labels, predicted, names, cfg.errors_shown)
     image_grid_image(images, captions, f"most confident errors ({len(captions)} shown)").save(
         run_dir / "confident_errors.png")
-    log.info(f"{cfg.split} split of {dataset_cfg._target_.rsplit('.', 1)[-1]}, {len(labels)} images:\n"
+    log.info(f"{split_name} split of {dataset_cfg._target_.rsplit('.', 1)[-1]}, {len(labels)} images:\n"
              + format_report(report) + "\n" + summary_lines(report))
     log.info(f"evaluation saved in {run_dir.resolve()}")
     return report
@@ -153,12 +183,13 @@ def summary_lines(report: dict) -> str:
             parts.append(f"{label} {report[key]:.4f}")
     if "threshold" in report:
         t = report["threshold"]
-        parts.append(f"threshold {t['threshold']:.4f} ({t['chosen_on']}): precision {t['precision']:.4f}, "
-                     f"recall {t['recall']:.4f}")
+        chosen = "chosen on val" if t["chosen_on"] == "val" else "given"
+        parts.append(f"threshold {t['threshold']:.4f} ({chosen}): {report['split']} precision {t['precision']:.4f}, "
+                     f"{report['split']} recall {t['recall']:.4f}")
     return "; ".join(parts)
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="eval")
+@hydra_command("eval", task_name="eval")
 def main(cfg: DictConfig) -> float | None:
     return run_command(evaluate_checkpoint, cfg)["accuracy"]
 

@@ -5,11 +5,10 @@ import json
 import logging
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig
 
-from imgrec.cli import run_command
-from imgrec.config import CONFIG_DIR, check_tool_config
+from imgrec.cli import hydra_command, run_command
+from imgrec.config import check_tool_config, resolve_checkpoint_shortcut
 from imgrec.errors import ImgrecError
 
 log = logging.getLogger("imgrec")
@@ -70,11 +69,13 @@ WRITERS = {"safetensors": write_safetensors, "torchscript": write_torchscript, "
 def export_checkpoint(cfg: DictConfig) -> dict:
     import torch
 
-    from imgrec.inference import load_trained
+    from imgrec.inference import inference_device, load_trained
 
     check_tool_config(cfg)  # before anything is built
+    resolve_checkpoint_shortcut(cfg)
     if cfg.format not in WRITERS:
         raise ImgrecError(f"format={cfg.format!r} must be one of {', '.join(WRITERS)}")
+    inference_device(cfg)  # checks check_batch_size and num_threads; exports are made on the CPU
     trained = load_trained(cfg.ckpt_path, torch.device("cpu"))
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -92,7 +93,10 @@ def export_checkpoint(cfg: DictConfig) -> dict:
     metadata = {
         "format": cfg.format, "file": path.name, "class_names": trained.class_names, "input_shape": trained.input_shape,
         "input": "float32 (batch, channels, height, width): pixels / 255, then (x - mean) / std per channel",
-        "normalization": normalization, "model_config": trained.state["config"]["model"],
+        "normalization": normalization,
+        # rebuildable as it stands: the sizes the network was built with, whatever the config left to the data
+        "model_config": {**trained.state["config"]["model"], "in_channels": trained.channels,
+                         "num_classes": len(trained.class_names)},
         "checkpoint": str(cfg.ckpt_path), "max_abs_difference": difference,
     }
     (run_dir / "model.json").write_text(json.dumps(metadata, indent=2))
@@ -101,7 +105,7 @@ def export_checkpoint(cfg: DictConfig) -> dict:
     return metadata
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="export")
+@hydra_command("export", task_name="export")
 def main(cfg: DictConfig) -> None:
     run_command(export_checkpoint, cfg)
 

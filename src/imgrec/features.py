@@ -4,12 +4,11 @@ scikit-learn classifier on them: the "deep features" baseline to compare fine-tu
 import logging
 from pathlib import Path
 
-import hydra
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from imgrec.cli import run_command
-from imgrec.config import CONFIG_DIR, build, check_tool_config
+from imgrec.cli import hydra_command, run_command
+from imgrec.config import build, check_tool_config, resolve_checkpoint_shortcut
 from imgrec.errors import ImgrecError
 
 log = logging.getLogger("imgrec")
@@ -80,15 +79,14 @@ def extract_features(cfg: DictConfig) -> dict:
     import torch
 
     from imgrec.data.loaders import make_loader
+    from imgrec.inference import inference_device
     from imgrec.reporting import record_dataset, write_test_report
     from imgrec.seeding import seed_everything
     from imgrec.train import check_model_fits
-    from imgrec.trainer import resolve_device
 
     check_tool_config(cfg)  # before anything is built
-    if not isinstance(cfg.batch_size, int) or cfg.batch_size < 1:
-        raise ImgrecError(f"batch_size={cfg.batch_size!r} must be a whole number >= 1")
-    device = resolve_device(cfg.device)
+    resolve_checkpoint_shortcut(cfg)
+    device = inference_device(cfg)
     classifier = make_classifier(cfg.classifier)  # a bad classifier fails before anything is embedded
     seed_everything(cfg.seed)
     splits = build(cfg.dataset)
@@ -115,12 +113,13 @@ def extract_features(cfg: DictConfig) -> dict:
     probabilities[:, classifier.classes_] = classifier.predict_proba(arrays["test_features"])
     # the report reads logits; log-probabilities give the same softmax and argmax
     logits = torch.from_numpy(np.log(np.clip(probabilities, 1e-12, None))).float()
-    report = write_test_report(logits, torch.from_numpy(arrays["test_labels"]), splits.class_names, run_dir, log)
+    report = write_test_report(logits, torch.from_numpy(arrays["test_labels"]), splits.class_names, run_dir, log,
+                               getattr(splits.test, "paths", None))
     log.info(f"run saved in {run_dir.resolve()}")
     return {"val_accuracy": val_accuracy, "test": report}
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="features")
+@hydra_command("features", task_name="features")
 def main(cfg: DictConfig) -> float | None:
     return run_command(extract_features, cfg)["test"]["scores"]["acc"]
 

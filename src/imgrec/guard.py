@@ -32,9 +32,11 @@ class NonFiniteGuard:
     def end_window(self) -> None:
         self.snapshot = None
 
-    def check(self, model: nn.Module, loss: torch.Tensor | None, grad_norm: torch.Tensor | None, where: str) -> bool:
+    def check(self, model: nn.Module, loss: torch.Tensor | None, grad_norm: torch.Tensor | None, where: str,
+              saved=None) -> bool:
         """True when the step may be taken. `loss` None: judge by the gradient norm alone (DDP, where the
-        averaged gradients agree on every process but the losses do not)."""
+        averaged gradients agree on every process but the losses do not). `saved`: the run's last.pt path,
+        named in the error when it exists."""
         if not self.enabled:
             return True
         finite = torch.ones((), dtype=torch.bool)
@@ -52,9 +54,11 @@ class NonFiniteGuard:
         norm_text = "" if grad_norm is None else f", gradient norm {float(grad_norm)}"
         log.warning(f"{where}: {loss_text}{norm_text}; step skipped")
         if self.in_a_row >= self.max_bad_steps:
+            kept = (f"{saved} holds the last good epoch" if saved is not None and saved.exists()
+                    else "no checkpoint had been written yet")
             raise ImgrecError(
                 f"{self.in_a_row} optimizer steps in a row had a non-finite loss or gradient (last: {loss_text}"
-                f"{norm_text}); none of them changed the weights, and last.pt holds the last good epoch. "
+                f"{norm_text}); none of them changed the weights, and {kept}. "
                 "Lower optimizer.lr, set trainer.grad_clip_norm, use trainer.precision=32, or check the data "
                 "(trainer.max_bad_steps sets how many are tolerated)"
             )

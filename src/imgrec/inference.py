@@ -7,7 +7,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from imgrec.config import build
+from imgrec.config import build, stored_component
 from imgrec.errors import ImgrecError
 
 
@@ -32,7 +32,7 @@ class TrainedModel:
 def rebuild_model(model_cfg: dict, in_channels: int, num_classes: int, weights: dict) -> nn.Module:
     """The checkpoint's architecture with its trained weights. Pretrained weights it started from are
     not read again (the file may not exist here), and a frozen backbone is rebuilt as a plain network."""
-    cfg = OmegaConf.create(model_cfg)
+    cfg = OmegaConf.create(stored_component(model_cfg, "model", "the checkpoint's config.model"))
     if "weights" in cfg:
         cfg.weights = None
     if cfg.get("freeze") == "backbone":
@@ -43,12 +43,28 @@ def rebuild_model(model_cfg: dict, in_channels: int, num_classes: int, weights: 
     return model
 
 
+def inference_device(cfg) -> torch.device:
+    """What eval, predict, export and features share besides the checkpoint: batch sizes, DataLoader workers
+    and CPU threads checked (before anything is loaded), the threads set, and the device resolved."""
+    from imgrec.trainer_settings import resolve_device, set_cpu_threads
+
+    for key in ("batch_size", "check_batch_size"):
+        value = cfg.get(key, 1)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ImgrecError(f"{key}={value!r} must be a whole number >= 1")
+    workers = cfg.get("num_workers", "auto")
+    if workers != "auto" and (not isinstance(workers, int) or isinstance(workers, bool) or workers < 0):
+        raise ImgrecError(f"num_workers={workers!r} must be auto or a whole number >= 0")
+    set_cpu_threads(cfg.get("num_threads", "auto"), "num_threads")
+    return resolve_device(cfg.get("device", "cpu"), "device")
+
+
 def load_trained(ckpt_path: str, device: torch.device) -> TrainedModel:
     from imgrec.checkpoint import load_checkpoint
 
     if not ckpt_path:
         raise ImgrecError("ckpt_path is required: ckpt_path=outputs/train/runs/<timestamp>/checkpoints/best.pt")
-    state = load_checkpoint(ckpt_path)
+    state = load_checkpoint(ckpt_path, purpose="inference")
     input_shape = list(state["input_shape"])
     try:
         model = rebuild_model(state["config"]["model"], input_shape[0], len(state["class_names"]), state["model"])

@@ -1,25 +1,47 @@
 """Experiment loggers. TensorBoard is imported only when a logger is actually built."""
 
+import hashlib
 from pathlib import Path
 
 
-class TensorBoardLogger:
-    """Scalars per epoch and the run's hyperparameters with its final metrics."""
+def default_run_name() -> str:
+    """The run's command-line overrides (what makes it differ from the others in a sweep) as a folder name,
+    so TensorBoard lists `0/tensorboard/optimizer=sgd,optimizer.lr=0.1`, not `0/tensorboard`."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
 
-    def __init__(self, log_dir: str):
+        overrides = [o for o in HydraConfig.get().overrides.task
+                     if not o.lstrip("+~").startswith(("ckpt_path=", "hparams_search="))]
+    except ValueError:  # not inside a Hydra run (called from Python)
+        overrides = []
+    name = ",".join(overrides).replace("/", "_").replace("\\", "_") or "defaults"
+    if len(name) > 100:  # folder names have limits; the hash keeps long ones apart
+        name = f"{name[:90]}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
+    return name.lstrip(".")
+
+
+class TensorBoardLogger:
+    """Scalars per epoch (and the training loss every few steps), images, PR curves, and the run's
+    hyperparameters for the HPARAMS tab, pointing at the scalars already logged."""
+
+    def __init__(self, log_dir: str, run_name: str | None = None):
         from torch.utils.tensorboard import SummaryWriter  # slow import: keep it off `--help`
 
-        self.log_dir = Path(log_dir)
+        self.log_dir = Path(log_dir) / (run_name or default_run_name())
         self.writer = SummaryWriter(log_dir=str(self.log_dir))
 
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+    def log_metrics(self, metrics: dict[str, float], step: int, flush: bool = True) -> None:
         for name, value in metrics.items():
             self.writer.add_scalar(name, value, global_step=step)
-        self.writer.flush()
+        if flush:
+            self.writer.flush()
 
-    def log_hyperparams(self, params: dict, metrics: dict[str, float]) -> None:
-        # run_name="." keeps the HPARAMS entry in this run's folder instead of a timestamped subfolder
-        self.writer.add_hparams(params, {f"hparam/{k}": v for k, v in metrics.items()}, run_name=".")
+    def log_hyperparams(self, params: dict, metric_tags: list[str]) -> None:
+        """`params` in the order the HPARAMS table shows them (swept ones first); `metric_tags` name scalars
+        this run already logged (val/acc, test/acc ...): no extra single-point charts are written."""
+        file_writer = self.writer._get_file_writer()
+        for summary in hparams_summaries(params, metric_tags):
+            file_writer.add_summary(summary)
         self.writer.flush()
 
     def log_image(self, tag: str, image, step: int) -> None:
@@ -34,3 +56,38 @@ class TensorBoardLogger:
 
     def close(self) -> None:
         self.writer.close()
+
+
+def hparams_summaries(params: dict, metric_tags: list[str]) -> list:
+    """The HParams plugin's three records (experiment, session start, session end). Written here rather than
+    with SummaryWriter.add_hparams, which also writes every metric again as a one-point chart in a sub-run
+    and stores booleans as 0/1."""
+    from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
+    from tensorboard.plugins.hparams import metadata
+    from tensorboard.plugins.hparams.api_pb2 import DataType, Experiment, HParamInfo, MetricInfo, MetricName, Status
+    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData, SessionEndInfo, SessionStartInfo
+
+    start = SessionStartInfo()
+    infos = []
+    for name, value in params.items():
+        if isinstance(value, bool):
+            start.hparams[name].bool_value = value
+            kind = "DATA_TYPE_BOOL"
+        elif isinstance(value, (int, float)):
+            start.hparams[name].number_value = value
+            kind = "DATA_TYPE_FLOAT64"
+        else:
+            start.hparams[name].string_value = "null" if value is None else str(value)
+            kind = "DATA_TYPE_STRING"
+        infos.append(HParamInfo(name=name, type=DataType.Value(kind)))
+    experiment = Experiment(hparam_infos=infos, metric_infos=[MetricInfo(name=MetricName(tag=t)) for t in metric_tags])
+    end = SessionEndInfo(status=Status.Value("STATUS_SUCCESS"))
+
+    def summary(tag: str, **content) -> Summary:
+        data = HParamsPluginData(version=metadata.PLUGIN_DATA_VERSION, **content).SerializeToString()
+        plugin = SummaryMetadata.PluginData(plugin_name=metadata.PLUGIN_NAME, content=data)
+        return Summary(value=[Summary.Value(tag=tag, metadata=SummaryMetadata(plugin_data=plugin))])
+
+    return [summary(metadata.EXPERIMENT_TAG, experiment=experiment),
+            summary(metadata.SESSION_START_INFO_TAG, session_start_info=start),
+            summary(metadata.SESSION_END_INFO_TAG, session_end_info=end)]

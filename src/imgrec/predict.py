@@ -6,11 +6,10 @@ import json
 import logging
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig
 
-from imgrec.cli import run_command
-from imgrec.config import CONFIG_DIR, check_tool_config
+from imgrec.cli import hydra_command, run_command
+from imgrec.config import check_tool_config, resolve_checkpoint_shortcut
 from imgrec.errors import ImgrecError
 
 log = logging.getLogger("imgrec")
@@ -56,16 +55,16 @@ def predict_images(cfg: DictConfig) -> dict:
     import torch
 
     from imgrec.data.loaders import Preprocess
-    from imgrec.inference import load_trained
-    from imgrec.trainer import resolve_device
+    from imgrec.inference import inference_device, load_trained
 
     check_tool_config(cfg)  # before anything is built
+    resolve_checkpoint_shortcut(cfg)
     if cfg.format not in ("csv", "json"):
         raise ImgrecError(f"format={cfg.format!r} must be csv or json")
     if not isinstance(cfg.top_k, int) or cfg.top_k < 1:
         raise ImgrecError(f"top_k={cfg.top_k!r} must be a whole number >= 1")
+    device = inference_device(cfg)
     paths = collect_inputs(cfg.inputs)
-    device = resolve_device(cfg.device)
     trained = load_trained(cfg.ckpt_path, device)
     images, readable, skipped = decode_inputs(paths, trained.channels, trained.image_size)
     for path, reason in skipped:
@@ -106,7 +105,7 @@ def predict_images(cfg: DictConfig) -> dict:
     return {"predictions": rows, "skipped": skipped, "output": output}
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="predict")
+@hydra_command("predict", task_name="predict")
 def main(cfg: DictConfig) -> None:
     run_command(predict_images, cfg)
 

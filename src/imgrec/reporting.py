@@ -41,15 +41,18 @@ def record_dataset(splits, run_dir: Path, log) -> None:
         )
 
 
-def write_test_report(logits: torch.Tensor, labels: torch.Tensor, class_names: list[str], run_dir: Path, log) -> dict:
-    """test_predictions.csv, test_report.json and the printed table. Returns the report."""
+def write_test_report(logits: torch.Tensor, labels: torch.Tensor, class_names: list[str], run_dir: Path, log,
+                      paths: list[str] | None = None) -> dict:
+    """test_predictions.csv (with each image's file when it came from one), test_report.json and the printed
+    table. Returns the report."""
     probabilities = logits.softmax(dim=1).numpy()
     y_true, y_pred = labels.numpy(), logits.argmax(dim=1).numpy()
     with open(run_dir / "test_predictions.csv", "w", newline="") as file:
         writer = csv.writer(file)
-        writer.writerow(["index", "true", "predicted", *(f"prob_{name}" for name in class_names)])
+        writer.writerow(["index", "path", "true", "predicted", *(f"prob_{name}" for name in class_names)])
         for index, (true, pred, probs) in enumerate(zip(y_true, y_pred, probabilities)):
-            writer.writerow([index, int(true), int(pred), *(f"{p:.6g}" for p in probs)])
+            path = paths[index] if paths is not None else ""
+            writer.writerow([index, path, int(true), int(pred), *(f"{p:.6g}" for p in probs)])
     report = classification_report(y_true, y_pred, class_names)
     scores = epoch_scores(y_true, y_pred, prefix="test")
     report["scores"] = {key.removeprefix("test/"): value for key, value in scores.items()}
@@ -57,3 +60,47 @@ def write_test_report(logits: torch.Tensor, labels: torch.Tensor, class_names: l
     (run_dir / "test_report.json").write_text(json.dumps(report, indent=2))
     log.info("test split:\n" + format_report(report))
     return report
+
+
+RECORDED_PACKAGES = ("imgrec", "torch", "torchvision", "hydra-core", "omegaconf", "numpy", "scikit-learn", "pillow",
+                     "albumentations", "tensorboard", "timm", "onnx", "onnxruntime")
+
+
+def record_environment(run_dir: Path) -> dict:
+    """environment.json: the imgrec source commit (and whether its tree had uncommitted changes), the command
+    line, Python, the versions of the packages a result depends on, and the accelerator, so that a run can
+    be reproduced or its difference from another explained."""
+    import platform
+    import subprocess
+    import sys
+    from importlib import metadata
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", "-C", str(Path(__file__).parent), *args], capture_output=True, text=True,
+                                  timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    versions = {}
+    for package in RECORDED_PACKAGES:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no") if commit else None
+    info = {
+        "git_commit": commit,
+        "git_dirty": None if status is None else bool(status),
+        "command": sys.argv,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "packages": versions,
+        "cuda": torch.version.cuda if torch.cuda.is_available() else None,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "environment.json").write_text(json.dumps(info, indent=2))
+    return info

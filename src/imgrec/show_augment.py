@@ -3,11 +3,10 @@
 import logging
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig
 
-from imgrec.cli import run_command
-from imgrec.config import CONFIG_DIR, build, check_tool_config
+from imgrec.cli import hydra_command, run_command
+from imgrec.config import build, check_tool_config
 from imgrec.errors import ImgrecError
 
 log = logging.getLogger("imgrec")
@@ -54,7 +53,7 @@ def show_augment(cfg: DictConfig) -> Path:
     return path
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="show_augment")
+@hydra_command("show_augment", task_name="show_augment")
 def main(cfg: DictConfig) -> None:
     run_command(show_augment, cfg)
 

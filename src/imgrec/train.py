@@ -5,11 +5,11 @@ import os
 import sys
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from imgrec.cli import hydra_command
 from imgrec.config import (
-    CONFIG_DIR, build, check_resume_matches, check_top_level, hyperparameters, instantiate_callbacks,
+    build, check_resume_matches, check_top_level, hyperparameters, instantiate_callbacks,
 )
 from imgrec.errors import ImgrecError
 
@@ -20,15 +20,19 @@ def train(cfg: DictConfig) -> dict:
     """Fit and test as `cfg` says. Returns the last epoch's metrics, the best score and the test report.
     Under torchrun, each process runs this; rank 0 alone writes files."""
     from imgrec import distributed
+    from imgrec.optim import check_optimizer_settings
+    from imgrec.schedulers import check_schedule_settings
     from imgrec.trainer import check_trainer_settings
     from imgrec.trainer_settings import check_num_threads
 
     # everything that can be checked cheaply is checked before data is loaded or a model is built
     check_top_level(cfg)
+    check_optimizer_settings(cfg.optimizer)
+    check_schedule_settings(build(cfg.scheduler), cfg.trainer.max_epochs)
     settings = cfg.trainer
     check_trainer_settings(
         settings.max_epochs, settings.batch_size, settings.eval_batch_size, settings.limit_batches, settings.progress,
-        settings.get("num_workers", "auto"),
+        settings.get("num_workers", "auto"), settings.get("log_every_n_steps"),
     )
     check_num_threads(settings.get("num_threads", "auto"))
     env, device_setting = distributed.setup(settings.device)
@@ -45,15 +49,25 @@ def _train(cfg: DictConfig, env, device_setting: str) -> dict:
     from imgrec.heap import setup_objects_frozen
     from imgrec.losses import build_loss
     from imgrec.optim import build_optimizer
-    from imgrec.reporting import record_dataset
+    from imgrec.reporting import record_dataset, record_environment
     from imgrec.seeding import seed_everything
     from imgrec.trainer_settings import check_training_options, resolve_device
 
     settings = cfg.trainer
     device = resolve_device(device_setting)
     check_training_options(device, settings.get("precision", 32), settings.get("compile", False), settings.get("mixup"))
-    resume_state = load_checkpoint(cfg.ckpt_path) if cfg.ckpt_path else None
+    resume_state = load_checkpoint(cfg.ckpt_path, purpose="resume") if cfg.ckpt_path else None
     if resume_state is not None:
+        if resume_state["epoch"] > settings.max_epochs:
+            raise ImgrecError(
+                f"ckpt_path {cfg.ckpt_path} has already trained {resume_state['epoch']} epochs and trainer.max_epochs="
+                f"{settings.max_epochs}, so there is nothing left to train: raise trainer.max_epochs (e.g. "
+                f"trainer.max_epochs={resume_state['epoch'] + 10}) to train on, or score it with imgrec-eval ckpt_path=..."
+            )
+        if resume_state["epoch"] == settings.max_epochs:  # stopped after its last epoch: only the test is left
+            log.warning(f"ckpt_path {cfg.ckpt_path} has trained all {settings.max_epochs} epochs: nothing is left to "
+                        "train" + ("; scoring best.pt on the test split" if cfg.test else "") +
+                        f" (raise trainer.max_epochs to train longer)")
         for warning in check_resume_matches(resume_state["config"], cfg, cfg.ckpt_path):
             log.warning(warning)
     run_dir = Path(distributed.quiet_other_ranks(env, cfg.paths.output_dir))
@@ -67,6 +81,7 @@ def _train(cfg: DictConfig, env, device_setting: str) -> dict:
     splits = build(cfg.dataset)
     if env.is_main:
         record_dataset(splits, run_dir, log)
+        record_environment(run_dir)
     if resume_state is not None and resume_state["class_names"] != splits.class_names:
         raise ImgrecError(
             f"ckpt_path {cfg.ckpt_path} was trained on classes {resume_state['class_names']} but dataset "
@@ -75,8 +90,11 @@ def _train(cfg: DictConfig, env, device_setting: str) -> dict:
     model = build(cfg.model, in_channels=splits.channels, num_classes=len(splits.class_names)).to(device)
     check_model_fits(model, cfg.model, [splits.channels, splits.image_size, splits.image_size], device)
     logger = build(cfg.logger) if cfg.get("logger") and env.is_main else None
+    stored_config = OmegaConf.to_container(cfg, resolve=True)  # plain containers: safe to load back
+    # the sizes the model was built with (the config may leave them to the dataset: num_classes null)
+    stored_config["model"].update(in_channels=splits.channels, num_classes=len(splits.class_names))
     extras = {
-        "config": OmegaConf.to_container(cfg, resolve=True),  # plain containers: safe to load back
+        "config": stored_config,
         "class_names": splits.class_names,
         "class_to_idx": {name: index for index, name in enumerate(splits.class_names)},
         "normalization": {"mean": splits.mean, "std": splits.std},
@@ -115,7 +133,9 @@ def _train(cfg: DictConfig, env, device_setting: str) -> dict:
         log_dir = Path(cfg.paths.log_dir).resolve()
         # outputs/ shows every run side by side; a run placed elsewhere (hydra.run.dir=...) is shown alone
         shown = log_dir if run_dir.resolve().is_relative_to(log_dir) else run_dir.resolve()
-        log.info(f"see its curves with: tensorboard --logdir {shown}   (or: make tb)")
+        # `make tb` opens outputs/ from a checkout of imgrec: offered only where it would show this run
+        make_tb = shown == (Path.cwd() / "outputs").resolve() and Path("Makefile").is_file()
+        log.info(f"see its curves with: tensorboard --logdir {shown}" + ("   (or: make tb)" if make_tb else ""))
     best = callbacks.get("model_checkpoint")
     return {"metrics": metrics, "best_score": best_score, "test": report, "epochs": trainer.epoch,
             "best_epoch": best.best_epoch if best else None, "best_metrics": best.best_metrics if best else {}}
@@ -172,17 +192,19 @@ def score_best_on_test(trainer, checkpoint, test_loader, class_names: list[str],
     logits, labels = trainer.predict(test_loader)  # under DDP: gathered from every process
     if env is not None and not env.is_main:
         return None
-    return write_test_report(logits, labels, class_names, run_dir, log)
+    return write_test_report(logits, labels, class_names, run_dir, log, getattr(test_loader.data, "paths", None))
 
 
 
 
 def log_final_scores(logger, cfg: DictConfig, epoch: int, metrics: dict, report: dict | None, best_score) -> None:
-    """Test scores as scalars, then the hyperparameters with last, test and best scores for the HPARAMS tab."""
-    test_scores = {f"test/{name}": value for name, value in report["scores"].items()} if report else {}
-    logger.log_metrics(test_scores, step=epoch)
-    best = {f"best/{cfg.optimized_metric}": best_score} if best_score is not None else {}
-    logger.log_hyperparams(hyperparameters(cfg), {**metrics, **test_scores, **best})
+    """Test scores and the best score as scalars, then the hyperparameters for the HPARAMS tab, pointing at
+    those scalars and at the last epoch's."""
+    scores = {f"test/{name}": value for name, value in report["scores"].items()} if report else {}
+    if best_score is not None:
+        scores[f"best/{cfg.optimized_metric}"] = best_score
+    logger.log_metrics(scores, step=epoch)
+    logger.log_hyperparams(hyperparameters(cfg), [*metrics, *scores])
     logger.close()
 
 
@@ -238,7 +260,7 @@ def train_sweep_job(cfg: DictConfig) -> float | None:
     return sweep_value(result, cfg)
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
+@hydra_command("train", task_name="train")
 def main(cfg: DictConfig) -> float | None:
     from imgrec.heap import pause_collection_during_setup, skip_collection_at_exit
 

@@ -56,14 +56,17 @@ class Trainer(TrainerState, TrainerReporting):
         dist_env=None,  # distributed.DistEnv under torchrun
         sync_batchnorm: bool = False,
         checkpoint_extras: dict | None = None,
+        log_every_n_steps: int | None = 50,  # train/loss_step to the logger every N optimizer steps (one sync)
     ):
-        check_trainer_settings(max_epochs, batch_size, eval_batch_size, limit_batches, progress, num_workers)
+        check_trainer_settings(max_epochs, batch_size, eval_batch_size, limit_batches, progress, num_workers,
+                               log_every_n_steps)
         self.device = resolve_device(device)
         set_cpu_threads(num_threads)
         self.model = model.to(self.device)  # a no-op when train.py built it there (before the optimizer)
         self.optimizer, self.scheduler_factory, self.scheduler = optimizer, scheduler, None
         self.callbacks = dict(sorted((callbacks or {}).items(), key=lambda item: item[1].order))
         self.logger = logger
+        self.log_every_n_steps = log_every_n_steps
         self.max_epochs, self.batch_size, self.eval_batch_size = max_epochs, batch_size, eval_batch_size
         self.limit_batches, self.num_workers = limit_batches, num_workers
         self.criterion = loss if isinstance(loss, nn.Module) else build_loss(**(loss or {}))
@@ -109,6 +112,8 @@ class Trainer(TrainerState, TrainerReporting):
         self.epoch_seconds: float | None = None
         self.batch_in_epoch, self.resume_progress, self._epoch_sums = 0, None, None
         self.last_predictions: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # prefix -> (logits, labels)
+        self.first_batch_loss: float | None = None  # of the first batch this process trained (divergence warning)
+        self.epochs_this_run = 0
 
     @property
     def eval_model(self) -> nn.Module:
@@ -145,6 +150,12 @@ class Trainer(TrainerState, TrainerReporting):
         if resume_state is not None:
             self.load_state_dict(resume_state)
             self.resume_path = resume_path
+            if self.resume_progress is not None and self.resume_progress["batches"] >= len(train_loader):
+                raise ImgrecError(
+                    f"ckpt_path {resume_path} stopped after batch {self.resume_progress['batches']} of an epoch, but "
+                    f"an epoch here has {len(train_loader)} batches: resume with the batch size and data it was "
+                    "trained with"
+                )
             log.info(f"resumed from {resume_path} at epoch {self.epoch} (step {self.step})")
         self.val_loader = val_loader  # for callbacks that draw validation images
         self._emit("on_fit_start")
@@ -159,8 +170,17 @@ class Trainer(TrainerState, TrainerReporting):
             ) from error
         finally:
             restore_handlers(handlers)
+        self.warn_if_diverged(metrics)
         self._emit("on_fit_end")
         return metrics
+
+    def warn_if_diverged(self, metrics: dict[str, float]) -> None:
+        """An epoch loss that ends above the first batch's (the untrained network's) has diverged or learned
+        nothing, even when nothing turned NaN: a huge lr can leave finite weights near 1e30 and chance predictions."""
+        first, last = self.first_batch_loss, metrics.get("train/loss")
+        if first is not None and last is not None and self.epochs_this_run >= 2 and not last < first:
+            log.warning(f"train/loss ended at {last:.4g}, not below the first batch's {first:.4g}: training diverged "
+                        "or learned nothing. Lower optimizer.lr (e.g. 10x), set trainer.grad_clip_norm, or check the labels")
 
     def _fit_epochs(self, train_loader, val_loader) -> dict[str, float]:
         metrics: dict[str, float] = {}
@@ -171,6 +191,7 @@ class Trainer(TrainerState, TrainerReporting):
                 self._emit("on_interrupt")
                 raise TrainingInterrupted(self.stop_signal, self._saved_checkpoint(), self.epoch, self.batch_in_epoch)
             metrics = {**train_metrics, **self.evaluate(val_loader, prefix="val")}
+            self.epochs_this_run += 1
             self.epoch_seconds = time.perf_counter() - started  # training + validation, shown in the log line
             self.epoch += 1
             if not self.schedule_per_step:
@@ -196,7 +217,8 @@ class Trainer(TrainerState, TrainerReporting):
         loader.set_epoch(self.epoch, skip=first)
         # running sums stay on the device: no host sync per step
         if progress:
-            loss_sum, correct, seen = progress["loss_sum"].to(self.device), progress["correct"].to(self.device), progress["seen"]
+            sums = progress["sums"]
+            loss_sum, correct, seen = sums["loss_sum"].to(self.device), sums["correct"].to(self.device), progress["seen"]
         else:
             loss_sum = torch.zeros((), device=self.device)
             correct, seen = torch.zeros((), dtype=torch.int64, device=self.device), 0
@@ -212,7 +234,13 @@ class Trainer(TrainerState, TrainerReporting):
                     labels = targets.argmax(dim=1)
             else:
                 targets = labels
+            step_before = self.step
             loss, logits = self.train_step(images, targets, update=update)
+            if self.first_batch_loss is None:
+                self.first_batch_loss = loss.item()
+            if (self.logger is not None and self.log_every_n_steps and self.step != step_before
+                    and self.step % self.log_every_n_steps == 0):
+                self.logger.log_metrics({"train/loss_step": loss.item()}, step=self.step, flush=False)
             loss_sum += loss.detach() * len(labels)
             correct += (logits.argmax(dim=1) == labels).sum()
             seen += len(labels)
@@ -293,7 +321,8 @@ class Trainer(TrainerState, TrainerReporting):
     def _step_is_finite(self, loss: torch.Tensor, grad_norm: torch.Tensor | None) -> bool:
         # under DDP the averaged gradients, and so their norm, agree on every process; the losses do not
         judged_loss = None if (self.dist.enabled and grad_norm is not None) else loss
-        return self.guard.check(self.model, judged_loss, grad_norm, f"epoch {self.epoch + 1}, step {self.step + 1}")
+        return self.guard.check(self.model, judged_loss, grad_norm, f"epoch {self.epoch + 1}, step {self.step + 1}",
+                                saved=self._saved_checkpoint())
 
     def _emit(self, event: str, *args) -> None:
         for callback in self.callbacks.values():

@@ -28,31 +28,32 @@ def logged_metric_names() -> list[str]:
     return [*TRAIN_METRICS, *(f"val/{name}" for name in EVAL_METRICS)]
 
 
-def resolve_device(device: str) -> torch.device:
+def resolve_device(device: str, setting: str = "trainer.device") -> torch.device:
     """`auto` -> CUDA when present, else CPU; an explicit CUDA request without CUDA is an error."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         resolved = torch.device(device)
     except RuntimeError as error:
-        raise ImgrecError(f"trainer.device={device!r} is not a device; use auto, cpu, cuda or cuda:N") from error
+        raise ImgrecError(f"{setting}={device!r} is not a device; use auto, cpu, cuda or cuda:N") from error
     if resolved.type == "cuda":
         if not torch.cuda.is_available():
             raise ImgrecError(
-                f"trainer.device={device} but this machine has no usable CUDA GPU "
-                f"(torch {torch.__version__}, built for CUDA {torch.version.cuda}); use trainer.device=cpu or auto"
+                f"{setting}={device} but this machine has no usable CUDA GPU "
+                f"(torch {torch.__version__}, built for CUDA {torch.version.cuda}); use {setting}=cpu or auto"
             )
         if resolved.index is not None and resolved.index >= torch.cuda.device_count():
             raise ImgrecError(
-                f"trainer.device={device} but only {torch.cuda.device_count()} CUDA device(s) exist; "
+                f"{setting}={device} but only {torch.cuda.device_count()} CUDA device(s) exist; "
                 f"use cuda:0 .. cuda:{torch.cuda.device_count() - 1}"
             )
     elif resolved.type != "cpu":
-        raise ImgrecError(f"trainer.device={device!r} is not supported; use auto, cpu, cuda or cuda:N")
+        raise ImgrecError(f"{setting}={device!r} is not supported; use auto, cpu, cuda or cuda:N")
     return resolved
 
 
-def check_trainer_settings(max_epochs, batch_size, eval_batch_size, limit_batches, progress, num_workers="auto") -> None:
+def check_trainer_settings(max_epochs, batch_size, eval_batch_size, limit_batches, progress, num_workers="auto",
+                           log_every_n_steps=None) -> None:
     """Raise on settings that would fail or silently misbehave later; called before any data is loaded."""
     for name, value in (("max_epochs", max_epochs), ("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -63,6 +64,8 @@ def check_trainer_settings(max_epochs, batch_size, eval_batch_size, limit_batche
         raise ImgrecError(f"trainer.progress={progress!r} must be auto, true or false")
     if num_workers != "auto" and (not isinstance(num_workers, int) or num_workers < 0):
         raise ImgrecError(f"trainer.num_workers={num_workers!r} must be auto or a whole number >= 0")
+    if log_every_n_steps is not None and (not isinstance(log_every_n_steps, int) or log_every_n_steps < 1):
+        raise ImgrecError(f"trainer.log_every_n_steps={log_every_n_steps!r} must be null or a whole number >= 1")
 
 
 def compiled(model: nn.Module, settings: bool | dict) -> nn.Module:
@@ -87,15 +90,15 @@ def check_training_options(device: torch.device, precision="32", compile=False, 
         MixUpCutMix(num_classes=2, **mixup)
 
 
-def set_cpu_threads(setting) -> int:
+def set_cpu_threads(setting, name: str = "trainer.num_threads") -> int:
     """trainer.num_threads: a whole number sets torch's intra-op threads; auto keeps torch's choice, which
     follows OMP_NUM_THREADS (set per job by the parallel launcher, by SLURM or by the user)."""
-    check_num_threads(setting)
+    check_num_threads(setting, name)
     if setting != "auto":
         torch.set_num_threads(setting)
     return torch.get_num_threads()
 
 
-def check_num_threads(setting) -> None:
+def check_num_threads(setting, name: str = "trainer.num_threads") -> None:
     if setting != "auto" and (not isinstance(setting, int) or isinstance(setting, bool) or setting < 1):
-        raise ImgrecError(f"trainer.num_threads={setting!r} must be auto or a whole number >= 1")
+        raise ImgrecError(f"{name}={setting!r} must be auto or a whole number >= 1")

@@ -34,8 +34,8 @@ class TrainerState:
         if not self.batch_in_epoch:
             return {}
         loss_sum, correct, seen = self._epoch_sums
-        return {"epoch_progress": {"batches": self.batch_in_epoch, "loss_sum": loss_sum.detach().cpu(),
-                                   "correct": correct.detach().cpu(), "seen": seen}}
+        return {"epoch_progress": {"batches": self.batch_in_epoch, "seen": seen, "sums": {
+            "loss_sum": loss_sum.detach().cpu(), "correct": correct.detach().cpu()}}}
 
     def load_state_dict(self, state: dict) -> None:
         try:

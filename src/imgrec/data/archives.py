@@ -1,9 +1,11 @@
 """Safe extraction of .zip and .tar(.gz/.bz2/.xz) archives: downloaded datasets, or a folder of images a
 user hands over as one file. A member that would land outside the destination is refused, not skipped."""
 
+import hashlib
 import os
 import shutil
 import tarfile
+import tempfile
 import zipfile
 from pathlib import Path, PurePosixPath
 
@@ -40,18 +42,40 @@ def _check_tar_member(archive: Path, member: tarfile.TarInfo, destination: Path)
         raise ImgrecError(f"archive {archive} holds a special file {member.name!r} (device or pipe); refusing to extract it")
 
 
-def extract_archive(archive: str | Path, destination: str | Path) -> Path:
-    """Extract into `destination` (created), after checking every member; returns `destination`.
+MARKER = ".imgrec-extracted"  # written last inside a folder imgrec extracted: its archive's sha256
+
+
+def content_digest(archive: Path) -> str:
+    """sha256 of the archive's bytes: two versions of an archive never share an extraction folder."""
+    digest = hashlib.sha256()
+    with open(archive, "rb") as file:
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def extract_archive(archive: str | Path, destination: str | Path, digest: str | None = None) -> Path:
+    """Extract into `destination`, which must not exist yet, after checking every member; returns it.
 
     Every member is checked before anything is written, so a hostile archive leaves nothing behind.
-    Tar files also go through Python's own `filter="data"`, which refuses the same things again.
+    Tar files also go through Python's own `filter="data"`, which refuses the same things again. The
+    files land in a new temporary folder beside `destination`, renamed into place when complete: a crash
+    leaves that temporary folder, never a half-filled `destination`, and nothing imgrec did not create is
+    ever deleted or replaced (an existing `destination` is an error, unless imgrec extracted this very
+    archive there before, which is then reused).
     """
     archive, destination = Path(archive), Path(destination)
     if not archive.is_file():
         raise ImgrecError(f"archive {archive} does not exist")
-    partial = destination.with_name(destination.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
+    digest = digest or content_digest(archive)  # the caller may have hashed it already
+    if destination.exists():
+        marker = destination / MARKER
+        if marker.is_file() and marker.read_text().strip() == digest:
+            return destination
+        raise ImgrecError(f"cannot extract {archive} into {destination}: that folder already exists and imgrec did not "
+                          "extract this archive there; choose another extract_dir or remove the folder yourself")
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", suffix=".partial", dir=destination.parent))
     try:
         if zipfile.is_zipfile(archive):
             with zipfile.ZipFile(archive) as bundle:
@@ -68,10 +92,10 @@ def extract_archive(archive: str | Path, destination: str | Path) -> Path:
                 bundle.extractall(partial, filter="data")
         else:
             raise ImgrecError(f"{archive} is neither a zip nor a tar archive")
-        shutil.rmtree(destination, ignore_errors=True)
-        os.replace(partial, destination)  # all or nothing: a crash mid-way leaves only the .partial folder
+        (partial / MARKER).write_text(digest + "\n")
+        os.rename(partial, destination)  # all or nothing; fails rather than replace a folder made meanwhile
     except (tarfile.TarError, zipfile.BadZipFile, OSError) as error:
         raise ImgrecError(f"could not extract {archive}: {error}") from error
     finally:
-        shutil.rmtree(partial, ignore_errors=True)
+        shutil.rmtree(partial, ignore_errors=True)  # our own temporary folder; gone already after the rename
     return destination

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from imgrec.data.images import BadImage, decode_image
-from imgrec.data.splits import ImageTensors, Splits, assign_indices, check_labels, normalization_stats
+from imgrec.data.images import BadImage, decode_image, detect_channels
+from imgrec.data.splits import TEST, ImageTensors, Splits, assign_indices, check_labels, normalization_stats
 from imgrec.errors import ImgrecError
 
 log = logging.getLogger("imgrec")
@@ -125,8 +125,12 @@ def splits_from_files(
     decodes batches in DataLoader workers while training; auto picks true when the decoded images
     take at most half the free memory.
     """
+    if channels == "auto":
+        channels = detect_channels(paths)
+        log.info(f"dataset.channels=auto: the images are {'colour' if channels == 3 else 'grey'}, read with "
+                 f"{channels} channel(s) (set dataset.channels to choose)")
     if channels not in (1, 3):
-        raise ImgrecError(f"dataset.channels={channels} must be 1 (grayscale) or 3 (RGB)")
+        raise ImgrecError(f"dataset.channels={channels!r} must be auto, 1 (grayscale) or 3 (RGB)")
     if not isinstance(image_size, int) or image_size < 4:
         raise ImgrecError(f"dataset.image_size={image_size!r} must be a whole number of pixels >= 4")
     check_labels(labels, class_names, lambda index: f"file {paths[index]}")
@@ -148,7 +152,8 @@ def splits_from_files(
     parts = assign_indices(labels_kept, np.asarray(assignment)[kept], val_fraction, test_fraction, split_seed)
     label_tensor = torch.from_numpy(labels_kept)
     if in_memory:
-        train, val, test = (ImageTensors(images[idx].contiguous(), label_tensor[idx].contiguous()) for idx in parts)
+        train, val, test = (ImageTensors(images[idx].contiguous(), label_tensor[idx].contiguous(),
+                                         [str(paths[kept[i]]) for i in idx]) for idx in parts)
         mean, std = normalization_stats(train.images, normalize, mean, std)
     else:
         train, val, test = (FileSplit([paths[kept[i]] for i in idx], label_tensor[idx], channels, image_size) for idx in parts)
@@ -160,4 +165,5 @@ def splits_from_files(
             return pixel_mean.tolist(), variance.clamp_min(1e-12).sqrt().clamp_min(1e-6).tolist()
 
         mean, std = normalization_stats(None, normalize, mean, std, channels=channels, measure=measure)
-    return Splits(train, val, test, list(class_names), mean, std, list(skipped))
+    return Splits(train, val, test, list(class_names), mean, std, list(skipped),
+                  test_given=bool((np.asarray(assignment) == TEST).any()))

@@ -4,7 +4,7 @@ import csv
 import logging
 from pathlib import Path
 
-from imgrec.data.archives import extract_archive, is_archive
+from imgrec.data.archives import MARKER, content_digest, extract_archive, is_archive
 from imgrec.data.files import splits_from_files
 from imgrec.data.images import IMAGE_EXTENSIONS
 from imgrec.data.splits import TEST, TRAIN, VAL, Splits
@@ -20,7 +20,8 @@ def _class_folders(folder: Path) -> list[Path]:
 
 
 def _image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    # a dangling link is kept, so that it is reported (or skipped and listed) like any unreadable image
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and (p.is_file() or p.is_symlink()))
 
 
 def _scan(folder: Path, class_names: list[str] | None) -> tuple[list[Path], list[int], list[str]]:
@@ -50,12 +51,14 @@ def _scan(folder: Path, class_names: list[str] | None) -> tuple[list[Path], list
 
 
 def extracted_root(archive: Path, extract_dir: Path) -> Path:
-    """The archive's contents (extracted on first use; again when the archive is newer), descending into
-    a single top-level folder, as archives of a folder usually have one."""
-    destination = extract_dir / archive.name.split(".")[0]
-    if not destination.is_dir() or destination.stat().st_mtime < archive.stat().st_mtime:
+    """The archive's contents, extracted on first use into a folder named by the archive's full name and
+    content hash (a new version of the archive gets a new folder; nothing is overwritten or deleted),
+    descending into a single top-level folder, as archives of a folder usually have one."""
+    digest = content_digest(archive)
+    destination = extract_dir / f"{archive.name}-{digest[:16]}"
+    if not (destination / MARKER).is_file():
         log.info(f"extracting {archive} to {destination}")
-        extract_archive(archive, destination)
+    extract_archive(archive, destination, digest)
     entries = [p for p in destination.iterdir() if not p.name.startswith(".")]
     # one folder alone cannot be the class folders (a dataset needs two classes): it wraps them
     return entries[0] if len(entries) == 1 and entries[0].is_dir() else destination
@@ -64,7 +67,7 @@ def extracted_root(archive: Path, extract_dir: Path) -> Path:
 def image_folder(
     root: str,
     image_size: int = 64,
-    channels: int = 3,
+    channels: int | str = "auto",
     num_classes: int | None = None,
     val_fraction: float = 0.15,
     test_fraction: float = 0.15,
@@ -128,7 +131,7 @@ def csv_table(
     split_column: str | None = None,
     classes: list[str] | None = None,
     image_size: int = 64,
-    channels: int = 3,
+    channels: int | str = "auto",
     num_classes: int | None = None,
     val_fraction: float = 0.15,
     test_fraction: float = 0.15,
@@ -149,24 +152,39 @@ def csv_table(
         raise ImgrecError(f"dataset.file '{file}' does not exist; give the CSV with columns {path_column},{label_column}")
     base = Path(root).expanduser() if root else table.parent
     class_names = list(map(str, classes)) if classes is not None else None
-    with open(table, newline="") as handle:
-        reader = csv.DictReader(handle)
-        wanted = [c for c in (path_column, label_column, split_column) if c]
-        missing = [c for c in wanted if c not in (reader.fieldnames or [])]
-        if missing:
-            raise ImgrecError(
-                f"dataset.file '{file}' has no column(s) {missing}; its columns are {reader.fieldnames}. "
-                "Set dataset.path_column / dataset.label_column / dataset.split_column"
-            )
-        rows = list(reader)
+    wanted = [c for c in (path_column, label_column, split_column) if c]
+    try:
+        with open(table, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            missing = [c for c in wanted if c not in (reader.fieldnames or [])]
+            if missing:
+                raise ImgrecError(
+                    f"dataset.file '{file}' has no column(s) {missing}; its columns are {reader.fieldnames}. "
+                    "Set dataset.path_column / dataset.label_column / dataset.split_column"
+                )
+            rows = list(reader)
+    except UnicodeDecodeError as error:
+        raise ImgrecError(f"dataset.file '{file}' is not UTF-8 text (an undecodable byte at offset {error.start}); "
+                          "save it as UTF-8 (e.g. from a spreadsheet: CSV UTF-8)") from None
+    except csv.Error as error:
+        raise ImgrecError(f"dataset.file '{file}' is not a readable CSV: {error}") from None
     if not rows:
         raise ImgrecError(f"dataset.file '{file}' has no rows")
     paths, raw_labels, assignment = [], [], []
     for row_number, row in enumerate(rows, start=2):  # row 1 is the header
+        short = [column for column in wanted if row.get(column) is None]
+        if short:
+            raise ImgrecError(f"{table} row {row_number} has fewer fields than the header: no {', '.join(short)} "
+                              "value; every row needs one value per column")
+        if not row[path_column].strip():
+            raise ImgrecError(f"{table} row {row_number}: the {path_column} is empty")
         path = base / row[path_column].strip()
         if not path.is_file():
             raise ImgrecError(f"{table} row {row_number}: image file '{path}' does not exist (paths are relative to {base})")
         label = row[label_column].strip()
+        if not label:
+            raise ImgrecError(f"{table} row {row_number}: the {label_column} is empty; give every image its class "
+                              "(or leave the row out)")
         _check_label(label, class_names, num_classes, row_number, table)
         split = TRAIN
         if split_column:

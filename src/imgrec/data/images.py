@@ -83,3 +83,33 @@ def decode_image(path: str | Path, channels: int, size: int) -> torch.Tensor:
     if pixels.ndim == 2:
         pixels = pixels[:, :, None]
     return torch.from_numpy(pixels.copy()).permute(2, 0, 1).contiguous()
+
+
+GREY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+
+
+def is_colour(path: str | Path) -> bool | None:
+    """Whether an image file holds colour (None when it cannot be read): a grey mode, a grey palette, or
+    RGB whose three channels are equal (grey scans saved as RGB) count as grey."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            if image.mode in GREY_MODES:
+                return False
+            if image.mode in ("P", "PA"):
+                palette = image.getpalette() or []
+                triples = [palette[i : i + 3] for i in range(0, len(palette) - 2, 3)]
+                return any(len(set(t)) > 1 for t in triples[: 256])
+            pixels = np.asarray(image.convert("RGB").reduce(4) if min(image.size) >= 64 else image.convert("RGB"))
+            return bool((pixels[..., 0] != pixels[..., 1]).any() or (pixels[..., 1] != pixels[..., 2]).any())
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
+        return None
+
+
+def detect_channels(paths: list, sample: int = 64) -> int:
+    """3 when any of up to `sample` files spread over `paths` holds colour, else 1."""
+    if not paths:
+        return 3
+    step = max(1, len(paths) // sample)
+    return 3 if any(is_colour(path) for path in paths[::step][:sample]) else 1

@@ -110,6 +110,7 @@ class InMemoryLoader(EpochLoader):
 
     def __init__(self, data: ImageTensors, batch_size: int, mean, std, device: torch.device, shuffle: bool = False,
                  drop_last: bool = False, seed: int = 0, limit_batches: int | None = None, augment=None):
+        self.data = data  # the split (its file paths, when it has them, name the samples in reports)
         self.images = data.images.to(device)  # the whole split lives where the model does
         self.labels = data.labels.to(device)
         self.sampler = EpochOrder(len(self.labels), batch_size, shuffle, drop_last, seed, limit_batches)

@@ -17,6 +17,7 @@ class ImageTensors:
 
     images: torch.Tensor
     labels: torch.Tensor
+    paths: list[str] | None = None  # the file each image was read from, when it came from files
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -39,6 +40,7 @@ class Splits:
     mean: list[float]  # per channel, in [0, 1] units; the model sees (x/255 - mean) / std
     std: list[float]
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason) left out by on_bad_image=skip
+    test_given: bool = False  # the data came with its own test split (a test/ folder, a split column, an official one)
 
     @property
     def channels(self) -> int:
@@ -51,6 +53,23 @@ class Splits:
     def class_counts(self, split: str = "train") -> list[int]:
         labels = getattr(self, split).labels
         return torch.bincount(labels, minlength=len(self.class_names)).tolist()
+
+    def everything(self):
+        """Train, val and test as one split, in that order (scoring a whole labelled folder)."""
+        parts = (self.train, self.val, self.test)
+        labels = torch.cat([part.labels for part in parts])
+        if all(isinstance(part, ImageTensors) for part in parts):
+            paths = None if any(part.paths is None for part in parts) else [p for part in parts for p in part.paths]
+            return ImageTensors(torch.cat([part.images for part in parts]), labels, paths)
+        from imgrec.data.files import FileSplit
+
+        return FileSplit([p for part in parts for p in part.paths], labels, self.channels, self.image_size)
+
+
+def sample_ids(split) -> list[str]:
+    """What names each sample of a split in prediction files: its file path, or its index in the split."""
+    paths = getattr(split, "paths", None)
+    return [str(p) for p in paths] if paths is not None else [str(i) for i in range(len(split))]
 
 
 def stratified_split(
@@ -133,6 +152,9 @@ def carve(indices: np.ndarray, labels: np.ndarray, fraction: float, seed: int, n
 
 def check_labels(labels, class_names: list[str], describe=lambda index: f"sample {index}") -> None:
     """A label outside 0..classes-1 is an error naming the sample, here on the CPU, not a CUDA assert later."""
+    if len(class_names) < 2:
+        raise ImgrecError(f"the dataset has {len(class_names)} class ({', '.join(map(str, class_names)) or 'none'}); a "
+                          "classifier needs at least two (it would score 100% by always answering the one class)")
     labels = torch.as_tensor(labels)
     bad = torch.nonzero((labels < 0) | (labels >= len(class_names))).flatten()
     if len(bad):
@@ -162,7 +184,8 @@ def splits_from_assignment(
     part = lambda idx: ImageTensors(images[idx].contiguous(), labels[idx].contiguous())  # noqa: E731
     train = part(train_idx)
     mean, std = normalization_stats(train.images, normalize, mean, std)
-    return Splits(train, part(val_idx), part(test_idx), list(class_names), mean, std, list(skipped))
+    return Splits(train, part(val_idx), part(test_idx), list(class_names), mean, std, list(skipped),
+                  test_given=bool((np.asarray(assignment) == TEST).any()))
 
 
 def assign_indices(labels: np.ndarray, assignment: np.ndarray, val_fraction: float, test_fraction: float, seed: int):

@@ -46,6 +46,13 @@ class SmallCNN(nn.Module):
         head_pool_size: int = 1,
     ):
         super().__init__()
+        for name, sizes in (("widths", widths), ("hidden", hidden)):
+            if isinstance(sizes, (str, bytes)) or not isinstance(sizes, Sequence) or not all(
+                    isinstance(size, int) and not isinstance(size, bool) and size >= 1 for size in sizes):
+                raise ImgrecError(f"model.{name}={sizes!r} must be a list of whole numbers >= 1, e.g. model.{name}=[32,64]")
+        for name, value in (("convs_per_stage", convs_per_stage), ("kernel_size", kernel_size)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ImgrecError(f"model.{name}={value!r} must be a whole number >= 1")
         if pool not in POOLS:
             raise ImgrecError(f"model.pool={pool!r} is not one of {', '.join(POOLS)}")
         if not widths or convs_per_stage < 1:
