@@ -45,6 +45,16 @@ def tool_cfg(name: str, run_dir: Path, *overrides: str) -> DictConfig:
     return cfg
 
 
+def rescored_test_accuracy(run_dir: Path, tmp_path: Path) -> float:
+    """A run's best.pt scored afresh by imgrec-eval on the test split of the data it was trained on: what the
+    run's own test report must say."""
+    from imgrec.eval import evaluate_checkpoint
+
+    cfg = tool_cfg("eval", tmp_path / f"rescored_{run_dir.name}", f"ckpt_path={run_dir / 'checkpoints' / 'best.pt'}",
+                   "device=cpu")
+    return evaluate_checkpoint(cfg)["accuracy"]
+
+
 @pytest.fixture(scope="session")
 def digits_checkpoint(tmp_path_factory) -> Path:
     """best.pt of a 3-epoch default run on digits, shared by the eval / predict / export tests."""

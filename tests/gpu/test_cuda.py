@@ -1,6 +1,8 @@
 """The CUDA paths: mixed precision, channels_last and torch.compile on a GPU. Skipped without CUDA
 (CI has none); run them where a GPU is: `pytest tests/gpu`."""
 
+import csv
+
 import pytest
 import torch
 
@@ -65,7 +67,10 @@ def test_full_run_on_cuda_and_resume(compose_cfg, tmp_path, precision):
                  "trainer.mixup.cutmix_alpha=1.0"]
     result = train(compose_cfg(*overrides, "trainer.max_epochs=2", run_dir=tmp_path / "first"))
     last = load_checkpoint(tmp_path / "first" / "checkpoints" / "last.pt")
-    assert ("grad_scaler" in last) == (precision == "16-mixed") and 0 <= result["test"]["accuracy"] <= 1
+    assert ("grad_scaler" in last) == (precision == "16-mixed")
+    with open(tmp_path / "first" / "test_predictions.csv") as file:  # the report counts its own predictions
+        rows = list(csv.DictReader(file))
+    assert result["test"]["accuracy"] == sum(r["true"] == r["predicted"] for r in rows) / len(rows)
     train(compose_cfg(*overrides, "trainer.max_epochs=3", f"ckpt_path={tmp_path / 'first' / 'checkpoints' / 'last.pt'}",
                       run_dir=tmp_path / "resumed"))
     assert load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.pt")["epoch"] == 3

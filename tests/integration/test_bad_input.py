@@ -102,3 +102,178 @@ def test_resume_warns_that_the_checkpoint_learning_rate_wins(compose_cfg, tmp_pa
                                 f"ckpt_path={run_dir / 'checkpoints' / 'last.pt'}", run_dir=tmp_path / "second"))
     assert "optimizer.lr=0.5 differs from the checkpoint's 0.003" in caplog.text
     assert resumed["metrics"]["train/lr"] != 0.5
+
+
+@pytest.mark.parametrize("override, message", [
+    ("optimizer.lr=abc", "optimizer.lr='abc' must be a number > 0"),
+    ("optimizer.lr=-1", "optimizer.lr=-1 must be a number > 0"),
+    ("optimizer.lr=null", "optimizer.lr=None must be a number > 0"),
+    ("optimizer.weight_decay=-1", "optimizer.weight_decay=-1 must be a number >= 0"),
+    ("optimizer.betas=[0.9,1.5]", "optimizer.betas=[0.9, 1.5] must be two numbers in [0, 1)"),
+    ("+optimizer.lrr=0.1", "optimizer.lrr is not an argument of torch.optim.Adam (did you mean optimizer.lr?)"),
+])
+def test_a_bad_optimizer_value_is_refused_before_any_data_is_loaded(compose_cfg, tmp_path, monkeypatch, override, message):
+    import imgrec.data.datasets
+
+    def no_data(**kwargs):
+        raise AssertionError("the dataset was built before the optimizer settings were checked")
+
+    monkeypatch.setattr(imgrec.data.datasets, "fake", no_data)
+    with pytest.raises(ImgrecError, match=re.escape(message)):
+        train(compose_cfg("dataset=fake", override))
+
+
+def test_a_bad_momentum_is_refused_before_any_data_is_loaded(compose_cfg):
+    with pytest.raises(ImgrecError, match=re.escape("optimizer.momentum=-5 must be a number >= 0")):
+        train(compose_cfg("dataset=fake", "optimizer=sgd", "optimizer.momentum=-5"))
+
+
+@pytest.mark.parametrize("override, message", [
+    ("scheduler.warmup_epochs=-1", "scheduler.warmup_epochs=-1 must be a number in [0, inf]"),
+    ("scheduler.min_lr_ratio=2", "scheduler.min_lr_ratio=2 must be a number in [0, 1]"),
+    ("model.widths=abc", "model.widths='abc' must be a list of whole numbers >= 1"),
+    ("dataset.num_classes=1", "dataset.num_classes=1 must be at least 2"),
+    ("trainer.log_every_n_steps=0", "trainer.log_every_n_steps=0 must be null or a whole number >= 1"),
+])
+def test_values_that_used_to_be_accepted_or_crash_are_named(compose_cfg, tmp_path, override, message):
+    with pytest.raises(ImgrecError, match=re.escape(message)):
+        train(compose_cfg("dataset=fake", override))
+    assert_nothing_trained(tmp_path / "run")
+
+
+def test_a_one_class_folder_is_refused_not_scored_100_percent(compose_cfg, tmp_path):
+    from tests.integration.test_datasets import make_folder
+
+    root = make_folder(tmp_path / "one", per_class=8, classes=("only",))
+    with pytest.raises(ImgrecError, match=r"the dataset has 1 class \(only\); a classifier needs at least two"):
+        train(compose_cfg("dataset=image_folder", f"dataset.root={root}", "dataset.image_size=8"))
+
+
+def test_a_resume_with_nothing_left_to_train_says_so(compose_cfg, tmp_path, caplog):
+    train(compose_cfg("dataset=fake", "trainer.max_epochs=2", "test=false", run_dir=tmp_path / "done"))
+    last = tmp_path / "done" / "checkpoints" / "last.pt"
+    with pytest.raises(ImgrecError, match=r"has already trained 2 epochs and trainer.max_epochs=1, so there is nothing "
+                                          r"left to train: raise trainer.max_epochs \(e.g. trainer.max_epochs=12\)"):
+        train(compose_cfg("dataset=fake", "trainer.max_epochs=1", f"ckpt_path={last}", run_dir=tmp_path / "again"))
+    assert_nothing_trained(tmp_path / "again")
+    # stopped after its last epoch (a signal while testing): the resume only tests, and says so
+    result = train(compose_cfg("dataset=fake", "trainer.max_epochs=2", f"ckpt_path={last}", run_dir=tmp_path / "test"))
+    assert "has trained all 2 epochs: nothing is left to train; scoring best.pt on the test split" in caplog.text
+    assert result["epochs"] == 2 and result["test"]["num_samples"] == 40
+
+
+def test_a_folder_as_ckpt_path_names_the_checkpoints_in_it(compose_cfg, tmp_path):
+    (tmp_path / "ck").mkdir()
+    (tmp_path / "ck" / "best.pt").write_bytes(b"")
+    with pytest.raises(ImgrecError, match=r"ckpt_path '.*ck' is a folder, not a checkpoint file; it holds best.pt: give "
+                                          r"the file, e.g. ckpt_path=.*ck/best.pt"):
+        train(compose_cfg("dataset=fake", f"ckpt_path={tmp_path / 'ck'}"))
+
+
+def damaged(path, edit, destination):
+    from imgrec.checkpoint import load_checkpoint, save_checkpoint
+
+    state = load_checkpoint(path)
+    edit(state)
+    return save_checkpoint({k: v for k, v in state.items() if k not in ("format", "format_version")}, destination)
+
+
+def drop(key):
+    return lambda state: state.pop(key)
+
+
+DAMAGE = {
+    "input_shape": (drop("input_shape"), "'input_shape' is None, not [channels, height, width]"),
+    "config": (drop("config"), "'config' (the settings it was trained with) or its 'model' section is missing"),
+    "class_names": (lambda s: s.update(class_names="abc"), "'class_names' is missing or not a list of at least two"),
+    "epoch": (lambda s: s.update(epoch="abc"), "'epoch' is 'abc', not a whole number >= 0"),
+    "nan weights": (lambda s: s["model"][next(iter(s["model"]))].fill_(float("nan")),
+                    "the weights hold NaN or Inf values (first in features.0.weight)"),
+    "normalization": (lambda s: s.update(normalization={"mean": [0.5]}), "'normalization' is"),
+}
+RESUME_DAMAGE = {
+    "rng": (drop("rng"), "'rng' is missing, so training cannot continue where it stopped"),
+    "scheduler": (drop("scheduler"), "'scheduler' is missing"),
+    "callbacks": (drop("callbacks"), "'callbacks' is missing"),
+    "epoch_progress": (lambda s: s.update(epoch_progress={"batches": 0, "seen": 0, "sums": {}}),
+                       "'epoch_progress' (where in an epoch it stopped) is"),
+}
+
+
+@pytest.mark.parametrize("command", ["eval", "predict", "export", "features"])
+@pytest.mark.parametrize("kind", list(DAMAGE))
+def test_a_damaged_checkpoint_is_named_with_what_is_wrong_in_every_command(digits_checkpoint, tmp_path, command, kind):
+    from tests.integration.test_security import run_command_in_process
+
+    from PIL import Image
+
+    Image.new("L", (16, 16), 9).save(tmp_path / "x.png")
+    edit, message = DAMAGE[kind]
+    broken = damaged(digits_checkpoint, edit, tmp_path / "broken.pt")
+    with pytest.raises(ImgrecError, match=rf"checkpoint '.*broken.pt' is damaged: {re.escape(message)}"):
+        run_command_in_process(command, broken, tmp_path / "out", tmp_path / "x.png")
+
+
+@pytest.mark.parametrize("kind", [*DAMAGE, *RESUME_DAMAGE])
+def test_a_damaged_checkpoint_is_named_when_resuming(compose_cfg, tmp_path, kind):
+    train(compose_cfg("dataset=fake", "trainer.max_epochs=1", "test=false", run_dir=tmp_path / "first"))
+    edit, message = {**DAMAGE, **RESUME_DAMAGE}[kind]
+    broken = damaged(tmp_path / "first" / "checkpoints" / "last.pt", edit, tmp_path / "broken.pt")
+    with pytest.raises(ImgrecError, match=rf"checkpoint '.*broken.pt' is damaged: {re.escape(message)}"):
+        train(compose_cfg("dataset=fake", "trainer.max_epochs=2", f"ckpt_path={broken}", run_dir=tmp_path / "second"))
+    assert_nothing_trained(tmp_path / "second")
+
+
+def test_a_bogus_mid_epoch_position_is_named(compose_cfg, tmp_path):
+    train(compose_cfg("dataset=fake", "trainer.max_epochs=1", "test=false", run_dir=tmp_path / "first"))
+
+    def far_into_the_epoch(state):
+        state["epoch_progress"] = {"batches": 50, "seen": 800, "sums": {"loss_sum": torch.tensor(1.0),
+                                                                        "correct": torch.tensor(3)}}
+
+    broken = damaged(tmp_path / "first" / "checkpoints" / "last.pt", far_into_the_epoch, tmp_path / "broken.pt")
+    with pytest.raises(ImgrecError, match=r"stopped after batch 50 of an epoch, but an epoch here has 2 batches"):
+        train(compose_cfg("dataset=fake", "trainer.max_epochs=2", f"ckpt_path={broken}", run_dir=tmp_path / "second"))
+
+
+@pytest.mark.parametrize("command, override, message", [
+    ("eval", "batch_size=0", "batch_size=0 must be a whole number >= 1"),
+    ("predict", "batch_size=0", "batch_size=0 must be a whole number >= 1"),
+    ("export", "check_batch_size=0", "check_batch_size=0 must be a whole number >= 1"),
+    ("features", "num_threads=0", "num_threads=0 must be auto or a whole number >= 1"),
+    ("predict", "device=tpu", "device='tpu' is not a device; use auto, cpu, cuda or cuda:N"),
+])
+def test_command_settings_are_checked_and_named_as_typed(digits_checkpoint, tmp_path, command, override, message):
+    from imgrec.eval import evaluate_checkpoint
+    from imgrec.export import export_checkpoint
+    from imgrec.features import extract_features
+    from imgrec.predict import predict_images
+    from tests.conftest import tool_cfg
+
+    work = {"eval": evaluate_checkpoint, "predict": predict_images, "export": export_checkpoint,
+            "features": extract_features}[command]
+    extra = [f"inputs={tmp_path}"] if command == "predict" else []
+    with pytest.raises(ImgrecError, match=re.escape(message)):
+        work(tool_cfg(command, tmp_path / "out", f"ckpt_path={digits_checkpoint}", override, *extra))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_predict_on_cuda_without_cuda_names_its_own_setting(digits_checkpoint, tmp_path):
+    from imgrec.predict import predict_images
+    from tests.conftest import tool_cfg
+
+    with pytest.raises(ImgrecError, match=r"^device=cuda but this machine has no usable CUDA GPU .*use device=cpu"):
+        predict_images(tool_cfg("predict", tmp_path / "out", f"ckpt_path={digits_checkpoint}", "device=cuda",
+                                f"inputs={tmp_path}"))
+
+
+def test_a_run_whose_loss_ends_above_where_it_started_is_warned_about(compose_cfg, caplog):
+    train(compose_cfg("dataset=fake", "trainer.max_epochs=3", "optimizer.lr=1e6", "scheduler=none", "test=false",
+                      "~callbacks.early_stopping"))
+    assert re.search(r"train/loss ended at \S+, not below the first batch's \S+: training diverged", caplog.text)
+
+
+def test_a_non_finite_stop_in_the_first_epoch_does_not_promise_a_checkpoint(compose_cfg, tmp_path):
+    with pytest.raises(ImgrecError, match=r"none of them changed the weights, and no checkpoint had been written yet"):
+        train(compose_cfg("dataset=fake", "optimizer=sgd", "optimizer.lr=1e30", "trainer.max_bad_steps=1",
+                          "scheduler=none", "trainer.batch_size=16"))

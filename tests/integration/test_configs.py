@@ -45,8 +45,10 @@ def test_every_dataset_config_builds_splits(compose_cfg, name, tmp_path):
     assert isinstance(splits, Splits)
     if cfg.dataset.num_classes is not None:
         assert len(splits.class_names) == cfg.dataset.num_classes
-    assert splits.train.images.shape[1:] == (cfg.dataset.channels, cfg.dataset.image_size, cfg.dataset.image_size)
-    assert len(splits.mean) == len(splits.std) == cfg.dataset.channels
+    # channels=auto reads the fixtures' grey pixels (saved as RGB) with one channel
+    channels = 1 if cfg.dataset.channels == "auto" else cfg.dataset.channels
+    assert splits.train.images.shape[1:] == (channels, cfg.dataset.image_size, cfg.dataset.image_size)
+    assert len(splits.mean) == len(splits.std) == channels
     assert min(len(splits.train), len(splits.val), len(splits.test)) > 0
 
 

@@ -1,6 +1,7 @@
 """Datasets users bring: class folders, CSVs, the MNIST family, and what happens with bad files."""
 
 import gzip
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +41,7 @@ def test_one_folder_is_split_stratified_with_classes_in_sorted_order(tmp_path):
     assert splits.class_names == ["cat", "dog", "fox"]
     assert [len(splits.train), len(splits.val), len(splits.test)] == [18, 6, 6]
     assert splits.class_counts("val") == [2, 2, 2] and splits.class_counts("test") == [2, 2, 2]
-    assert splits.train.images.shape[1:] == (3, 8, 8)
+    assert splits.train.images.shape[1:] == (1, 8, 8)  # channels=auto: grey pixels, although saved as RGB
     # each image keeps its label: dog images were drawn with pixel values 40..49
     dog = splits.train.images[splits.train.labels == 1]
     assert dog.min() >= 40 and dog.max() <= 49
@@ -218,3 +219,59 @@ def test_a_folder_read_from_disk_trains_and_skips_bad_files_before_training(tmp_
                                "augment=basic"))
     assert result["test"]["num_samples"] == 5  # 30 readable images, test_fraction 0.15 -> 5 (stratified)
     assert (tmp_path / "run" / "skipped_images.txt").read_text().count("empty.png") == 1
+
+
+def test_csv_rows_that_used_to_crash_are_named(tmp_path):
+    make_folder(tmp_path / "img", per_class=2, classes=("ok", "defect"))
+    short = tmp_path / "short.csv"
+    short.write_text("path,label\nimg/ok/0.png,ok\nimg/ok/1.png\n")
+    with pytest.raises(ImgrecError, match=r"short.csv row 3 has fewer fields than the header: no label value"):
+        csv_table(str(short))
+    empty_label = write_csv(tmp_path / "e.csv", [("img/ok/0.png", "ok"), ("img/ok/1.png", "")], header="path,label")
+    with pytest.raises(ImgrecError, match=r"e.csv row 3: the label is empty"):
+        csv_table(str(empty_label))
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("path,label\nimg/ok/0.png,caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ImgrecError, match=r"latin.csv' is not UTF-8 text \(an undecodable byte at offset \d+\); save it "
+                                          r"as UTF-8") as error:
+        csv_table(str(latin))
+    assert "\\x" not in str(error.value)  # the file's bytes are not pasted into the message
+
+
+def test_a_dangling_link_in_a_class_folder_is_reported_or_skipped_and_listed(tmp_path, compose_cfg):
+    root = make_folder(tmp_path / "pets", per_class=6, classes=("cat", "dog"))
+    (root / "dog" / "gone.png").symlink_to(tmp_path / "deleted.png")
+    with pytest.raises(ImgrecError, match=r"image '.*dog/gone.png' cannot be used: the file does not exist"):
+        image_folder(str(root), image_size=8)
+    from imgrec.reporting import record_dataset
+
+    splits = image_folder(str(root), image_size=8, on_bad_image="skip")
+    record_dataset(splits, tmp_path / "run", logging.getLogger("test"))
+    assert "dog/gone.png\tthe file does not exist" in (tmp_path / "run" / "skipped_images.txt").read_text()
+
+
+def test_channels_auto_reads_colour_folders_with_three_channels(tmp_path):
+    root = tmp_path / "colour"
+    for label, name in enumerate(("red", "blue")):
+        for i in range(5):
+            path = root / name / f"{i}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            pixels = np.zeros((10, 10, 3), np.uint8)
+            pixels[..., label * 2] = 200  # pure red or pure blue
+            Image.fromarray(pixels).save(path)
+    splits = image_folder(str(root), image_size=8)
+    assert splits.channels == 3 and splits.train.images.shape[1] == 3
+    assert image_folder(str(root), image_size=8, channels=1).channels == 1  # a setting wins
+
+
+def test_in_memory_splits_keep_their_file_paths_and_the_test_split_counts_as_given(tmp_path):
+    root = tmp_path / "layout"
+    make_folder(root / "train", per_class=6, classes=("a", "b"))
+    make_folder(root / "test", per_class=2, classes=("a", "b"))
+    splits = image_folder(str(root), image_size=8, in_memory=True)
+    assert splits.test_given and sorted(Path(p).relative_to(root).as_posix() for p in splits.test.paths) == [
+        "test/a/0.png", "test/a/1.png", "test/b/0.png", "test/b/1.png"]
+    carved = image_folder(str(root / "train"), image_size=8)
+    assert not carved.test_given
+    everything = carved.everything()
+    assert len(everything) == 12 and len(everything.paths) == 12 and len(set(everything.paths)) == 12

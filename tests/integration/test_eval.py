@@ -5,8 +5,10 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from sklearn.metrics import classification_report, confusion_matrix, roc_auc_score
 
+from imgrec.config import build
 from imgrec.errors import ImgrecError
 from imgrec.eval import evaluate_checkpoint
 from imgrec.train import train
@@ -65,8 +67,54 @@ def test_binary_threshold_chosen_on_val_for_a_target_recall(tmp_path):
     assert (y_pred == (probabilities[:, 1] >= threshold["threshold"])).all()
     with pytest.raises(ImgrecError, match="threshold=1.5 must be null, auto or a probability between 0 and 1"):
         evaluate_checkpoint(tool_cfg("eval", tmp_path / "e2", f"ckpt_path={ckpt}", "threshold=1.5"))
+    with pytest.raises(ImgrecError, match=r"threshold=auto would choose the threshold on the val images of a dataset "
+                                          r"that is scored whole"):
+        evaluate_checkpoint(tool_cfg("eval", tmp_path / "e3", f"ckpt_path={ckpt}", "threshold=auto", "split=all"))
 
 
 def test_threshold_on_a_ten_class_model_is_refused(digits_checkpoint, tmp_path):
     with pytest.raises(ImgrecError, match="threshold=0.5 applies to two-class tasks; this model has 10"):
         evaluate_checkpoint(tool_cfg("eval", tmp_path / "eval", f"ckpt_path={digits_checkpoint}", "threshold=0.5"))
+
+
+def folder_of_digits(root, trained, split, per_class=None):
+    """The given split's digit images written as class folders of PNG files (a 'new batch' a user scores)."""
+    from PIL import Image
+
+    written = []
+    for index, (image, label) in enumerate(zip(split.images, split.labels)):
+        path = root / trained.class_names[int(label)] / f"{index:03d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image[0].numpy()).save(path)
+        written.append(path)
+    return written
+
+
+def test_a_new_labelled_folder_is_scored_whole_by_default(digits_checkpoint, tmp_path, caplog):
+    """Before issue #15 only the 15% carved out as its 'test split' were scored, and predictions had no paths."""
+    from omegaconf import OmegaConf
+
+    from imgrec.inference import load_trained
+
+    trained = load_trained(str(digits_checkpoint), torch.device("cpu"))
+    test = build(OmegaConf.create(trained.state["config"]["dataset"])).test
+    written = folder_of_digits(tmp_path / "new_batch", trained, test)
+    report = evaluate_checkpoint(tool_cfg("eval", tmp_path / "eval", f"ckpt_path={digits_checkpoint}",
+                                          "dataset=image_folder", f"dataset.root={tmp_path / 'new_batch'}",
+                                          "dataset.image_size=16"))
+    assert report["split"] == "all" and report["num_samples"] == len(written) == len(test)
+    assert "split=auto: scoring every image of the dataset (it has no test split of its own)" in caplog.text
+    with open(tmp_path / "eval" / "predictions.csv") as file:
+        rows = list(csv.DictReader(file))
+    assert sorted(row["id"] for row in rows) == sorted(str(p) for p in written)  # every row names its file
+    # the same images, the same model: the same accuracy as its own test split
+    own = evaluate_checkpoint(tool_cfg("eval", tmp_path / "own", f"ckpt_path={digits_checkpoint}"))
+    assert report["accuracy"] == pytest.approx(own["accuracy"])
+
+
+def test_the_threshold_line_labels_the_reported_split(tmp_path):
+    from imgrec.eval import summary_lines
+
+    report = {"balanced_accuracy": 0.9, "macro_roc_auc": None, "macro_average_precision": None, "split": "test",
+              "threshold": {"threshold": 0.3, "chosen_on": "val", "precision": 0.8, "recall": 0.95}}
+    assert summary_lines(report).endswith("threshold 0.3000 (chosen on val): test precision 0.8000, test recall 0.9500")

@@ -116,3 +116,20 @@ def test_out_of_memory_names_the_batch_size_and_what_to_try(compose_cfg, tmp_pat
     with pytest.raises(ImgrecError, match=r"out of GPU memory with trainer.batch_size=64: try trainer.batch_size=32 "
                                           r"\(and trainer.accumulate_batches=2 to keep the effective batch\)"):
         train(compose_cfg("dataset=fake", run_dir=tmp_path / "run"))
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_start_up_is_one_line_and_exit_130(tmp_path):
+    """Before issue #15 a Ctrl-C while torch was importing printed a KeyboardInterrupt traceback."""
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    process = subprocess.Popen([str(Path(sys.executable).parent / "imgrec-train"), "experiment=smoke"], cwd=tmp_path,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.0)  # inside start-up: composing the config, importing torch
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr and "interrupted (Ctrl-C)" in stderr

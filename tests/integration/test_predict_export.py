@@ -98,3 +98,44 @@ def test_each_export_round_trips_within_tolerance(digits_checkpoint, tmp_path, f
 def test_export_refuses_an_unknown_format(digits_checkpoint, tmp_path):
     with pytest.raises(ImgrecError, match="format='pickle' must be one of safetensors, torchscript, onnx"):
         export_checkpoint(tool_cfg("export", tmp_path / "run", f"ckpt_path={digits_checkpoint}", "format=pickle"))
+
+
+def test_model_json_rebuilds_the_network_of_a_folder_trained_model(tmp_path):
+    """An image_folder run leaves num_classes null in its config; model.json must still say the real sizes."""
+    from imgrec.config import stored_component
+    from imgrec.train import train
+    from tests.integration.test_datasets import make_folder
+
+    root = make_folder(tmp_path / "pets", per_class=8)
+    train(tool_cfg("train", tmp_path / "run", "dataset=image_folder", f"dataset.root={root}", "dataset.image_size=16",
+                   "trainer.max_epochs=1", "trainer.progress=false", "~logger"))
+    export_checkpoint(tool_cfg("export", tmp_path / "export", f"ckpt_path={tmp_path / 'run' / 'checkpoints' / 'best.pt'}"))
+    saved = json.loads((tmp_path / "export" / "model.json").read_text())
+    assert saved["model_config"]["num_classes"] == 3 and saved["model_config"]["in_channels"] == 1
+    from safetensors.torch import load_file
+
+    model = build(stored_component(saved["model_config"], "model", "model.json"))
+    model.load_state_dict(load_file(str(tmp_path / "export" / saved["file"])))  # strict: every tensor fits
+
+
+def test_shortcuts_pick_the_newest_runs_checkpoint(digits_checkpoint, tmp_path):
+    import shutil
+    import time
+
+    from imgrec.checkpoint import resolve_ckpt_path
+
+    for name in ("older", "newer"):
+        (tmp_path / "train" / "runs" / name / "checkpoints").mkdir(parents=True)
+        for kind in ("last", "best"):
+            shutil.copy(digits_checkpoint, tmp_path / "train" / "runs" / name / "checkpoints" / f"{kind}.pt")
+        time.sleep(0.02)
+    assert resolve_ckpt_path("last", tmp_path / "train").endswith("newer/checkpoints/last.pt")
+    assert resolve_ckpt_path("best", tmp_path / "train").endswith("newer/checkpoints/best.pt")
+    assert resolve_ckpt_path("x/y.pt", tmp_path / "train") == "x/y.pt"
+    cfg = tool_cfg("predict", tmp_path / "p", "ckpt_path=best", f"inputs={digits_checkpoint.parent}")
+    cfg.paths.log_dir = str(tmp_path)
+    with pytest.raises(ImgrecError, match="has no image files"):  # got as far as the inputs: the shortcut resolved
+        predict_images(cfg)
+    assert cfg.ckpt_path.endswith("newer/checkpoints/best.pt")
+    with pytest.raises(ImgrecError, match=r"ckpt_path=last: no run under .*empty has a checkpoints/last.pt"):
+        resolve_ckpt_path("last", tmp_path / "empty")

@@ -2,6 +2,7 @@
 and the parallel (joblib) and submitit local launchers. Every job is the smoke experiment on fake data."""
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -38,7 +39,8 @@ def test_a_2x2_grid_gives_4_ranked_rows_with_their_overrides(tmp_path):
     assert scores == sorted(scores, reverse=True)  # val/acc: best first
     for row in rows:
         assert (tmp_path / row["job"] / "checkpoints" / "best.pt").is_file()
-        assert 0 <= float(row["test/acc"]) <= 1 and 1 <= int(row["best_epoch"]) <= 2
+        report = json.loads((tmp_path / row["job"] / "test_report.json").read_text())
+        assert float(row["test/acc"]) == pytest.approx(report["accuracy"]) and 1 <= int(row["best_epoch"]) <= 2
     table = (tmp_path / "summary.md").read_text().splitlines()
     assert sum(line.startswith("| ") for line in table) == 5  # header + 4 jobs
     best_command = "imgrec-train " + rows[0]["overrides"]

@@ -11,6 +11,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from imgrec.checkpoint import load_checkpoint
 from imgrec.train import train
+from tests.conftest import rescored_test_accuracy
 
 SCALARS = [
     "train/loss", "train/acc", "train/lr",
@@ -50,7 +51,9 @@ def test_writes_last_and_best_checkpoints_with_what_resume_and_eval_need(finishe
 
 def test_tensorboard_has_every_scalar_for_every_epoch_and_the_test_scores(finished_run):
     run_dir, _ = finished_run
-    events = EventAccumulator(str(run_dir / "tensorboard"))
+    # one folder per run, named by its overrides (here none: called from Python), so sweeps read well
+    assert [p.name for p in (run_dir / "tensorboard").iterdir()] == ["defaults"]
+    events = EventAccumulator(str(run_dir / "tensorboard" / "defaults"))
     events.Reload()
     tags = events.Tags()["scalars"]
     for tag in SCALARS:
@@ -60,9 +63,19 @@ def test_tensorboard_has_every_scalar_for_every_epoch_and_the_test_scores(finish
     assert {"val/confusion_matrix", "val/misclassified"} <= set(events.Tags()["images"])
     assert [e.step for e in events.Images("val/confusion_matrix")] == [2]
     assert "val_pr/class_0" in events.PluginTagToContent("pr_curves")
-    # the HPARAMS tab: the run's hyperparameters with its final and best scores
-    assert "_hparams_/experiment" in events.PluginTagToContent("hparams")
-    assert {"hparam/val/acc", "hparam/test/acc", "hparam/best/val/acc"} <= set(tags)
+    # the HPARAMS tab: the run's hyperparameters, its metrics pointing at scalars already logged (no extra
+    # one-point hparam/* charts), booleans as booleans
+    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+
+    content = events.PluginTagToContent("hparams")
+    experiment = HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
+    metric_tags = {m.name.tag for m in experiment.metric_infos}
+    assert {"val/acc", "test/acc", "best/val/acc", "train/loss"} <= metric_tags <= set(tags)
+    assert not [tag for tag in tags if tag.startswith("hparam/")]
+    start = HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
+    assert start.hparams["trainer.channels_last"].WhichOneof("kind") == "bool_value"
+    assert start.hparams["trainer.loss.label_smoothing"].number_value == 0.0  # nested settings flattened
+    assert start.hparams["optimizer.lr"].number_value == pytest.approx(3e-3)
 
 
 def test_test_report_matches_scikit_learn_on_the_saved_predictions(finished_run):
@@ -138,4 +151,34 @@ def test_mixup_cutmix_bf16_and_channels_last_together(compose_cfg, tmp_path):
     last = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
     assert last["epoch"] == 2 and last["config"]["trainer"]["precision"] == "bf16-mixed"
     assert all(value.dtype != torch.bfloat16 for value in last["model"].values())  # float32 weights are saved
-    assert 0.0 <= result["test"]["accuracy"] <= 1.0
+    assert result["test"]["accuracy"] == rescored_test_accuracy(tmp_path / "run", tmp_path)
+
+
+def test_the_run_records_its_code_version_and_packages(finished_run):
+    run_dir, _ = finished_run
+    environment = json.loads((run_dir / "environment.json").read_text())
+    assert environment["packages"]["torch"] == torch.__version__.split("+")[0]  # the version that trained it
+    import subprocess
+    from pathlib import Path
+
+    import imgrec
+
+    head = subprocess.run(["git", "-C", str(Path(imgrec.__file__).parent), "rev-parse", "HEAD"], capture_output=True,
+                          text=True)
+    expected = head.stdout.strip() if head.returncode == 0 else None
+    assert environment["git_commit"] == expected and isinstance(environment["git_dirty"], (bool, type(None)))
+
+
+def test_the_training_loss_is_also_logged_every_n_steps(compose_cfg, tmp_path):
+    train(compose_cfg("dataset=fake", "trainer.max_epochs=2", "trainer.log_every_n_steps=1", "test=false"))
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard" / "defaults"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("train/loss_step")] == [1, 2, 3, 4]  # 2 optimizer steps an epoch
+
+
+def test_a_resume_from_ckpt_path_last_takes_the_newest_run(compose_cfg, tmp_path, caplog):
+    train(compose_cfg("dataset=fake", "trainer.max_epochs=1", "test=false", run_dir=tmp_path / "train" / "runs" / "a"))
+    resumed = train(compose_cfg("dataset=fake", "trainer.max_epochs=2", "test=false", "ckpt_path=last",
+                                run_dir=tmp_path / "train" / "runs" / "b"))
+    assert resumed["epochs"] == 2
+    assert f"ckpt_path=last: {tmp_path / 'train' / 'runs' / 'a' / 'checkpoints' / 'last.pt'}" in caplog.text

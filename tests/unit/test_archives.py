@@ -79,4 +79,48 @@ def test_image_folder_reads_a_zipped_folder(tmp_path):
     splits = image_folder(str(tmp_path / "photos.zip"), image_size=8, extract_dir=str(tmp_path / "extracted"))
     assert splits.class_names == ["ok", "scratch"]
     assert len(splits.train) + len(splits.val) + len(splits.test) == 12
-    assert (tmp_path / "extracted" / "photos" / "photos" / "ok" / "0.png").is_file()
+    from imgrec.data.archives import content_digest
+
+    folder = tmp_path / "extracted" / f"photos.zip-{content_digest(tmp_path / 'photos.zip')[:16]}"
+    assert (folder / "photos" / "ok" / "0.png").is_file()
+
+
+def zipped_classes(path, classes):
+    """A zip of a folder of PNG class folders, two images each."""
+    import numpy as np
+    from PIL import Image
+
+    with zipfile.ZipFile(path, "w") as bundle:
+        for cls in classes:
+            for index in range(6):
+                buffer = io.BytesIO()
+                Image.fromarray(np.full((10, 10, 3), 40 * index, np.uint8)).save(buffer, format="PNG")
+                bundle.writestr(f"data/{cls}/{index}.png", buffer.getvalue())
+    return path
+
+
+def test_a_new_version_of_an_archive_is_extracted_apart_and_nothing_else_is_deleted(tmp_path):
+    """cats.v2.zip after cats.v1.zip used to be read from v1's folder (named up to the first dot), and
+    an extraction replaced any folder of that name, a user's own included."""
+    from imgrec.data.folders import image_folder
+
+    extract_dir = tmp_path / "userdata"
+    (extract_dir / "cats").mkdir(parents=True)
+    (extract_dir / "cats" / "notes.txt").write_text("mine")
+    v1 = image_folder(str(zipped_classes(tmp_path / "cats.v1.zip", ["a", "b"])), image_size=8, extract_dir=str(extract_dir))
+    v2 = image_folder(str(zipped_classes(tmp_path / "cats.v2.zip", ["a", "b", "c"])), image_size=8,
+                      extract_dir=str(extract_dir))
+    assert v1.class_names == ["a", "b"] and v2.class_names == ["a", "b", "c"]
+    assert (extract_dir / "cats" / "notes.txt").read_text() == "mine"
+    assert sorted(p.name.split("-")[0] for p in extract_dir.iterdir()) == ["cats", "cats.v1.zip", "cats.v2.zip"]
+    again = image_folder(str(tmp_path / "cats.v2.zip"), image_size=8, extract_dir=str(extract_dir))  # reused
+    assert again.class_names == v2.class_names and len(list(extract_dir.iterdir())) == 3
+
+
+def test_extracting_into_a_folder_imgrec_did_not_make_is_refused(tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("mine")
+    with pytest.raises(ImgrecError, match="that folder already exists and imgrec did not extract this archive there"):
+        extract_archive(zipped_classes(tmp_path / "x.zip", ["a", "b"]), tmp_path / "out")
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["keep.txt"]
+    assert not list(tmp_path.glob(".out.*"))  # no temporary folder left behind
