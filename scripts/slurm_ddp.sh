@@ -15,4 +15,4 @@ head_node=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
 srun torchrun \
   --nnodes="$SLURM_NNODES" --nproc_per_node="$SLURM_GPUS_PER_NODE" \
   --rdzv_id="$SLURM_JOB_ID" --rdzv_backend=c10d --rdzv_endpoint="$head_node:29500" \
-  -m imgrec.train "hydra.run.dir=outputs/train/runs/slurm-$SLURM_JOB_ID" "$@"
+  -m imgrec.commands.train "hydra.run.dir=outputs/train/runs/slurm-$SLURM_JOB_ID" "$@"

@@ -48,7 +48,7 @@ def tool_cfg(name: str, run_dir: Path, *overrides: str) -> DictConfig:
 def rescored_test_accuracy(run_dir: Path, tmp_path: Path) -> float:
     """A run's best.pt scored afresh by imgrec-eval on the test split of the data it was trained on: what the
     run's own test report must say."""
-    from imgrec.eval import evaluate_checkpoint
+    from imgrec.commands.eval import evaluate_checkpoint
 
     cfg = tool_cfg("eval", tmp_path / f"rescored_{run_dir.name}", f"ckpt_path={run_dir / 'checkpoints' / 'best.pt'}",
                    "device=cpu")
@@ -58,7 +58,7 @@ def rescored_test_accuracy(run_dir: Path, tmp_path: Path) -> float:
 @pytest.fixture(scope="session")
 def digits_checkpoint(tmp_path_factory) -> Path:
     """best.pt of a 3-epoch default run on digits, shared by the eval / predict / export tests."""
-    from imgrec.train import train
+    from imgrec.commands.train import train
 
     root = tmp_path_factory.mktemp("digits")
     train(tool_cfg("train", root / "run", "trainer.max_epochs=3", "trainer.progress=false"))

@@ -20,8 +20,8 @@ from imgrec.data.loaders import InMemoryLoader
 from imgrec.data.splits import ImageTensors
 from imgrec.models.backbones import torchvision_model
 from imgrec.models.small_cnn import SmallCNN
-from imgrec.schedulers import constant
-from imgrec.trainer import Trainer
+from imgrec.training.schedulers import constant
+from imgrec.training.trainer import Trainer
 
 TASKS = {  # name: (model factory, channels, image size, images, batch size)
     "small_cnn_28px": (lambda: SmallCNN(1, 10), 1, 28, 60_000, 256),

@@ -15,7 +15,7 @@ import lightning as L  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from imgrec.schedulers import warmup_cosine  # noqa: E402
+from imgrec.training.schedulers import warmup_cosine  # noqa: E402
 from plain_loop import batches, parse_args, prepare  # noqa: E402
 
 

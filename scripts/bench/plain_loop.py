@@ -16,7 +16,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from imgrec.models.small_cnn import SmallCNN  # noqa: E402
-from imgrec.schedulers import warmup_cosine  # noqa: E402
+from imgrec.training.schedulers import warmup_cosine  # noqa: E402
 
 
 def load(dataset: str, limit_train: int | None):

@@ -25,8 +25,8 @@ import torch.nn.functional as F
 
 from imgrec.data.loaders import make_loader
 from imgrec.models.small_cnn import SmallCNN
-from imgrec.schedulers import warmup_cosine
-from imgrec.trainer import Trainer
+from imgrec.training.schedulers import warmup_cosine
+from imgrec.training.trainer import Trainer
 
 
 def load(dataset: str):

@@ -166,7 +166,7 @@ def resolve_checkpoint_shortcut(cfg: DictConfig) -> None:
 
 
 def check_top_level(cfg: DictConfig) -> None:
-    from imgrec.trainer import logged_metric_names
+    from imgrec.training.settings import logged_metric_names
 
     check_tool_config(cfg)
     resolve_checkpoint_shortcut(cfg)
@@ -239,14 +239,14 @@ def _original_overrides(ckpt_path: Path) -> str:
 
 def instantiate_callbacks(cfg: DictConfig) -> dict:
     """The `callbacks` group as {name: callback}; names key their state in checkpoints."""
-    from imgrec.callbacks import Callback
-    from imgrec.trainer import logged_metric_names
+    from imgrec.training.callbacks import Callback
+    from imgrec.training.settings import logged_metric_names
 
     callbacks = {}
     for name, callback_cfg in (cfg.get("callbacks") or {}).items():
         callback = build(callback_cfg)
         if not isinstance(callback, Callback):
-            raise ImgrecError(f"callbacks.{name} builds a {type(callback).__name__}, not an imgrec.callbacks.Callback")
+            raise ImgrecError(f"callbacks.{name} builds a {type(callback).__name__}, not an imgrec.training.callbacks.Callback")
         callback.check(logged_metric_names())
         callbacks[name] = callback
     return callbacks

@@ -27,16 +27,16 @@ REGISTERED: dict[str, frozenset[str]] = {
         "imgrec.data.folders.csv_table",
     }),
     "scheduler": frozenset({
-        f"imgrec.schedulers.{name}"
+        f"imgrec.training.schedulers.{name}"
         for name in ("constant", "warmup_cosine", "step_decay", "multistep", "exponential", "onecycle", "plateau")
     }),
-    "trainer": frozenset({"imgrec.trainer.Trainer"}),
+    "trainer": frozenset({"imgrec.training.trainer.Trainer"}),
     "callback": frozenset({
-        "imgrec.callbacks.EarlyStopping",
-        "imgrec.callbacks.ModelCheckpoint",
-        "imgrec.tb_figures.ValidationFigures",
+        "imgrec.training.callbacks.EarlyStopping",
+        "imgrec.training.callbacks.ModelCheckpoint",
+        "imgrec.training.validation_figures.ValidationFigures",
     }),
-    "logger": frozenset({"imgrec.loggers.TensorBoardLogger"}),
+    "logger": frozenset({"imgrec.training.loggers.TensorBoardLogger"}),
     "augment": frozenset({
         *(f"imgrec.data.augment.{name}" for name in
           ("RandomHorizontalFlip", "RandomVerticalFlip", "RandomCrop", "RandomAffine", "RandomErasing")),
@@ -44,7 +44,7 @@ REGISTERED: dict[str, frozenset[str]] = {
           ("RandomBrightness", "RandomContrast", "ContrastStretch", "HistogramEqualize", "GaussianNoise",
            "TrivialAugment", "RandAugment")),
     }),
-    "hydra_callback": frozenset({"imgrec.sweeps.SweepSummary"}),
+    "hydra_callback": frozenset({"imgrec.commands.sweeps.SweepSummary"}),
     "launcher": frozenset({
         "hydra._internal.core_plugins.basic_launcher.BasicLauncher",
         "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher",
@@ -57,8 +57,18 @@ REGISTERED: dict[str, frozenset[str]] = {
     }),
 }
 
-# Targets that moved: checkpoints and configs written before the move name the old path.
-RENAMED: dict[str, str] = {}
+# Targets that moved when the package was arranged by role (issue #16): checkpoints and configs written
+# before name the old path, and are read as naming the new one.
+RENAMED: dict[str, str] = {
+    **{f"imgrec.schedulers.{name}": f"imgrec.training.schedulers.{name}"
+       for name in ("constant", "warmup_cosine", "step_decay", "multistep", "exponential", "onecycle", "plateau")},
+    "imgrec.trainer.Trainer": "imgrec.training.trainer.Trainer",
+    "imgrec.callbacks.EarlyStopping": "imgrec.training.callbacks.EarlyStopping",
+    "imgrec.callbacks.ModelCheckpoint": "imgrec.training.callbacks.ModelCheckpoint",
+    "imgrec.tb_figures.ValidationFigures": "imgrec.training.validation_figures.ValidationFigures",
+    "imgrec.loggers.TensorBoardLogger": "imgrec.training.loggers.TensorBoardLogger",
+    "imgrec.sweeps.SweepSummary": "imgrec.commands.sweeps.SweepSummary",
+}
 
 
 @dataclass(frozen=True)

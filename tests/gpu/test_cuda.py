@@ -8,9 +8,9 @@ import torch
 
 from imgrec.checkpoint import load_checkpoint
 from imgrec.models.small_cnn import SmallCNN
-from imgrec.schedulers import constant
-from imgrec.train import train
-from imgrec.trainer import Trainer
+from imgrec.training.schedulers import constant
+from imgrec.commands.train import train
+from imgrec.training.trainer import Trainer
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

@@ -7,7 +7,7 @@ import torch
 from hydra.errors import MissingConfigException
 
 from imgrec.errors import ImgrecError
-from imgrec.train import train
+from imgrec.commands.train import train
 
 
 def assert_nothing_trained(run_dir):
@@ -244,10 +244,10 @@ def test_a_bogus_mid_epoch_position_is_named(compose_cfg, tmp_path):
     ("predict", "device=tpu", "device='tpu' is not a device; use auto, cpu, cuda or cuda:N"),
 ])
 def test_command_settings_are_checked_and_named_as_typed(digits_checkpoint, tmp_path, command, override, message):
-    from imgrec.eval import evaluate_checkpoint
-    from imgrec.export import export_checkpoint
-    from imgrec.features import extract_features
-    from imgrec.predict import predict_images
+    from imgrec.commands.eval import evaluate_checkpoint
+    from imgrec.commands.export import export_checkpoint
+    from imgrec.commands.features import extract_features
+    from imgrec.commands.predict import predict_images
     from tests.conftest import tool_cfg
 
     work = {"eval": evaluate_checkpoint, "predict": predict_images, "export": export_checkpoint,
@@ -259,7 +259,7 @@ def test_command_settings_are_checked_and_named_as_typed(digits_checkpoint, tmp_
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 def test_predict_on_cuda_without_cuda_names_its_own_setting(digits_checkpoint, tmp_path):
-    from imgrec.predict import predict_images
+    from imgrec.commands.predict import predict_images
     from tests.conftest import tool_cfg
 
     with pytest.raises(ImgrecError, match=r"^device=cuda but this machine has no usable CUDA GPU .*use device=cpu"):

@@ -1,4 +1,4 @@
-"""What the command line is checked for before Hydra acts on it (imgrec.preflight): typos with the nearest
+"""What the command line is checked for before Hydra acts on it (imgrec.commands.preflight): typos with the nearest
 valid name, run folders that cannot or must not be used, and a lock so two runs never share one folder."""
 
 import fcntl
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from imgrec.errors import ImgrecError
-from imgrec.preflight import LOCK_NAME, preflight
+from imgrec.commands.preflight import LOCK_NAME, preflight
 
 
 def check(*argv: str, task: str = "train") -> list[str]:
@@ -103,7 +103,7 @@ def test_a_full_disk_during_a_save_is_one_line_exit_2(tmp_path):
     `[enforce fail at inline_container.cc]` with a traceback before issue #15). That an earlier last.pt
     survives a failed save is tested in tests/unit/test_checkpoint.py."""
     limit = 200_000  # bytes: the logs fit, a small_cnn checkpoint (about 3 MB with Adam's state) does not
-    script = ("import resource\nfrom imgrec.train import main\n"
+    script = ("import resource\nfrom imgrec.commands.train import main\n"
               f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))\nmain()\n")
     run_dir = tmp_path / "run"
     done = subprocess.run([sys.executable, "-c", script, "experiment=smoke", "~logger", f"hydra.run.dir={run_dir}"],

@@ -4,13 +4,13 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from imgrec.callbacks import Callback
+from imgrec.training.callbacks import Callback
 from imgrec.config import CONFIG_DIR, build, instantiate_callbacks
-from imgrec.trainer import step_scheduler
+from imgrec.training.settings import step_scheduler
 from imgrec.data.mnist import DEBIAN_FASHION_MNIST
 from imgrec.data.splits import Splits
 from imgrec.errors import ImgrecError
-from imgrec.train import train
+from imgrec.commands.train import train
 from tests.conftest import config_names
 
 
@@ -68,7 +68,7 @@ def test_every_model_config_builds_and_classifies(compose_cfg, name, channels):
 @pytest.mark.parametrize("optimizer", config_names("optimizer"))
 @pytest.mark.parametrize("scheduler", config_names("scheduler"))
 def test_every_optimizer_and_scheduler_config_takes_a_step(compose_cfg, optimizer, scheduler):
-    from imgrec.optim import build_optimizer
+    from imgrec.training.optim import build_optimizer
 
     cfg = compose_cfg(f"optimizer={optimizer}", f"scheduler={scheduler}")
     model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))

@@ -13,7 +13,7 @@ from imgrec.data.folders import csv_table, image_folder
 from imgrec.data.mnist import DEBIAN_FASHION_MNIST, mnist_family, read_idx
 from imgrec.data.torchvision_sets import torchvision_dataset
 from imgrec.errors import ImgrecError
-from imgrec.train import train
+from imgrec.commands.train import train
 
 
 def make_image(path: Path, value: int, size=(12, 10), mode="RGB"):
@@ -243,7 +243,7 @@ def test_a_dangling_link_in_a_class_folder_is_reported_or_skipped_and_listed(tmp
     (root / "dog" / "gone.png").symlink_to(tmp_path / "deleted.png")
     with pytest.raises(ImgrecError, match=r"image '.*dog/gone.png' cannot be used: the file does not exist"):
         image_folder(str(root), image_size=8)
-    from imgrec.reporting import record_dataset
+    from imgrec.evaluation.reports import record_dataset
 
     splits = image_folder(str(root), image_size=8, on_bad_image="skip")
     record_dataset(splits, tmp_path / "run", logging.getLogger("test"))

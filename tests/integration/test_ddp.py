@@ -13,7 +13,7 @@ import torch
 
 from imgrec.checkpoint import load_checkpoint
 from imgrec.config import build
-from imgrec.inference import load_trained
+from imgrec.evaluation.inference import load_trained
 from tests.conftest import rescored_test_accuracy, tool_cfg
 
 pytestmark = pytest.mark.slow
@@ -26,7 +26,7 @@ COMMON = ["dataset=fake", "dataset.size=320", "trainer.max_epochs=1", "trainer.p
 
 def torchrun(processes: int, run_dir: Path, *overrides: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "1"}
-    command = [TORCHRUN, "--standalone", f"--nproc_per_node={processes}", "-m", "imgrec.train",
+    command = [TORCHRUN, "--standalone", f"--nproc_per_node={processes}", "-m", "imgrec.commands.train",
                *COMMON, *overrides, f"hydra.run.dir={run_dir}"]
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
@@ -56,7 +56,7 @@ def test_two_process_test_scores_equal_one_process_evaluating_the_saved_best(two
     report = json.loads((root / "two" / "test_report.json").read_text())
     trained = load_trained(str(root / "two" / "checkpoints" / "best.pt"), torch.device("cpu"))
     from imgrec.data.loaders import make_loader
-    from imgrec.inference import predict_logits
+    from imgrec.evaluation.inference import predict_logits
 
     test = build(tool_cfg("train", tmp_path / "x", *COMMON[:2]).dataset).test
     logits, labels = predict_logits(trained.model, make_loader(test, 512, trained.mean, trained.std, torch.device("cpu")))
@@ -82,7 +82,7 @@ def test_two_processes_reach_the_weights_of_one_with_the_same_global_batch(two_p
 
 
 def test_a_two_process_checkpoint_resumes_in_one_process(two_process_run, tmp_path):
-    from imgrec.train import train
+    from imgrec.commands.train import train
 
     root, _ = two_process_run
     cfg = tool_cfg("train", tmp_path / "resumed", *COMMON, "trainer.max_epochs=2", "trainer.batch_size=16",

@@ -10,8 +10,8 @@ from sklearn.metrics import classification_report, confusion_matrix, roc_auc_sco
 
 from imgrec.config import build
 from imgrec.errors import ImgrecError
-from imgrec.eval import evaluate_checkpoint
-from imgrec.train import train
+from imgrec.commands.eval import evaluate_checkpoint
+from imgrec.commands.train import train
 from tests.conftest import tool_cfg
 
 
@@ -94,7 +94,7 @@ def test_a_new_labelled_folder_is_scored_whole_by_default(digits_checkpoint, tmp
     """Before issue #15 only the 15% carved out as its 'test split' were scored, and predictions had no paths."""
     from omegaconf import OmegaConf
 
-    from imgrec.inference import load_trained
+    from imgrec.evaluation.inference import load_trained
 
     trained = load_trained(str(digits_checkpoint), torch.device("cpu"))
     test = build(OmegaConf.create(trained.state["config"]["dataset"])).test
@@ -113,7 +113,7 @@ def test_a_new_labelled_folder_is_scored_whole_by_default(digits_checkpoint, tmp
 
 
 def test_the_threshold_line_labels_the_reported_split(tmp_path):
-    from imgrec.eval import summary_lines
+    from imgrec.commands.eval import summary_lines
 
     report = {"balanced_accuracy": 0.9, "macro_roc_auc": None, "macro_average_precision": None, "split": "test",
               "threshold": {"threshold": 0.3, "chosen_on": "val", "precision": 0.8, "recall": 0.95}}

@@ -9,8 +9,8 @@ from omegaconf import open_dict
 
 from imgrec.config import CONFIG_DIR
 from imgrec.errors import ImgrecError
-from imgrec.features import extract_features
-from imgrec.train import train
+from imgrec.commands.features import extract_features
+from imgrec.commands.train import train
 
 
 def features_cfg(run_dir, *overrides):

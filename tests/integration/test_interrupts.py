@@ -8,8 +8,9 @@ import torch
 
 from imgrec.checkpoint import load_checkpoint
 from imgrec.errors import ImgrecError
-from imgrec.train import train
-from imgrec.trainer import Trainer, TrainingInterrupted
+from imgrec.commands.train import train
+from imgrec.training.stopping import TrainingInterrupted
+from imgrec.training.trainer import Trainer
 
 # fake data: 80 training images in batches of 16 = 5 steps an epoch; augmentation and shuffling on
 OVERRIDES = ["dataset=fake", "augment=basic", "trainer.max_epochs=3", "trainer.batch_size=16",
@@ -84,7 +85,7 @@ def test_each_training_sample_is_seen_once_per_epoch_across_a_resume(compose_cfg
 
 
 def test_non_finite_steps_are_skipped_then_stop_the_run(compose_cfg, tmp_path, monkeypatch):
-    from imgrec.losses import ClassificationLoss
+    from imgrec.training.losses import ClassificationLoss
 
     original, calls = ClassificationLoss.forward, {"n": 0}
     poisoned = {3: float("nan"), 4: float("inf")}  # steps 3 and 4 of the first epoch go bad

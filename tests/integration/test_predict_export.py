@@ -9,9 +9,9 @@ from PIL import Image
 
 from imgrec.config import build
 from imgrec.errors import ImgrecError
-from imgrec.export import export_checkpoint
-from imgrec.inference import load_trained
-from imgrec.predict import predict_images
+from imgrec.commands.export import export_checkpoint
+from imgrec.evaluation.inference import load_trained
+from imgrec.commands.predict import predict_images
 from tests.conftest import tool_cfg
 
 
@@ -20,7 +20,7 @@ def digit_files(tmp_path_factory, digits_checkpoint):
     """Ten test digits as PNG files, a broken PNG and a text file, with the model's own probabilities."""
     from omegaconf import OmegaConf
 
-    from imgrec.data.loaders import Preprocess
+    from imgrec.data.batching import Preprocess
 
     folder = tmp_path_factory.mktemp("new_images")
     trained = load_trained(str(digits_checkpoint), torch.device("cpu"))
@@ -103,7 +103,7 @@ def test_export_refuses_an_unknown_format(digits_checkpoint, tmp_path):
 def test_model_json_rebuilds_the_network_of_a_folder_trained_model(tmp_path):
     """An image_folder run leaves num_classes null in its config; model.json must still say the real sizes."""
     from imgrec.config import stored_component
-    from imgrec.train import train
+    from imgrec.commands.train import train
     from tests.integration.test_datasets import make_folder
 
     root = make_folder(tmp_path / "pets", per_class=8)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from imgrec.checkpoint import load_checkpoint
-from imgrec.train import train
+from imgrec.commands.train import train
 
 # dropout, shuffling and augmentation on: a resume that lost any RNG or data-order state would diverge
 FAKE_RUN = ["dataset=fake", "scheduler=none", "model.dropout=0.5", "callbacks.early_stopping.patience=50", "augment=classic"]

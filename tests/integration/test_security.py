@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 from imgrec.checkpoint import load_checkpoint, save_checkpoint
 from imgrec.config import allow_targets, check_targets
 from imgrec.errors import ImgrecError
-from imgrec.preflight import preflight
+from imgrec.commands.preflight import preflight
 from tests.conftest import tool_cfg
 
 
@@ -60,10 +60,10 @@ def hostile_copy(digits_checkpoint: Path, destination: Path, edit) -> Path:
 
 
 def run_command_in_process(name: str, ckpt: Path, run_dir: Path, image: Path):
-    from imgrec.eval import evaluate_checkpoint
-    from imgrec.export import export_checkpoint
-    from imgrec.features import extract_features
-    from imgrec.predict import predict_images
+    from imgrec.commands.eval import evaluate_checkpoint
+    from imgrec.commands.export import export_checkpoint
+    from imgrec.commands.features import extract_features
+    from imgrec.commands.predict import predict_images
 
     work = {"eval": evaluate_checkpoint, "predict": predict_images, "export": export_checkpoint,
             "features": extract_features}[name]
@@ -100,7 +100,7 @@ def test_a_checkpoint_whose_config_calls_torch_load_on_a_pickle_is_refused(digit
     "imgrec.checkpoint.os.system", "torch.os.system", "torch.optim.sgd.os.system",
 ])
 def test_a_checkpoint_may_name_only_imgrec_model_and_dataset_builders(digits_checkpoint, tmp_path, victim, target):
-    from imgrec.eval import evaluate_checkpoint
+    from imgrec.commands.eval import evaluate_checkpoint
 
     before = snapshot(victim)
 
@@ -118,7 +118,7 @@ def test_a_checkpoint_may_name_only_imgrec_model_and_dataset_builders(digits_che
 
 def test_a_checkpoint_whose_dataset_names_a_model_builder_is_refused(digits_checkpoint, tmp_path):
     """A registered target in the wrong place is refused too: the dataset slot takes dataset builders only."""
-    from imgrec.eval import evaluate_checkpoint
+    from imgrec.commands.eval import evaluate_checkpoint
 
     hostile = hostile_copy(digits_checkpoint, tmp_path / "sent.pt", lambda state: state["config"]["dataset"].update(
         _target_="imgrec.models.small_cnn.SmallCNN"))
@@ -129,7 +129,7 @@ def test_a_checkpoint_whose_dataset_names_a_model_builder_is_refused(digits_chec
 @pytest.mark.parametrize("target", ["os.system", "builtins.eval", "subprocess.run", "torch.load",
                                     "imgrec.checkpoint.shutil.copyfile", "torch.os.system"])
 def test_a_hostile_target_in_the_command_config_is_refused_before_anything_is_built(compose_cfg, tmp_path, target):
-    from imgrec.train import train
+    from imgrec.commands.train import train
 
     marker = tmp_path / "marker"
     cfg = compose_cfg("dataset=fake", f"model._target_={target}", f"+model.command='touch {marker}'")
@@ -244,7 +244,7 @@ def test_every_shipped_config_target_is_registered_for_its_group():
 
 
 def test_a_stored_component_may_not_nest_targets_or_interpolate(digits_checkpoint, tmp_path):
-    from imgrec.inference import load_trained
+    from imgrec.evaluation.inference import load_trained
 
     for value, message in (({"_target_": "imgrec.models.small_cnn.SmallCNN"}, r"activation._target_ is not allowed"),
                            ("${oc.env:HOME}", r"activation='\$\{oc.env:HOME\}' is an interpolation")):
@@ -260,7 +260,7 @@ def test_checkpoint_weights_alone_cannot_smuggle_code(tmp_path):
     save_checkpoint({"model": {"w": torch.zeros(1)}, "config": {"model": {"_target_": "imgrec.models.small_cnn.SmallCNN"}},
                      "class_names": ["a", "b"], "input_shape": [1, 8, 8], "normalization": {"mean": [0.5], "std": [0.5]},
                      "epoch": 1}, tmp_path / "odd.pt")
-    from imgrec.inference import load_trained
+    from imgrec.evaluation.inference import load_trained
 
     with pytest.raises(ImgrecError, match="its model could not be rebuilt"):
         load_trained(str(tmp_path / "odd.pt"), torch.device("cpu"))

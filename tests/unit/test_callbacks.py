@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from imgrec.callbacks import EarlyStopping, ModelCheckpoint
+from imgrec.training.callbacks import EarlyStopping, ModelCheckpoint
 from imgrec.checkpoint import load_checkpoint
 from imgrec.errors import ImgrecError
 
@@ -183,7 +183,7 @@ def test_too_little_disk_is_refused_before_training(tmp_path, monkeypatch):
     import shutil
     from collections import namedtuple
 
-    from imgrec.callbacks import check_free_space
+    from imgrec.training.callbacks import check_free_space
 
     from types import SimpleNamespace
 

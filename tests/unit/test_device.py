@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from imgrec.errors import ImgrecError
-from imgrec.trainer import check_trainer_settings, resolve_device
+from imgrec.runtime import resolve_device
+from imgrec.training.settings import check_trainer_settings
 
 
 def test_auto_picks_cuda_only_when_present():

@@ -3,9 +3,9 @@ import torch
 import torch.nn.functional as F
 
 from imgrec.errors import ImgrecError
-from imgrec.losses import balanced_class_weights, build_loss
-from imgrec.schedulers import constant
-from imgrec.trainer import Trainer
+from imgrec.training.losses import balanced_class_weights, build_loss
+from imgrec.training.schedulers import constant
+from imgrec.training.trainer import Trainer
 
 
 def test_auto_class_weights_make_every_class_count_equally():
@@ -71,7 +71,7 @@ def test_gradient_clipping_bounds_the_update():
 
 def test_parameter_groups_split_head_backbone_and_decay():
     from imgrec.models.small_cnn import SmallCNN
-    from imgrec.optim import parameter_groups
+    from imgrec.training.optim import parameter_groups
 
     model = SmallCNN(1, 4, widths=[4], convs_per_stage=1, hidden=[])
     groups = parameter_groups(model, lr=0.1, weight_decay=0.01, exempt_norm_and_bias=True, backbone_lr_scale=0.1)

@@ -3,8 +3,8 @@ import torch
 import torch.nn.functional as F
 
 from imgrec.errors import ImgrecError
-from imgrec.losses import build_loss
-from imgrec.mixing import MixUpCutMix
+from imgrec.training.losses import build_loss
+from imgrec.training.mixing import MixUpCutMix
 
 
 def batch(n=6, classes=3):

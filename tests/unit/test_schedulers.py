@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from imgrec.schedulers import constant, warmup_cosine
+from imgrec.training.schedulers import constant, warmup_cosine
 
 
 def lrs(scheduler, optimizer, steps):
@@ -47,7 +47,7 @@ def test_constant_keeps_the_optimizer_lr():
 
 
 def test_step_multistep_and_exponential_change_lr_at_epoch_boundaries():
-    from imgrec.schedulers import exponential, multistep, step_decay
+    from imgrec.training.schedulers import exponential, multistep, step_decay
 
     optimizer = make_optimizer(1.0)
     per_epoch = lambda values: values[::3]  # noqa: E731  (3 steps per epoch)
@@ -61,7 +61,7 @@ def test_step_multistep_and_exponential_change_lr_at_epoch_boundaries():
 
 
 def test_onecycle_peaks_at_the_optimizer_lr():
-    from imgrec.schedulers import onecycle
+    from imgrec.training.schedulers import onecycle
 
     optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=0.01)
     values = lrs(onecycle(optimizer, steps_per_epoch=10, max_epochs=2, pct_start=0.25), optimizer, 20)
@@ -71,8 +71,8 @@ def test_onecycle_peaks_at_the_optimizer_lr():
 
 
 def test_plateau_reduces_after_patience_epochs_of_a_stalled_metric():
-    from imgrec.schedulers import plateau
-    from imgrec.trainer import step_scheduler
+    from imgrec.training.schedulers import plateau
+    from imgrec.training.settings import step_scheduler
 
     optimizer = make_optimizer(1.0)
     scheduler = plateau(optimizer, 5, 10, monitor="val/loss", mode="min", factor=0.5, patience=1)

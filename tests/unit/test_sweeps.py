@@ -3,7 +3,7 @@
 import csv
 import json
 
-from imgrec.sweeps import RESULT_FILE, command_line, ranked, write_summary
+from imgrec.commands.sweeps import RESULT_FILE, command_line, ranked, write_summary
 
 
 def job(run_dir: str, score, status="ok", mode="max", overrides=("optimizer=sgd",), error=None) -> dict:

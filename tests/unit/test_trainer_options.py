@@ -5,8 +5,8 @@ import torch
 
 from imgrec.errors import ImgrecError
 from imgrec.models.small_cnn import SmallCNN
-from imgrec.schedulers import constant
-from imgrec.trainer import Trainer
+from imgrec.training.schedulers import constant
+from imgrec.training.trainer import Trainer
 
 
 def make_trainer(**options):

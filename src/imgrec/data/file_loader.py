@@ -6,7 +6,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from imgrec.data.images import BadImage, decode_image
-from imgrec.data.loaders import EpochLoader, EpochOrder, Preprocess
+from imgrec.data.batching import EpochLoader, EpochOrder, Preprocess
 from imgrec.errors import ImgrecError
 
 

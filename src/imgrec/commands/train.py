@@ -7,7 +7,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from imgrec.cli import hydra_command
+from imgrec.commands.entry import hydra_command
 from imgrec.config import (
     build, check_resume_matches, check_top_level, hyperparameters, instantiate_callbacks,
 )
@@ -19,11 +19,11 @@ log = logging.getLogger("imgrec")
 def train(cfg: DictConfig) -> dict:
     """Fit and test as `cfg` says. Returns the last epoch's metrics, the best score and the test report.
     Under torchrun, each process runs this; rank 0 alone writes files."""
-    from imgrec import distributed
-    from imgrec.optim import check_optimizer_settings
-    from imgrec.schedulers import check_schedule_settings
-    from imgrec.trainer import check_trainer_settings
-    from imgrec.trainer_settings import check_num_threads
+    from imgrec.training import distributed
+    from imgrec.training.optim import check_optimizer_settings
+    from imgrec.training.schedulers import check_schedule_settings
+    from imgrec.training.settings import check_trainer_settings
+    from imgrec.runtime import check_num_threads
 
     # everything that can be checked cheaply is checked before data is loaded or a model is built
     check_top_level(cfg)
@@ -43,15 +43,17 @@ def train(cfg: DictConfig) -> dict:
 
 
 def _train(cfg: DictConfig, env, device_setting: str) -> dict:
-    from imgrec import distributed
+    from imgrec.training import distributed
     from imgrec.checkpoint import load_checkpoint
     from imgrec.data.augment import build_augment
-    from imgrec.heap import setup_objects_frozen
-    from imgrec.losses import build_loss
-    from imgrec.optim import build_optimizer
-    from imgrec.reporting import record_dataset, record_environment
-    from imgrec.seeding import seed_everything
-    from imgrec.trainer_settings import check_training_options, resolve_device
+    from imgrec.commands.entry import setup_objects_frozen
+    from imgrec.training.losses import build_loss
+    from imgrec.training.optim import build_optimizer
+    from imgrec.evaluation.reports import record_dataset, record_environment
+    from imgrec.training.seeding import seed_everything
+    from imgrec.runtime import resolve_device
+    from imgrec.models.checks import check_model_fits
+    from imgrec.training.settings import check_training_options
 
     settings = cfg.trainer
     device = resolve_device(device_setting)
@@ -147,32 +149,9 @@ def torch_threads() -> int:
     return torch.get_num_threads()
 
 
-def check_model_fits(model, model_cfg: DictConfig, input_shape: list[int], device) -> None:
-    """One image through the model before training: a network that shrinks the image to nothing, or a
-    head of the wrong size, fails here with the sizes named instead of inside the first step."""
-    import torch
-
-    was_training = model.training
-    model.eval()  # batch norm in eval mode takes one image and leaves its running statistics alone
-    try:
-        with torch.no_grad():
-            logits = model(torch.zeros(1, *input_shape, device=device))
-    except RuntimeError as error:
-        raise ImgrecError(
-            f"model={model_cfg._target_.rsplit('.', 1)[-1]} cannot take {input_shape[1]}x{input_shape[2]} images with "
-            f"{input_shape[0]} channel(s): {str(error).splitlines()[0]}. Raise dataset.image_size, or use fewer "
-            "stages / stride 1 / padding same (small_cnn), or model.small_input=true (torchvision backbones)"
-        ) from error
-    finally:
-        model.train(was_training)
-    if logits.ndim != 2 or logits.shape[0] != 1:
-        raise ImgrecError(f"model={model_cfg._target_} returns shape {list(logits.shape)} for one image; "
-                          "a classifier must return (batch, num_classes) logits")
-
-
 def from_main_checkpoint(callbacks: dict, cfg: DictConfig):
     """Rank 0's ModelCheckpoint (its best.pt path), as every process needs to load it for the test."""
-    from imgrec import distributed
+    from imgrec.training import distributed
 
     distributed.barrier()  # rank 0 has finished writing
     return distributed.from_main(callbacks.get("model_checkpoint"))
@@ -181,7 +160,7 @@ def from_main_checkpoint(callbacks: dict, cfg: DictConfig):
 def score_best_on_test(trainer, checkpoint, test_loader, class_names: list[str], run_dir: Path, env=None) -> dict:
     """Score best.pt (or the final weights when there is none) on the test split and write the report."""
     from imgrec.checkpoint import load_checkpoint
-    from imgrec.reporting import write_test_report
+    from imgrec.evaluation.reports import write_test_report
 
     if checkpoint is not None and checkpoint.best_path.is_file():
         trainer.eval_model.load_state_dict(load_checkpoint(checkpoint.best_path)["model"])
@@ -238,8 +217,8 @@ def train_sweep_job(cfg: DictConfig) -> float | None:
 
     from hydra.core.hydra_config import HydraConfig
 
-    from imgrec.sweeps import sweep_value, write_job_result, write_summary
-    from imgrec.trainer import TrainingInterrupted
+    from imgrec.commands.sweeps import sweep_value, write_job_result, write_summary
+    from imgrec.training.stopping import TrainingInterrupted
 
     started, run_dir = time.perf_counter(), Path(HydraConfig.get().runtime.output_dir)
     try:
@@ -262,12 +241,12 @@ def train_sweep_job(cfg: DictConfig) -> float | None:
 
 @hydra_command("train", task_name="train")
 def main(cfg: DictConfig) -> float | None:
-    from imgrec.heap import pause_collection_during_setup, skip_collection_at_exit
+    from imgrec.commands.entry import pause_collection_during_setup, skip_collection_at_exit
 
     skip_collection_at_exit()
     pause_collection_during_setup()  # before the imports below, which bring in torch
-    from imgrec.sweeps import in_multirun
-    from imgrec.trainer import TrainingInterrupted
+    from imgrec.commands.sweeps import in_multirun
+    from imgrec.training.stopping import TrainingInterrupted
 
     try:
         if in_multirun():

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from imgrec.metrics import classification_report, epoch_scores, format_report
+from imgrec.evaluation.classification import classification_report, epoch_scores, format_report
 
 IMBALANCE_WARNING_RATIO = 10
 

@@ -1,31 +1,54 @@
-"""What the Trainer checks and resolves before it runs: device, settings, options, metric names,
-torch.compile, and how a schedule takes a step."""
+"""Where and how tensors are computed, for training and inference alike: the device, CPU threads, mixed
+precision (the autocast dtype, and whether it needs a GradScaler) and torch.compile."""
 
+import logging
 from collections.abc import Mapping
 
 import torch
 from torch import nn
 
 from imgrec.errors import ImgrecError
-from imgrec.mixing import MixUpCutMix
-from imgrec.precision import autocast_dtype
 
-TRAIN_METRICS = ("train/loss", "train/acc", "train/lr")
-EVAL_METRICS = ("loss", "acc", "macro_precision", "macro_recall", "macro_f1")
+log = logging.getLogger("imgrec")
 
-
-def step_scheduler(scheduler, metrics: dict[str, float] | None = None) -> None:
-    """Advance a schedule by one of its own steps: a `monitor`ing one (plateau) reads its metric."""
-    monitor = getattr(scheduler, "monitor", None)
-    if monitor is None:
-        scheduler.step()
-    else:
-        scheduler.step(metrics[monitor])
+# the names Lightning users already type; "16"/"bf16" alone are accepted too
+PRECISIONS = {"32": None, "32-true": None, "bf16": torch.bfloat16, "bf16-mixed": torch.bfloat16,
+              "16": torch.float16, "16-mixed": torch.float16}
 
 
-def logged_metric_names() -> list[str]:
-    """Every key `fit` logs each epoch: what `monitor` and `optimized_metric` may name."""
-    return [*TRAIN_METRICS, *(f"val/{name}" for name in EVAL_METRICS)]
+def cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX: without them CPU bf16 is emulated and usually slower than float32."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def autocast_dtype(precision, device: torch.device, warn: bool = True) -> torch.dtype | None:
+    """The dtype to autocast forward passes to, or None for plain float32; errors name what works instead."""
+    name = str(precision)
+    if name not in PRECISIONS:
+        raise ImgrecError(f"trainer.precision={precision!r} is not one of 32, bf16-mixed, 16-mixed")
+    dtype = PRECISIONS[name]
+    if dtype is torch.float16 and device.type != "cuda":
+        raise ImgrecError(
+            f"trainer.precision={precision} (float16) needs a CUDA GPU and this run is on {device}; "
+            "use trainer.precision=bf16-mixed on a CPU, or 32"
+        )
+    if dtype is torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ImgrecError(
+            f"trainer.precision={precision} but {torch.cuda.get_device_name(device)} has no bfloat16 support; "
+            "use trainer.precision=16-mixed"
+        )
+    if warn and dtype is torch.bfloat16 and device.type == "cpu" and not cpu_has_native_bf16():
+        log.warning("trainer.precision=bf16-mixed on a CPU without native bfloat16 (AVX512-BF16/AMX): it runs "
+                    "emulated and is usually slower than trainer.precision=32")
+    return dtype
+
+
+def make_grad_scaler(dtype: torch.dtype | None, device: torch.device) -> torch.amp.GradScaler | None:
+    """float16 gradients underflow without loss scaling; bfloat16 has float32's range and needs none."""
+    return torch.amp.GradScaler(device.type) if dtype is torch.float16 else None
 
 
 def resolve_device(device: str, setting: str = "trainer.device") -> torch.device:
@@ -52,22 +75,6 @@ def resolve_device(device: str, setting: str = "trainer.device") -> torch.device
     return resolved
 
 
-def check_trainer_settings(max_epochs, batch_size, eval_batch_size, limit_batches, progress, num_workers="auto",
-                           log_every_n_steps=None) -> None:
-    """Raise on settings that would fail or silently misbehave later; called before any data is loaded."""
-    for name, value in (("max_epochs", max_epochs), ("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ImgrecError(f"trainer.{name}={value!r} must be a whole number >= 1")
-    if limit_batches is not None and (not isinstance(limit_batches, int) or limit_batches < 1):
-        raise ImgrecError(f"trainer.limit_batches={limit_batches!r} must be null (all batches) or a whole number >= 1")
-    if progress not in ("auto", True, False):
-        raise ImgrecError(f"trainer.progress={progress!r} must be auto, true or false")
-    if num_workers != "auto" and (not isinstance(num_workers, int) or num_workers < 0):
-        raise ImgrecError(f"trainer.num_workers={num_workers!r} must be auto or a whole number >= 0")
-    if log_every_n_steps is not None and (not isinstance(log_every_n_steps, int) or log_every_n_steps < 1):
-        raise ImgrecError(f"trainer.log_every_n_steps={log_every_n_steps!r} must be null or a whole number >= 1")
-
-
 def compiled(model: nn.Module, settings: bool | dict) -> nn.Module:
     """`model` through torch.compile when `settings` is true or a dict of torch.compile arguments.
     The compiled wrapper shares the model's parameters; checkpoints save the plain model's state dict."""
@@ -79,15 +86,6 @@ def compiled(model: nn.Module, settings: bool | dict) -> nn.Module:
         raise ImgrecError(f"trainer.compile={settings!r} must be true, false or a dict of torch.compile arguments, "
                           "e.g. {mode: max-autotune}")
     return torch.compile(model, **dict(settings))
-
-
-def check_training_options(device: torch.device, precision="32", compile=False, mixup=None) -> None:
-    """The Trainer's own checks of these options, run by train.py before any data is loaded."""
-    autocast_dtype(precision, device, warn=False)
-    if compile not in (True, False, None) and not isinstance(compile, Mapping):
-        compiled(nn.Identity(), compile)  # raises the message
-    if mixup:
-        MixUpCutMix(num_classes=2, **mixup)
 
 
 def set_cpu_threads(setting, name: str = "trainer.num_threads") -> int:

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from imgrec.cli import hydra_command, run_command
+from imgrec.commands.entry import hydra_command, run_command
 from imgrec.config import build, check_tool_config, resolve_checkpoint_shortcut
 from imgrec.errors import ImgrecError
 
@@ -41,7 +41,7 @@ def embed(model, loader) -> tuple[np.ndarray, np.ndarray]:
 
 def model_and_normalization(cfg: DictConfig, splits, device):
     """`ckpt_path`'s model, weights and normalisation when given; otherwise `model` with the dataset's."""
-    from imgrec.inference import load_trained
+    from imgrec.evaluation.inference import load_trained
 
     if not cfg.ckpt_path:
         if not cfg.model.get("weights"):
@@ -79,10 +79,10 @@ def extract_features(cfg: DictConfig) -> dict:
     import torch
 
     from imgrec.data.loaders import make_loader
-    from imgrec.inference import inference_device
-    from imgrec.reporting import record_dataset, write_test_report
-    from imgrec.seeding import seed_everything
-    from imgrec.train import check_model_fits
+    from imgrec.evaluation.inference import inference_device
+    from imgrec.evaluation.reports import record_dataset, write_test_report
+    from imgrec.training.seeding import seed_everything
+    from imgrec.models.checks import check_model_fits
 
     check_tool_config(cfg)  # before anything is built
     resolve_checkpoint_shortcut(cfg)

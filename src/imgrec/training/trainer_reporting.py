@@ -7,8 +7,8 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from imgrec import distributed
-from imgrec.metrics import epoch_scores
+from imgrec.training import distributed
+from imgrec.evaluation.classification import epoch_scores
 
 log = logging.getLogger("imgrec")
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from imgrec.cli import hydra_command, run_command
+from imgrec.commands.entry import hydra_command, run_command
 from imgrec.config import check_tool_config, resolve_checkpoint_shortcut
 from imgrec.errors import ImgrecError
 
@@ -54,8 +54,8 @@ def decode_inputs(paths: list[Path], channels: int, size: int):
 def predict_images(cfg: DictConfig) -> dict:
     import torch
 
-    from imgrec.data.loaders import Preprocess
-    from imgrec.inference import inference_device, load_trained
+    from imgrec.data.batching import Preprocess
+    from imgrec.evaluation.inference import inference_device, load_trained
 
     check_tool_config(cfg)  # before anything is built
     resolve_checkpoint_shortcut(cfg)

@@ -2,7 +2,7 @@
 
 Drawing them with matplotlib cost about a second of every training run (its import, font cache and
 layout) for two pictures; Pillow draws both in tens of milliseconds and is already installed with
-torchvision. matplotlib stays for the precision-recall curves of `imgrec-eval` (imgrec.figures).
+torchvision. matplotlib stays for the precision-recall curves of `imgrec-eval` (imgrec.evaluation.plots).
 """
 
 import math

@@ -4,7 +4,7 @@ precision-recall curve per class, and the validation images the model currently 
 import numpy as np
 import torch
 
-from imgrec.callbacks import Callback
+from imgrec.training.callbacks import Callback
 from imgrec.errors import ImgrecError
 
 
@@ -42,7 +42,7 @@ class ValidationFigures(Callback):
     def draw(self, logger, predictions, val_loader, class_names: list[str] | None, epoch: int) -> None:
         from sklearn.metrics import confusion_matrix
 
-        from imgrec.raster_figures import confusion_matrix_image, image_grid_image
+        from imgrec.evaluation.rasters import confusion_matrix_image, image_grid_image
 
         logits, labels = predictions
         probabilities = logits.softmax(dim=1)

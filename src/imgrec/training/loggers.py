@@ -45,7 +45,7 @@ class TensorBoardLogger:
         self.writer.flush()
 
     def log_image(self, tag: str, image, step: int) -> None:
-        """A Pillow image (imgrec.raster_figures draws the confusion matrix and error grid as these)."""
+        """A Pillow image (imgrec.evaluation.rasters draws the confusion matrix and error grid as these)."""
         import numpy as np
 
         self.writer.add_image(tag, np.asarray(image.convert("RGB")), global_step=step, dataformats="HWC")

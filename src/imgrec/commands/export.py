@@ -7,7 +7,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from imgrec.cli import hydra_command, run_command
+from imgrec.commands.entry import hydra_command, run_command
 from imgrec.config import check_tool_config, resolve_checkpoint_shortcut
 from imgrec.errors import ImgrecError
 
@@ -20,7 +20,7 @@ def write_safetensors(trained, example, path: Path):
     """Weights only; loading them back never runs code. Returns logits of the reloaded model."""
     from safetensors.torch import load_file, save_file
 
-    from imgrec.inference import rebuild_model
+    from imgrec.evaluation.inference import rebuild_model
 
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in trained.model.state_dict().items()}
     save_file(state, str(path), metadata={"format": "imgrec", "class_names": json.dumps(trained.class_names)})
@@ -69,7 +69,7 @@ WRITERS = {"safetensors": write_safetensors, "torchscript": write_torchscript, "
 def export_checkpoint(cfg: DictConfig) -> dict:
     import torch
 
-    from imgrec.inference import inference_device, load_trained
+    from imgrec.evaluation.inference import inference_device, load_trained
 
     check_tool_config(cfg)  # before anything is built
     resolve_checkpoint_shortcut(cfg)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from imgrec.cli import hydra_command, run_command
+from imgrec.commands.entry import hydra_command, run_command
 from imgrec.config import build, check_tool_config
 from imgrec.errors import ImgrecError
 
@@ -26,7 +26,7 @@ def show_augment(cfg: DictConfig) -> Path:
     from torchvision.utils import make_grid
 
     from imgrec.data.augment import build_augment
-    from imgrec.seeding import seed_everything
+    from imgrec.training.seeding import seed_everything
 
     check_tool_config(cfg)  # before anything is built
     for key in ("num_images", "repeats"):

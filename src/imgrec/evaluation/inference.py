@@ -46,7 +46,7 @@ def rebuild_model(model_cfg: dict, in_channels: int, num_classes: int, weights: 
 def inference_device(cfg) -> torch.device:
     """What eval, predict, export and features share besides the checkpoint: batch sizes, DataLoader workers
     and CPU threads checked (before anything is loaded), the threads set, and the device resolved."""
-    from imgrec.trainer_settings import resolve_device, set_cpu_threads
+    from imgrec.runtime import resolve_device, set_cpu_threads
 
     for key in ("batch_size", "check_batch_size"):
         value = cfg.get(key, 1)

@@ -3,7 +3,7 @@
 import logging
 
 from imgrec.errors import ImgrecError
-from imgrec.seeding import rng_state, set_rng_state
+from imgrec.training.seeding import rng_state, set_rng_state
 
 log = logging.getLogger("imgrec")
 

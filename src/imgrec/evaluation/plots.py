@@ -1,6 +1,6 @@
 """Precision-recall curves for `imgrec-eval`, with matplotlib's file-only Agg backend so they render on
 servers without a display. The confusion matrix and error grid are drawn with Pillow
-(imgrec.raster_figures): no matplotlib import in a training run."""
+(imgrec.evaluation.rasters): no matplotlib import in a training run."""
 
 import numpy as np
 

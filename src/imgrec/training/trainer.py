@@ -9,20 +9,18 @@ import time
 import torch
 from torch import nn
 
-from imgrec import distributed
-from imgrec.callbacks import Callback
+from imgrec.training import distributed
+from imgrec.training.callbacks import Callback
 from imgrec.data.loaders import make_loader
 from imgrec.errors import ImgrecError
-from imgrec.guard import NonFiniteGuard
-from imgrec.losses import build_loss
-from imgrec.mixing import MixUpCutMix
-from imgrec.precision import autocast_dtype, make_grad_scaler
-from imgrec.stopping import TrainingInterrupted, catch_stop_signals, restore_handlers
-from imgrec.trainer_reporting import TrainerReporting
-from imgrec.trainer_settings import (
-    check_trainer_settings, compiled, logged_metric_names, resolve_device, set_cpu_threads, step_scheduler,
-)
-from imgrec.trainer_state import TrainerState
+from imgrec.training.guard import NonFiniteGuard
+from imgrec.training.losses import build_loss
+from imgrec.training.mixing import MixUpCutMix
+from imgrec.runtime import autocast_dtype, compiled, make_grad_scaler, resolve_device, set_cpu_threads
+from imgrec.training.stopping import TrainingInterrupted, catch_stop_signals, restore_handlers
+from imgrec.training.trainer_reporting import TrainerReporting
+from imgrec.training.settings import check_trainer_settings, logged_metric_names, step_scheduler
+from imgrec.training.trainer_state import TrainerState
 
 log = logging.getLogger("imgrec")
 

@@ -1,6 +1,6 @@
 """torchrun / DDP: the process group, who writes files (rank 0), and the collectives the loop needs.
 
-`torchrun --nproc_per_node=N -m imgrec.train ...` sets RANK, WORLD_SIZE and LOCAL_RANK; without them
+`torchrun --nproc_per_node=N -m imgrec.commands.train ...` sets RANK, WORLD_SIZE and LOCAL_RANK; without them
 everything here is a no-op and imgrec runs as one process.
 """
 

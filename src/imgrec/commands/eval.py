@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from imgrec.cli import hydra_command, run_command
+from imgrec.commands.entry import hydra_command, run_command
 from imgrec.config import build, check_tool_config, resolve_checkpoint_shortcut, stored_component
 from imgrec.errors import ImgrecError
 
@@ -31,8 +31,8 @@ def check_threshold_settings(cfg: DictConfig, num_classes: int) -> None:
 def resolve_threshold(cfg: DictConfig, split_name: str, model, splits, probabilities: np.ndarray, labels: np.ndarray,
                       loader_for):
     """None (argmax), or the binary decision threshold as given or as chosen on the validation split."""
-    from imgrec.evaluation import choose_threshold
-    from imgrec.inference import predict_logits
+    from imgrec.evaluation.classification import choose_threshold
+    from imgrec.evaluation.inference import predict_logits
 
     if cfg.threshold is None:
         return None
@@ -115,11 +115,11 @@ def chosen_split(setting: str, from_checkpoint: bool, test_given: bool) -> str:
 def evaluate_checkpoint(cfg: DictConfig) -> dict:
     from imgrec.data.loaders import make_loader
     from imgrec.data.splits import sample_ids
-    from imgrec.evaluation import binary_metrics_at, full_report
-    from imgrec.figures import pr_curves_figure, save_figure
-    from imgrec.inference import check_same_classes, inference_device, load_trained, predict_logits
-    from imgrec.metrics import format_report
-    from imgrec.raster_figures import confusion_matrix_image, image_grid_image
+    from imgrec.evaluation.classification import binary_metrics_at, full_report
+    from imgrec.evaluation.plots import pr_curves_figure, save_figure
+    from imgrec.evaluation.inference import check_same_classes, inference_device, load_trained, predict_logits
+    from imgrec.evaluation.classification import format_report
+    from imgrec.evaluation.rasters import confusion_matrix_image, image_grid_image
 
     check_tool_config(cfg)  # before anything is built
     resolve_checkpoint_shortcut(cfg)

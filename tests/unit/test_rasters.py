@@ -1,6 +1,6 @@
 import numpy as np
 
-from imgrec.raster_figures import (BLUES, confusion_matrix_image, font, grid_scale, image_grid_image,
+from imgrec.evaluation.rasters import (BLUES, confusion_matrix_image, font, grid_scale, image_grid_image,
                                    matrix_layout)
 
 

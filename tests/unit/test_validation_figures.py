@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from imgrec.errors import ImgrecError
-from imgrec.tb_figures import ValidationFigures
+from imgrec.training.validation_figures import ValidationFigures
 
 
 class RecordingLogger:
