@@ -21,6 +21,8 @@ from imgrec.data.splits import ImageTensors
 from imgrec.models.backbones import torchvision_model
 from imgrec.models.small_cnn import SmallCNN
 from imgrec.training.schedulers import constant
+from imgrec.tasks.classification import ClassificationTask
+from imgrec.training.settings import TrainerSettings
 from imgrec.training.trainer import Trainer
 
 TASKS = {  # name: (model factory, channels, image size, images, batch size)
@@ -58,8 +60,10 @@ def imgrec_epochs(make_model, split, batch_size, epochs, **options) -> list[floa
     torch.manual_seed(0)
     model = make_model().to(DEVICE)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    trainer = Trainer(model, optimizer, constant, device=DEVICE, batch_size=batch_size, progress=False,
-                      num_classes=10, **options)
+    task = ClassificationTask()
+    task.bind([str(i) for i in range(10)], None)
+    trainer = Trainer(model, optimizer, constant, task,
+                      TrainerSettings(device=str(DEVICE), batch_size=batch_size, progress=False, **options))
     trainer.scheduler, trainer.schedule_per_step = constant(optimizer, 1, 1), True
     loader = trainer.make_loader(split, [0.5] * split.images.shape[1], [0.25] * split.images.shape[1], train=True)
 

@@ -26,6 +26,8 @@ import torch.nn.functional as F
 from imgrec.data.loaders import make_loader
 from imgrec.models.small_cnn import SmallCNN
 from imgrec.training.schedulers import warmup_cosine
+from imgrec.tasks.classification import ClassificationTask
+from imgrec.training.settings import TrainerSettings
 from imgrec.training.trainer import Trainer
 
 
@@ -92,8 +94,10 @@ def main():
     contenders["plain"] = lambda: plain_pass(model, optimizer, scheduler, loader)
     for name, max_bad_steps in (("imgrec", 3), ("imgrec_guard_off", None)):
         net, opt = model_and_optimizer(splits, 0, 3e-3)
-        trainer = Trainer(net, opt, warmup_cosine, device="cpu", max_epochs=args.rounds + 1, progress=False,
-                          max_bad_steps=max_bad_steps)
+        task = ClassificationTask()
+        task.bind(splits.class_names, None)
+        trainer = Trainer(net, opt, warmup_cosine, task, TrainerSettings(
+            device="cpu", max_epochs=args.rounds + 1, progress=False, max_bad_steps=max_bad_steps))
         trainer.scheduler = warmup_cosine(opt, args.batches, args.rounds + 1)
         trainer.schedule_per_step = True
         contenders[name] = (lambda t: lambda: trainer_pass(t, loader))(trainer)

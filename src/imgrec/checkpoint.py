@@ -3,6 +3,7 @@
 import math
 import os
 import pickle
+import re
 import shutil
 import tempfile
 import zipfile
@@ -14,6 +15,7 @@ from imgrec.errors import ImgrecError
 
 FORMAT = "imgrec-checkpoint"
 FORMAT_VERSION = 1
+MAX_CHANNELS, MAX_SIDE = 16, 8192  # the largest input a checkpoint may ask images to be decoded at
 TEMP_SUFFIX = ".tmp"
 
 
@@ -93,12 +95,17 @@ def copy_checkpoint(source: str | Path, destination: str | Path) -> Path:
     return destination
 
 
+# what _write_atomically names its temp files: `.<checkpoint name>.<8 random characters>.tmp`
+TEMP_NAME = re.compile(r"^\.(last|best|epoch_\d+)\.pt\.[A-Za-z0-9_]{8}" + re.escape(TEMP_SUFFIX) + "$")
+
+
 def remove_stale_temp_files(directory: str | Path) -> list[Path]:
-    """Delete temp files a killed save left behind (they are never valid checkpoints)."""
+    """Delete temp files a killed save left behind (they are never valid checkpoints); only files named as
+    imgrec names its temp checkpoints, never anything else in the folder."""
     directory = Path(directory)
     if not directory.is_dir():
         return []
-    stale = [p for p in directory.glob(f".*{TEMP_SUFFIX}") if p.is_file()]
+    stale = [p for p in directory.glob(f".*{TEMP_SUFFIX}") if p.is_file() and TEMP_NAME.match(p.name)]
     for path in stale:
         path.unlink(missing_ok=True)
     return stale
@@ -125,10 +132,11 @@ def load_checkpoint(path: str | Path, purpose: str | None = None) -> dict:
     `purpose` ("inference" or "resume"), also check that it holds what that needs (check_contents)."""
     path = Path(path)
     if path.is_dir():
-        inside = sorted(p.name for p in path.glob("*.pt"))
-        hint = f"; it holds {', '.join(inside)}" if inside else ""
+        folder = path / "checkpoints" if (path / "checkpoints").is_dir() else path  # a run folder: its checkpoints
+        inside = sorted(p.name for p in folder.glob("*.pt"))
+        hint = f"; {folder} holds {', '.join(inside)}" if inside else ""
         raise CheckpointError(f"ckpt_path '{path}' is a folder, not a checkpoint file{hint}: give the file, "
-                              f"e.g. ckpt_path={path / (inside[0] if inside else 'last.pt')}")
+                              f"e.g. ckpt_path={folder / (inside[0] if inside else 'last.pt')}")
     if not path.is_file():
         raise CheckpointError(
             f"ckpt_path '{path}' does not exist; give the path of a checkpoint imgrec wrote, "
@@ -152,6 +160,9 @@ def load_checkpoint(path: str | Path, purpose: str | None = None) -> dict:
             f"'{path}' is not an imgrec checkpoint (it has no format='{FORMAT}' marker); "
             "ckpt_path takes files imgrec wrote, e.g. <run_dir>/checkpoints/last.pt"
         )
+    if not _is_count(state.get("format_version", 0)):
+        raise CheckpointError(f"'{path}' is damaged: its format_version is {state.get('format_version')!r}, not a whole "
+                              "number; use another checkpoint imgrec wrote")
     if state.get("format_version", 0) > FORMAT_VERSION:
         raise CheckpointError(
             f"'{path}' was written by a newer imgrec (format {state['format_version']} > {FORMAT_VERSION}); upgrade imgrec"
@@ -163,10 +174,18 @@ def load_checkpoint(path: str | Path, purpose: str | None = None) -> dict:
 
 
 def upgrade(state: dict) -> None:
-    """Checkpoints of earlier imgrec versions, in today's shape (in place)."""
+    """Checkpoints of earlier imgrec versions, in today's shape (in place): the running sums of a mid-epoch
+    stop under `sums`, and a classification `task` section holding what `trainer.loss` and `trainer.mixup`
+    held before tasks existed. (Renamed `_target_` paths are mapped by imgrec.registry.RENAMED.)"""
     progress = state.get("epoch_progress")
     if isinstance(progress, dict) and "sums" not in progress and "loss_sum" in progress:
         progress["sums"] = {"loss_sum": progress.pop("loss_sum"), "correct": progress.pop("correct", None)}
+    config = state.get("config")
+    if isinstance(config, dict) and "task" not in config and isinstance(config.get("trainer"), dict):
+        trainer = config["trainer"]
+        config["task"] = {"_target_": "imgrec.tasks.classification.ClassificationTask",
+                          "monitor": config.get("optimized_metric", "val/acc"), "mode": config.get("optimized_mode", "max"),
+                          "loss": trainer.pop("loss", {}) or {}, "mixup": trainer.pop("mixup", {}) or {}}
 
 
 def _is_count(value, minimum: int = 0) -> bool:
@@ -190,6 +209,11 @@ def check_contents(state: dict, path: Path, purpose: str) -> None:
     if not isinstance(weights, dict) or not weights or not all(isinstance(t, torch.Tensor) for t in weights.values()):
         raise bad("'model' (the weights) is missing or not a dict of tensors")
     for name, tensor in weights.items():
+        # imgrec saves plain tensors: one whose elements outnumber its stored bytes (a zero stride) would
+        # be blown up to its full size by the first operation on it
+        if tensor.untyped_storage().nbytes() < tensor.numel() * tensor.element_size():
+            raise bad(f"weight {name} of shape {list(tensor.shape)} is not a plain tensor imgrec wrote")
+    for name, tensor in weights.items():
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise bad(f"the weights hold NaN or Inf values (first in {name}), so their predictions would be meaningless")
     config = state.get("config")
@@ -199,12 +223,16 @@ def check_contents(state: dict, path: Path, purpose: str) -> None:
     if not isinstance(names, list) or len(names) < 2 or not all(isinstance(n, str) for n in names):
         raise bad("'class_names' is missing or not a list of at least two names")
     shape = state.get("input_shape")
-    if not (isinstance(shape, (list, tuple)) and len(shape) == 3 and all(_is_count(v, 1) for v in shape)):
-        raise bad(f"'input_shape' is {shape!r}, not [channels, height, width]")
+    if not (isinstance(shape, (list, tuple)) and len(shape) == 3 and all(_is_count(v, 1) for v in shape)
+            and shape[0] <= MAX_CHANNELS and max(shape[1:]) <= MAX_SIDE):
+        raise bad(f"'input_shape' is {shape!r}, not [channels, height, width] with at most {MAX_CHANNELS} channels "
+                  f"and sides of at most {MAX_SIDE} px")
     normalization = state.get("normalization")
     if not (isinstance(normalization, dict) and _is_numbers(normalization.get("mean"), shape[0])
-            and _is_numbers(normalization.get("std"), shape[0]) and min(normalization["std"]) > 0):
-        raise bad(f"'normalization' is {normalization!r}, not {shape[0]} mean and {shape[0]} std values (std > 0)")
+            and _is_numbers(normalization.get("std"), shape[0])
+            and all(1e-6 <= s <= 1e3 for s in normalization["std"]) and all(abs(m) <= 1e3 for m in normalization["mean"])):
+        raise bad(f"'normalization' is {normalization!r}, not {shape[0]} mean and {shape[0]} std values "
+                  "(in [0, 1] pixel units: std between 1e-6 and 1000)")
     if not _is_count(state.get("epoch")):
         raise bad(f"'epoch' is {state.get('epoch')!r}, not a whole number >= 0")
     if purpose != "resume":
@@ -214,8 +242,12 @@ def check_contents(state: dict, path: Path, purpose: str) -> None:
     for key in ("optimizer", "scheduler", "callbacks", "rng"):
         if not isinstance(state.get(key), dict):
             raise bad(f"'{key}' is missing, so training cannot continue where it stopped")
-    if not all(key in state["rng"] for key in ("python", "numpy", "torch")):
-        raise bad("'rng' lacks the python, numpy or torch generator state")
+    rng = state["rng"]
+    python, numpy, torch_state = rng.get("python"), rng.get("numpy"), rng.get("torch")
+    if not (isinstance(python, (list, tuple)) and len(python) == 3 and isinstance(python[1], (list, tuple))
+            and isinstance(numpy, dict) and isinstance(numpy.get("keys"), torch.Tensor)
+            and isinstance(torch_state, torch.Tensor) and torch_state.dtype == torch.uint8):
+        raise bad("'rng' does not hold the python, numpy and torch generator states imgrec saves")
     progress = state.get("epoch_progress")
     if progress is not None and not (
         isinstance(progress, dict) and _is_count(progress.get("batches"), 1) and _is_count(progress.get("seen"), 1)

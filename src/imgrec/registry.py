@@ -30,11 +30,12 @@ REGISTERED: dict[str, frozenset[str]] = {
         f"imgrec.training.schedulers.{name}"
         for name in ("constant", "warmup_cosine", "step_decay", "multistep", "exponential", "onecycle", "plateau")
     }),
-    "trainer": frozenset({"imgrec.training.trainer.Trainer"}),
+    "task": frozenset({"imgrec.tasks.classification.ClassificationTask"}),
+    "trainer": frozenset({"imgrec.training.settings.TrainerSettings"}),
     "callback": frozenset({
         "imgrec.training.callbacks.EarlyStopping",
         "imgrec.training.callbacks.ModelCheckpoint",
-        "imgrec.training.validation_figures.ValidationFigures",
+        "imgrec.training.callbacks.ValidationFigures",
     }),
     "logger": frozenset({"imgrec.training.loggers.TensorBoardLogger"}),
     "augment": frozenset({
@@ -62,10 +63,10 @@ REGISTERED: dict[str, frozenset[str]] = {
 RENAMED: dict[str, str] = {
     **{f"imgrec.schedulers.{name}": f"imgrec.training.schedulers.{name}"
        for name in ("constant", "warmup_cosine", "step_decay", "multistep", "exponential", "onecycle", "plateau")},
-    "imgrec.trainer.Trainer": "imgrec.training.trainer.Trainer",
+    "imgrec.trainer.Trainer": "imgrec.training.settings.TrainerSettings",
     "imgrec.callbacks.EarlyStopping": "imgrec.training.callbacks.EarlyStopping",
     "imgrec.callbacks.ModelCheckpoint": "imgrec.training.callbacks.ModelCheckpoint",
-    "imgrec.tb_figures.ValidationFigures": "imgrec.training.validation_figures.ValidationFigures",
+    "imgrec.tb_figures.ValidationFigures": "imgrec.training.callbacks.ValidationFigures",
     "imgrec.loggers.TensorBoardLogger": "imgrec.training.loggers.TensorBoardLogger",
     "imgrec.sweeps.SweepSummary": "imgrec.commands.sweeps.SweepSummary",
 }

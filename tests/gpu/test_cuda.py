@@ -8,18 +8,22 @@ import torch
 
 from imgrec.checkpoint import load_checkpoint
 from imgrec.models.small_cnn import SmallCNN
+from imgrec.tasks.classification import ClassificationTask
 from imgrec.training.schedulers import constant
+from imgrec.training.settings import TrainerSettings
 from imgrec.commands.train import train
 from imgrec.training.trainer import Trainer
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
-def cuda_trainer(**options):
+def cuda_trainer(mixup=None, **settings):
     torch.manual_seed(0)
     model = SmallCNN(1, 3, widths=[8, 16], hidden=[], dropout=0.0).cuda()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    trainer = Trainer(model, optimizer, scheduler=constant, device="cuda", progress=False, num_classes=3, **options)
+    task = ClassificationTask(mixup=mixup)
+    task.bind(["a", "b", "c"], [1, 1, 1])
+    trainer = Trainer(model, optimizer, constant, task, TrainerSettings(device="cuda", progress=False, **settings))
     trainer.scheduler, trainer.schedule_per_step = constant(optimizer, 1, 1), True
     return trainer
 
@@ -64,7 +68,7 @@ def test_compiled_model_on_cuda_matches_eager_closely():
 @pytest.mark.parametrize("precision", ["16-mixed", "bf16-mixed"])
 def test_full_run_on_cuda_and_resume(compose_cfg, tmp_path, precision):
     overrides = ["dataset=fake", "trainer.device=cuda", f"trainer.precision={precision}", "trainer.channels_last=true",
-                 "trainer.mixup.cutmix_alpha=1.0"]
+                 "task.mixup.cutmix_alpha=1.0"]
     result = train(compose_cfg(*overrides, "trainer.max_epochs=2", run_dir=tmp_path / "first"))
     last = load_checkpoint(tmp_path / "first" / "checkpoints" / "last.pt")
     assert ("grad_scaler" in last) == (precision == "16-mixed")

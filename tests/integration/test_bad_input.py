@@ -34,7 +34,7 @@ def test_unknown_config_choice_lists_the_available_ones(compose_cfg):
         ("model.activation=swish", "model.activation='swish' is not one of"),
         ("augment.backend=opencv", "augment.backend='opencv' must be one of batch, albumentations, torchvision"),
         ("model.padding=0", "model=SmallCNN cannot take 16x16 images with 3 channel(s)"),
-        ("trainer.mixup.mixup_alpha=-1", "trainer.mixup.mixup_alpha=-1 must be >= 0"),
+        ("task.mixup.mixup_alpha=-1", "task.mixup.mixup_alpha=-1 must be >= 0"),
         ("trainer.precision=64", "trainer.precision=64 is not one of 32, bf16-mixed, 16-mixed"),
         ("trainer.compile=maybe", "trainer.compile='maybe' must be true, false or a dict"),
         ("trainer.num_threads=0", "trainer.num_threads=0 must be auto or a whole number >= 1"),
@@ -133,7 +133,7 @@ def test_a_bad_momentum_is_refused_before_any_data_is_loaded(compose_cfg):
     ("scheduler.min_lr_ratio=2", "scheduler.min_lr_ratio=2 must be a number in [0, 1]"),
     ("model.widths=abc", "model.widths='abc' must be a list of whole numbers >= 1"),
     ("dataset.num_classes=1", "dataset.num_classes=1 must be at least 2"),
-    ("trainer.log_every_n_steps=0", "trainer.log_every_n_steps=0 must be null or a whole number >= 1"),
+    ("trainer.log_every_n_steps=0", "trainer.log_every_n_steps=0 must be null (epoch curves only) or a whole number"),
 ])
 def test_values_that_used_to_be_accepted_or_crash_are_named(compose_cfg, tmp_path, override, message):
     with pytest.raises(ImgrecError, match=re.escape(message)):
@@ -165,9 +165,13 @@ def test_a_resume_with_nothing_left_to_train_says_so(compose_cfg, tmp_path, capl
 def test_a_folder_as_ckpt_path_names_the_checkpoints_in_it(compose_cfg, tmp_path):
     (tmp_path / "ck").mkdir()
     (tmp_path / "ck" / "best.pt").write_bytes(b"")
-    with pytest.raises(ImgrecError, match=r"ckpt_path '.*ck' is a folder, not a checkpoint file; it holds best.pt: give "
-                                          r"the file, e.g. ckpt_path=.*ck/best.pt"):
+    with pytest.raises(ImgrecError, match=r"ckpt_path '.*ck' is a folder, not a checkpoint file; .*ck holds best.pt: "
+                                          r"give the file, e.g. ckpt_path=.*ck/best.pt"):
         train(compose_cfg("dataset=fake", f"ckpt_path={tmp_path / 'ck'}"))
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)  # a run folder: pointed into its checkpoints/
+    (tmp_path / "run" / "checkpoints" / "last.pt").write_bytes(b"")
+    with pytest.raises(ImgrecError, match=r"give the file, e.g. ckpt_path=.*run/checkpoints/last.pt"):
+        train(compose_cfg("dataset=fake", f"ckpt_path={tmp_path / 'run'}", run_dir=tmp_path / "other"))
 
 
 def damaged(path, edit, destination):
@@ -190,6 +194,11 @@ DAMAGE = {
     "nan weights": (lambda s: s["model"][next(iter(s["model"]))].fill_(float("nan")),
                     "the weights hold NaN or Inf values (first in features.0.weight)"),
     "normalization": (lambda s: s.update(normalization={"mean": [0.5]}), "'normalization' is"),
+    "tiny std": (lambda s: s.update(normalization={"mean": [0.5], "std": [1e-300]}), "'normalization' is {'mean': [0.5], 'std': [1e-300]}, not"),
+    "huge input": (lambda s: s.update(input_shape=[1, 200000, 200000]), "'input_shape' is [1, 200000, 200000], not [channels, height, width] with at"),
+    # a 1 KB file whose weight claims 40000 x 40000 values through a zero stride
+    "stride trick": (lambda s: s["model"].update({"features.0.weight": torch.zeros(1).expand(40000, 40000)}),
+                     "weight features.0.weight of shape [40000, 40000] is not a plain tensor imgrec wrote"),
 }
 RESUME_DAMAGE = {
     "rng": (drop("rng"), "'rng' is missing, so training cannot continue where it stopped"),
@@ -197,6 +206,15 @@ RESUME_DAMAGE = {
     "callbacks": (drop("callbacks"), "'callbacks' is missing"),
     "epoch_progress": (lambda s: s.update(epoch_progress={"batches": 0, "seen": 0, "sums": {}}),
                        "'epoch_progress' (where in an epoch it stopped) is"),
+    "bad rng": (lambda s: s["rng"].update(torch=torch.zeros(3)), "'rng' does not hold the python, numpy and torch"),
+}
+# damage the file's checks cannot see, named when the state is put back
+RESTORE_DAMAGE = {
+    "callbacks state": (lambda s: s["callbacks"]["model_checkpoint"].pop("best_epoch"),
+                        "the checkpoint's callbacks.model_checkpoint state cannot be restored (KeyError"),
+    "scheduler state": (lambda s: s.update(scheduler={"nonsense": 1}), "the checkpoint's scheduler state cannot be"),
+    "sums": (lambda s: s.update(epoch_progress={"batches": 1, "seen": 16, "sums": {"loss_sum": torch.tensor(1.0)}}),
+             "the checkpoint's epoch_progress holds the sums ['loss_sum'], but the classification task keeps"),
 }
 
 
@@ -277,3 +295,20 @@ def test_a_non_finite_stop_in_the_first_epoch_does_not_promise_a_checkpoint(comp
     with pytest.raises(ImgrecError, match=r"none of them changed the weights, and no checkpoint had been written yet"):
         train(compose_cfg("dataset=fake", "optimizer=sgd", "optimizer.lr=1e30", "trainer.max_bad_steps=1",
                           "scheduler=none", "trainer.batch_size=16"))
+
+
+@pytest.mark.parametrize("kind", list(RESTORE_DAMAGE))
+def test_damage_found_while_restoring_the_training_state_is_named(compose_cfg, tmp_path, kind):
+    train(compose_cfg("dataset=fake", "trainer.max_epochs=1", "test=false", run_dir=tmp_path / "first"))
+    edit, message = RESTORE_DAMAGE[kind]
+    broken = damaged(tmp_path / "first" / "checkpoints" / "last.pt", edit, tmp_path / "broken.pt")
+    with pytest.raises(ImgrecError, match=re.escape(message)):
+        train(compose_cfg("dataset=fake", "trainer.max_epochs=2", f"ckpt_path={broken}", run_dir=tmp_path / "second"))
+
+
+def test_a_format_version_that_is_not_a_number_is_named(tmp_path):
+    from imgrec.checkpoint import load_checkpoint
+
+    torch.save({"format": "imgrec-checkpoint", "format_version": "2"}, tmp_path / "odd.pt")
+    with pytest.raises(ImgrecError, match=r"is damaged: its format_version is '2', not a whole number"):
+        load_checkpoint(tmp_path / "odd.pt")

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from imgrec.errors import ImgrecError
-from imgrec.commands.preflight import LOCK_NAME, preflight
+from imgrec.commands.preflight import preflight
+from imgrec.locking import LOCK_NAME
 
 
 def check(*argv: str, task: str = "train") -> list[str]:
@@ -52,22 +53,37 @@ def test_a_file_in_place_of_the_run_folder_is_named(tmp_path):
 
 def test_a_second_run_in_a_locked_folder_is_refused_before_it_writes(tmp_path):
     run_dir = tmp_path / "shared"
+    run_dir.mkdir()
+    with open(run_dir / LOCK_NAME, "a+") as other:  # another imgrec process holds the folder
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        other.write("4242\n")
+        other.flush()
+        with pytest.raises(ImgrecError, match=rf"{run_dir} is in use by another imgrec process \(pid 4242\)"):
+            check(f"hydra.run.dir={run_dir}", task="eval")
+    assert sorted(p.name for p in run_dir.iterdir()) == [LOCK_NAME]  # nothing written
     argv = check(f"hydra.run.dir={run_dir}")
-    assert argv[-1] == f"hydra.run.dir={run_dir}"  # the folder checked is the one Hydra will use
-    with open(run_dir / LOCK_NAME) as other:  # as another process would find it
+    assert argv[-1] == f"hydra.run.dir='{run_dir}'"  # the folder checked is the one Hydra will use
+    with open(run_dir / LOCK_NAME) as another:  # now this process holds it
         with pytest.raises(BlockingIOError):
-            fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    before = sorted(p.name for p in run_dir.iterdir())
-    with pytest.raises(ImgrecError, match=rf"{run_dir} is in use by another imgrec process \(pid \d+\)"):
-        check(f"hydra.run.dir={run_dir}", task="eval")
-    assert sorted(p.name for p in run_dir.iterdir()) == before
+            fcntl.flock(another, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
 def test_the_run_folder_is_pinned_so_hydra_uses_the_locked_one(tmp_path):
     argv = check(f"paths.log_dir={tmp_path}")
     pinned = [a for a in argv if a.startswith("hydra.run.dir=")]
-    assert len(pinned) == 1 and Path(pinned[0].split("=", 1)[1]).parent == tmp_path / "train" / "runs"
-    assert (Path(pinned[0].split("=", 1)[1]) / LOCK_NAME).is_file()
+    folder = Path(pinned[0].split("=", 1)[1].strip("'"))
+    assert len(pinned) == 1 and folder.parent == tmp_path / "train" / "runs"
+    assert (folder / LOCK_NAME).is_file()
+
+
+@pytest.mark.slow
+def test_a_run_folder_with_commas_quotes_and_brackets_is_used_as_typed(tmp_path):
+    """The pinned folder is quoted for Hydra's grammar (it used to be re-added bare: 'Ambiguous value')."""
+    command = [str(Path(sys.executable).parent / "imgrec-train"), "experiment=smoke", "~logger",
+               "hydra.run.dir=\"runs/a,b [it's]\""]
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "runs" / "a,b [it's]" / "checkpoints" / "best.pt").is_file()
 
 
 def test_a_new_run_in_a_finished_runs_folder_is_refused_but_its_resume_is_not(tmp_path):
@@ -113,3 +129,9 @@ def test_a_full_disk_during_a_save_is_one_line_exit_2(tmp_path):
     assert re.search(r"error: could not write checkpoint .*/checkpoints/last.pt \(.*MiB free there\)\. Free disk space",
                      done.stderr + done.stdout)
     assert not [p.name for p in (run_dir / "checkpoints").iterdir()]  # no half-written file left
+
+
+def test_a_setting_that_moved_to_the_task_says_where(tmp_path):
+    with pytest.raises(ImgrecError, match=re.escape("trainer.mixup.cutmix_alpha: trainer.mixup moved to task.mixup when "
+                                                    "tasks arrived (imgrec 0.2); write task.mixup.cutmix_alpha")):
+        check("trainer.mixup.cutmix_alpha=1.0", f"hydra.run.dir={tmp_path / 'run'}")

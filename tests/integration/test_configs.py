@@ -5,7 +5,9 @@ import torch
 from hydra.utils import instantiate
 
 from imgrec.training.callbacks import Callback
-from imgrec.config import CONFIG_DIR, build, instantiate_callbacks
+from imgrec.commands.train_checks import instantiate_callbacks
+from imgrec.tasks.classification import ClassificationTask
+from imgrec.config import CONFIG_DIR, build, build_dataset
 from imgrec.training.settings import step_scheduler
 from imgrec.data.mnist import DEBIAN_FASHION_MNIST
 from imgrec.data.splits import Splits
@@ -39,9 +41,9 @@ def test_every_dataset_config_builds_splits(compose_cfg, name, tmp_path):
     cfg = compose_cfg(f"dataset={name}", *dataset_overrides(name, tmp_path))
     if name in NEEDS_DOWNLOADED_FILES:  # nothing can be downloaded here: the error must say how to get them
         with pytest.raises(ImgrecError, match=r"dataset.download=true \(needs internet\)"):
-            build(cfg.dataset)
+            build_dataset(cfg.dataset, "classification")
         return
-    splits = build(cfg.dataset)
+    splits = build_dataset(cfg.dataset, "classification")
     assert isinstance(splits, Splits)
     if cfg.dataset.num_classes is not None:
         assert len(splits.class_names) == cfg.dataset.num_classes
@@ -84,7 +86,7 @@ def test_every_optimizer_and_scheduler_config_takes_a_step(compose_cfg, optimize
 
 @pytest.mark.parametrize("name", config_names("callbacks"))
 def test_every_callbacks_config_builds_callbacks(compose_cfg, name):
-    callbacks = instantiate_callbacks(compose_cfg(f"callbacks={name}"))
+    callbacks = instantiate_callbacks(compose_cfg(f"callbacks={name}"), ClassificationTask().metric_names())
     assert callbacks and all(isinstance(c, Callback) for c in callbacks.values())
 
 

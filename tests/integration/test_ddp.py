@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from imgrec.checkpoint import load_checkpoint
-from imgrec.config import build
+from imgrec.config import build, build_dataset
 from imgrec.evaluation.inference import load_trained
 from tests.conftest import rescored_test_accuracy, tool_cfg
 
@@ -56,10 +56,11 @@ def test_two_process_test_scores_equal_one_process_evaluating_the_saved_best(two
     report = json.loads((root / "two" / "test_report.json").read_text())
     trained = load_trained(str(root / "two" / "checkpoints" / "best.pt"), torch.device("cpu"))
     from imgrec.data.loaders import make_loader
-    from imgrec.evaluation.inference import predict_logits
+    from imgrec.evaluation.inference import evaluate
 
-    test = build(tool_cfg("train", tmp_path / "x", *COMMON[:2]).dataset).test
-    logits, labels = predict_logits(trained.model, make_loader(test, 512, trained.mean, trained.std, torch.device("cpu")))
+    test = build_dataset(tool_cfg("train", tmp_path / "x", *COMMON[:2]).dataset, "classification").test
+    evaluation = evaluate(trained, make_loader(test, 512, trained.mean, trained.std, torch.device("cpu")))
+    logits, labels = evaluation.logits, evaluation.labels
     assert report["num_samples"] == len(test) == 80  # every test image once: no sampler padding
     assert report["accuracy"] == int((logits.argmax(1) == labels).sum()) / 80
     with open(root / "two" / "test_predictions.csv") as file:

@@ -8,7 +8,7 @@ import pytest
 import torch
 from sklearn.metrics import classification_report, confusion_matrix, roc_auc_score
 
-from imgrec.config import build
+from imgrec.config import build, build_dataset
 from imgrec.errors import ImgrecError
 from imgrec.commands.eval import evaluate_checkpoint
 from imgrec.commands.train import train
@@ -97,7 +97,7 @@ def test_a_new_labelled_folder_is_scored_whole_by_default(digits_checkpoint, tmp
     from imgrec.evaluation.inference import load_trained
 
     trained = load_trained(str(digits_checkpoint), torch.device("cpu"))
-    test = build(OmegaConf.create(trained.state["config"]["dataset"])).test
+    test = build_dataset(OmegaConf.create(trained.state["config"]["dataset"]), "classification").test
     written = folder_of_digits(tmp_path / "new_batch", trained, test)
     report = evaluate_checkpoint(tool_cfg("eval", tmp_path / "eval", f"ckpt_path={digits_checkpoint}",
                                           "dataset=image_folder", f"dataset.root={tmp_path / 'new_batch'}",
@@ -113,8 +113,8 @@ def test_a_new_labelled_folder_is_scored_whole_by_default(digits_checkpoint, tmp
 
 
 def test_the_threshold_line_labels_the_reported_split(tmp_path):
-    from imgrec.commands.eval import summary_lines
+    from imgrec.tasks.classification import summary_line
 
-    report = {"balanced_accuracy": 0.9, "macro_roc_auc": None, "macro_average_precision": None, "split": "test",
+    report = {"balanced_accuracy": 0.9, "macro_roc_auc": None, "macro_average_precision": None,
               "threshold": {"threshold": 0.3, "chosen_on": "val", "precision": 0.8, "recall": 0.95}}
-    assert summary_lines(report).endswith("threshold 0.3000 (chosen on val): test precision 0.8000, test recall 0.9500")
+    assert summary_line(report, "test").endswith("threshold 0.3000 (chosen on val): test precision 0.8000, test recall 0.9500")

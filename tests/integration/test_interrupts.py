@@ -14,7 +14,7 @@ from imgrec.training.trainer import Trainer
 
 # fake data: 80 training images in batches of 16 = 5 steps an epoch; augmentation and shuffling on
 OVERRIDES = ["dataset=fake", "augment=basic", "trainer.max_epochs=3", "trainer.batch_size=16",
-             "trainer.mixup.mixup_alpha=0.2", "trainer.ema_decay=0.9"]
+             "task.mixup.mixup_alpha=0.2", "trainer.ema_decay=0.9"]
 
 
 @pytest.fixture
@@ -77,15 +77,16 @@ def test_each_training_sample_is_seen_once_per_epoch_across_a_resume(compose_cfg
                       f"ckpt_path={tmp_path / 'first' / 'checkpoints' / 'last.pt'}", run_dir=tmp_path / "resumed"))
     seen = torch.cat(recorded_steps["labels"])
     assert len(seen) == 80  # 2 batches before the stop + 3 after: no batch twice, none missing
-    from imgrec.config import build
+    from imgrec.config import build_dataset
     from tests.conftest import tool_cfg
 
-    train_labels = build(tool_cfg("train", tmp_path / "x", "dataset=fake").dataset).train.labels
+    train_labels = build_dataset(tool_cfg("train", tmp_path / "x", "dataset=fake").dataset,
+                                 "classification").train.labels
     assert torch.equal(seen.sort().values, train_labels.sort().values)
 
 
 def test_non_finite_steps_are_skipped_then_stop_the_run(compose_cfg, tmp_path, monkeypatch):
-    from imgrec.training.losses import ClassificationLoss
+    from imgrec.tasks.losses import ClassificationLoss
 
     original, calls = ClassificationLoss.forward, {"n": 0}
     poisoned = {3: float("nan"), 4: float("inf")}  # steps 3 and 4 of the first epoch go bad

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from imgrec.config import build
+from imgrec.config import build, build_dataset
 from imgrec.errors import ImgrecError
 from imgrec.commands.export import export_checkpoint
 from imgrec.evaluation.inference import load_trained
@@ -24,7 +24,7 @@ def digit_files(tmp_path_factory, digits_checkpoint):
 
     folder = tmp_path_factory.mktemp("new_images")
     trained = load_trained(str(digits_checkpoint), torch.device("cpu"))
-    test = build(OmegaConf.create(trained.state["config"]["dataset"])).test
+    test = build_dataset(OmegaConf.create(trained.state["config"]["dataset"]), "classification").test
     images = test.images[:10]
     for index, image in enumerate(images):
         Image.fromarray(image[0].numpy()).save(folder / f"digit_{index:02d}.png")

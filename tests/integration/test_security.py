@@ -228,7 +228,7 @@ def test_every_shipped_config_target_is_registered_for_its_group():
     from imgrec.config import CONFIG_DIR
     from imgrec.registry import family_kind, registered_kind
 
-    kind_of_group = {"model": "model", "dataset": "dataset", "scheduler": "scheduler", "trainer": "trainer",
+    kind_of_group = {"task": "task", "model": "model", "dataset": "dataset", "scheduler": "scheduler", "trainer": "trainer",
                      "callbacks": "callback", "logger": "logger", "augment": "augment", "optimizer": "optimizer",
                      "classifier": "classifier", "hydra": "hydra_callback"}
     checked = 0
@@ -264,3 +264,99 @@ def test_checkpoint_weights_alone_cannot_smuggle_code(tmp_path):
 
     with pytest.raises(ImgrecError, match="its model could not be rebuilt"):
         load_trained(str(tmp_path / "odd.pt"), torch.device("cpu"))
+
+
+# Attacks the review of issue #15 found in the first fix: each ran code or changed a file.
+REVIEW_ATTACKS = [
+    # a search's params are config too: they may not trust code, and each one is checked
+    ("hydra:\n  mode: MULTIRUN\n  sweeper:\n    params:\n      allowed_targets: \"[torch.load]\"\n",
+     r"hydra.sweeper.params.allowed_targets is not allowed"),
+    ("hydra:\n  mode: MULTIRUN\n  sweeper:\n    params:\n"
+     "      +callbacks.evil: \"{_target_:shutil.copyfile,src:/etc/hostname,dst:VICTIM}\"\n",
+     r"callbacks.evil._target_='shutil.copyfile' is not allowed"),
+    # environment variables that make `git status` (environment.json) run a program
+    ("hydra:\n  job:\n    env_set:\n      GIT_CONFIG_COUNT: '1'\n      GIT_CONFIG_KEY_0: core.fsmonitor\n",
+     r"hydra.job.env_set.GIT_CONFIG_COUNT is not allowed in a config file"),
+    # an interpolation that turns into a stream naming any module
+    ("hydra:\n  job_logging:\n    handlers:\n      console:\n        stream: ${oc.env:HOME}\n",
+     r"interpolations are not allowed in logging settings"),
+    # files written outside the run folder
+    ("hydra:\n  job_logging:\n    handlers:\n      file:\n        filename: VICTIM\n",
+     r"hydra.job_logging.handlers.file.filename=.* is not allowed: a log file goes inside the run folder"),
+    ("hydra:\n  job_logging:\n    handlers:\n      file:\n        mode: w\n", r"log files are appended to"),
+    ("hydra:\n  output_subdir: /tmp/elsewhere\n", r"hydra.output_subdir='/tmp/elsewhere' is not allowed"),
+    # shell lines for the cluster launcher
+    ("defaults:\n  - override /hydra/launcher: slurm\nhydra:\n  launcher:\n    setup: ['touch VICTIM']\n",
+     r"hydra.launcher.setup is set in a config file"),
+]
+
+
+@pytest.mark.parametrize("body, message", REVIEW_ATTACKS)
+def test_what_the_review_found_is_refused_before_hydra_acts(tmp_path, body, message):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("mine")
+    config_dir = write_experiment(tmp_path / "c", body.replace("VICTIM", str(victim)))
+    argv = ["--config-dir", str(config_dir), "experiment=evil", f"hydra.run.dir={tmp_path / 'run'}"]
+    with pytest.raises(ImgrecError, match=message):
+        preflight("train", argv, "train")
+    assert victim.read_text() == "mine" and not (tmp_path / "run").exists()
+
+
+def test_sweeps_over_globs_and_groups_outside_the_defaults_are_checked(tmp_path):
+    config_dir = write_experiment(tmp_path / "c", "hydra:\n  job_logging:\n    handlers:\n      x:\n        (): os.system\n")
+    (config_dir / "experiment" / "zfine.yaml").write_text("# @package _global_\n")
+    (config_dir / "recipe").mkdir()
+    (config_dir / "recipe" / "a.yaml").write_text("# @package _global_\n")
+    (config_dir / "recipe" / "b.yaml").write_text("# @package _global_\nhydra:\n  job_logging:\n    formatters:\n"
+                                                  "      x:\n        (): os.system\n")
+    for sweep in ("experiment=glob(*)", "+recipe=a,b"):
+        with pytest.raises(ImgrecError, match=r"logging factories \('\(\)'\) call code"):
+            preflight("train", ["--config-dir", str(config_dir), "-m", sweep, f"hydra.sweep.dir={tmp_path / 's'}"], "train")
+
+
+def test_help_and_rerun_do_not_skip_the_checks(tmp_path):
+    config_dir = write_experiment(tmp_path / "c", "hydra:\n  hydra_logging:\n    handlers:\n      x:\n        (): os.system\n")
+    with pytest.raises(ImgrecError, match=r"logging factories"):
+        preflight("train", ["--config-dir", str(config_dir), "experiment=evil", "--help"], "train")
+    with pytest.raises(ImgrecError, match=r"--experimental-rerun unpickles a saved config"):
+        preflight("eval", ["--experimental-rerun", str(tmp_path / "config.pickle")], "eval")
+
+
+def test_a_checkpoint_folder_outside_the_run_is_locked_and_never_emptied(compose_cfg, tmp_path):
+    """dirpath pointed at a user's folder: their .tmp file was deleted and a best.pt overwritten."""
+    from imgrec.commands.train import train
+
+    shared = tmp_path / "mine"
+    shared.mkdir()
+    (shared / ".notes.tmp").write_text("mine")
+    (shared / "best.pt").write_bytes(b"someone else's")
+    with pytest.raises(ImgrecError, match=r"already holds best.pt of another run; a new run would overwrite them"):
+        train(compose_cfg("dataset=fake", "trainer.max_epochs=1", f"callbacks.model_checkpoint.dirpath={shared}"))
+    (shared / "best.pt").unlink()
+    train(compose_cfg("dataset=fake", "trainer.max_epochs=1", f"callbacks.model_checkpoint.dirpath={shared}"))
+    assert (shared / ".notes.tmp").read_text() == "mine"  # only imgrec's own temp files are ever removed
+    from imgrec.locking import LOCK_NAME
+
+    assert (shared / LOCK_NAME).is_file()
+
+
+def test_git_in_environment_json_ignores_the_environment(tmp_path, monkeypatch):
+    from imgrec.evaluation.reports import record_environment
+
+    marker = tmp_path / "ran"
+    monkeypatch.setenv("GIT_CONFIG_COUNT", "1")
+    monkeypatch.setenv("GIT_CONFIG_KEY_0", "core.fsmonitor")
+    monkeypatch.setenv("GIT_CONFIG_VALUE_0", f"touch {marker}; echo")
+    record_environment(tmp_path / "run")
+    assert not marker.exists()
+
+
+def test_a_search_file_may_not_put_its_database_elsewhere(tmp_path):
+    (tmp_path / "c" / "hparams_search").mkdir(parents=True)
+    (tmp_path / "c" / "hparams_search" / "evil.yaml").write_text(
+        "# @package _global_\ndefaults:\n  - override /hydra/sweeper: optuna\nhydra:\n  mode: MULTIRUN\n"
+        "  sweeper:\n    storage: sqlite:////tmp/elsewhere.db\n")
+    with pytest.raises(ImgrecError, match=r"hydra.sweeper.storage='sqlite:////tmp/elsewhere.db' is not allowed"):
+        preflight("train", ["--config-dir", str(tmp_path / "c"), "hparams_search=evil",
+                            f"hydra.sweep.dir={tmp_path / 's'}"], "train")
+    preflight("train", ["hparams_search=optuna", f"hydra.sweep.dir={tmp_path / 'ok'}"], "train")  # the shipped one

@@ -10,6 +10,7 @@ from sklearn.metrics import confusion_matrix
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from imgrec.checkpoint import load_checkpoint
+from imgrec.config import build_dataset
 from imgrec.commands.train import train
 from tests.conftest import rescored_test_accuracy
 
@@ -74,7 +75,7 @@ def test_tensorboard_has_every_scalar_for_every_epoch_and_the_test_scores(finish
     assert not [tag for tag in tags if tag.startswith("hparam/")]
     start = HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
     assert start.hparams["trainer.channels_last"].WhichOneof("kind") == "bool_value"
-    assert start.hparams["trainer.loss.label_smoothing"].number_value == 0.0  # nested settings flattened
+    assert start.hparams["task.loss.label_smoothing"].number_value == 0.0  # nested settings flattened
     assert start.hparams["optimizer.lr"].number_value == pytest.approx(3e-3)
 
 
@@ -110,7 +111,7 @@ def test_the_test_split_is_scored_with_the_best_checkpoint(finished_run):
     run_dir, _ = finished_run
     best = load_checkpoint(run_dir / "checkpoints" / "best.pt")
     cfg = OmegaConf.create(best["config"])
-    splits = instantiate(cfg.dataset)
+    splits = build_dataset(cfg.dataset, "classification")
     model = instantiate(cfg.model)
     model.load_state_dict(best["model"])
     model.eval()
@@ -145,7 +146,7 @@ def test_a_linear_probe_on_a_torchvision_backbone_trains_only_the_head(compose_c
 def test_mixup_cutmix_bf16_and_channels_last_together(compose_cfg, tmp_path):
     cfg = compose_cfg(
         "dataset=fake", "trainer.max_epochs=2", "trainer.precision=bf16-mixed", "trainer.channels_last=true",
-        "trainer.mixup.mixup_alpha=0.2", "trainer.mixup.cutmix_alpha=1.0",
+        "task.mixup.mixup_alpha=0.2", "task.mixup.cutmix_alpha=1.0",
     )
     result = train(cfg)
     last = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")

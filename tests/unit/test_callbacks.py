@@ -6,6 +6,7 @@ import torch
 from imgrec.training.callbacks import EarlyStopping, ModelCheckpoint
 from imgrec.checkpoint import load_checkpoint
 from imgrec.errors import ImgrecError
+from imgrec.locking import LOCK_NAME
 
 
 class StandInTrainer:
@@ -23,6 +24,11 @@ class StandInTrainer:
     def checkpoint_state(self):
         return {"epoch": self.epoch, "weights": torch.full((2,), float(self.epoch))}
 
+
+
+def files(folder) -> list[str]:
+    """The checkpoint files in a folder (its lock file aside)."""
+    return sorted(p.name for p in folder.iterdir() if p.name != LOCK_NAME)
 
 def run_epochs(callback, trainer, values, key="val/acc"):
     stopped_at = None
@@ -70,7 +76,7 @@ def test_model_checkpoint_never_calls_nan_best_and_keeps_last(tmp_path):
     checkpoint = ModelCheckpoint(dirpath=str(tmp_path / "checkpoints"), monitor="val/acc", mode="max")
     checkpoint.on_fit_start(trainer)
     run_epochs(checkpoint, trainer, [math.nan, 5.0, 7.0, 3.0])
-    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
+    assert files((tmp_path / "checkpoints")) == ["best.pt", "last.pt"]
     assert load_checkpoint(checkpoint.best_path)["epoch"] == 3
     assert load_checkpoint(checkpoint.last_path)["epoch"] == 4
     assert checkpoint.state_dict() == {"best_score": 7.0, "best_epoch": 3, "top_k": [], "best_metrics": {"val/acc": 7.0}}
@@ -117,7 +123,7 @@ def test_top_2_of_nan_5_7_3_keeps_exactly_those_files_also_after_a_resume(tmp_pa
     checkpoint = ModelCheckpoint(dirpath=str(first), monitor="val/acc", mode="max", save_top_k=2)
     checkpoint.on_fit_start(trainer)
     run_epochs(checkpoint, trainer, [math.nan, 5.0, 7.0, 3.0])
-    assert sorted(p.name for p in first.iterdir()) == ["best.pt", "epoch_002.pt", "epoch_003.pt", "last.pt"]
+    assert files(first) == ["best.pt", "epoch_002.pt", "epoch_003.pt", "last.pt"]
     assert load_checkpoint(first / "epoch_002.pt")["epoch"] == 2
     # stop after epoch 2 and resume in a new run dir from its last.pt: the same files result there
     run_a = tmp_path / "a" / "checkpoints"
@@ -132,8 +138,8 @@ def test_top_2_of_nan_5_7_3_keeps_exactly_those_files_also_after_a_resume(tmp_pa
     trainer.resume_path = str(run_a / "last.pt")
     resumed.on_fit_start(trainer)
     run_epochs(resumed, trainer, [7.0, 3.0])
-    assert sorted(p.name for p in run_b.iterdir()) == ["best.pt", "epoch_002.pt", "epoch_003.pt", "last.pt"]
-    assert sorted(p.name for p in run_a.iterdir()) == ["best.pt", "epoch_002.pt", "last.pt"]  # untouched
+    assert files(run_b) == ["best.pt", "epoch_002.pt", "epoch_003.pt", "last.pt"]
+    assert files(run_a) == ["best.pt", "epoch_002.pt", "last.pt"]  # untouched
     assert [e["epoch"] for e in resumed.state_dict()["top_k"]] == [3, 2]
 
 
@@ -167,7 +173,7 @@ def test_a_failed_save_stops_with_a_clear_error_and_the_previous_file_intact(tmp
         run_epochs(checkpoint, trainer, [2.0])
     monkeypatch.undo()
     assert checkpoint.last_path.read_bytes() == before
-    assert not [p for p in checkpoint.dirpath.iterdir() if p.name.startswith(".")]  # no temp file left
+    assert not [p for p in checkpoint.dirpath.iterdir() if p.name.endswith(".tmp")]  # no temp file left
 
 
 def test_non_finite_weights_are_never_written(tmp_path):

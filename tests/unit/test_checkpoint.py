@@ -31,11 +31,12 @@ def test_failed_save_raises_clearly_and_keeps_the_previous_file(tmp_path, monkey
 
 
 def test_stale_temp_files_from_a_killed_save_are_removed(tmp_path):
-    (tmp_path / ".last.pt.abc123.tmp").write_bytes(b"half a checkpoint")
+    (tmp_path / ".last.pt.abc12_xy.tmp").write_bytes(b"half a checkpoint")  # as _write_atomically names them
+    (tmp_path / ".notes.tmp").write_text("a user's file")  # never ours to delete
     (tmp_path / "last.pt").write_bytes(b"keep")
     removed = remove_stale_temp_files(tmp_path)
-    assert [p.name for p in removed] == [".last.pt.abc123.tmp"]
-    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+    assert [p.name for p in removed] == [".last.pt.abc12_xy.tmp"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".notes.tmp", "last.pt"]
 
 
 def test_missing_file_is_named_in_the_error(tmp_path):

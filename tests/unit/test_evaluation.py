@@ -3,7 +3,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from imgrec.errors import ImgrecError
-from imgrec.evaluation.classification import binary_metrics_at, choose_threshold, full_report
+from imgrec.tasks.classification_scores import binary_metrics_at, choose_threshold, full_report
 
 
 def test_a_hand_made_three_class_example():

@@ -3,9 +3,18 @@ import torch
 import torch.nn.functional as F
 
 from imgrec.errors import ImgrecError
-from imgrec.training.losses import balanced_class_weights, build_loss
+from imgrec.tasks.classification import ClassificationTask
+from imgrec.tasks.losses import balanced_class_weights
 from imgrec.training.schedulers import constant
+from imgrec.training.settings import TrainerSettings
 from imgrec.training.trainer import Trainer
+
+
+def build_loss(class_counts=(1, 1, 1, 1), **settings):
+    """The classification task's loss for `settings` (task.loss), bound to a dataset of these class counts."""
+    task = ClassificationTask(loss=settings)
+    task.bind([str(i) for i in range(len(class_counts))], list(class_counts))
+    return task.loss
 
 
 def test_auto_class_weights_make_every_class_count_equally():
@@ -16,6 +25,8 @@ def test_auto_class_weights_make_every_class_count_equally():
         balanced_class_weights([4, 0])
     with pytest.raises(ImgrecError, match="class_weights has 2 values but the dataset has 3 classes"):
         build_loss(class_weights=[1, 2], class_counts=[1, 1, 1])
+    with pytest.raises(ImgrecError, match=r"task.loss.class_weights='heavy' must be null, auto or a list of weights"):
+        build_loss(class_weights="heavy")
 
 
 def test_cross_entropy_options_match_torch():
@@ -31,16 +42,16 @@ def test_focal_loss_follows_its_formula():
     logits, labels = torch.randn(16, 3, generator=torch.Generator().manual_seed(1)), torch.arange(16) % 3
     p_true = logits.softmax(1)[torch.arange(16), labels]
     expected = ((1 - p_true) ** 2 * -torch.log(p_true)).mean()
-    assert build_loss(focal_gamma=2.0)(logits, labels) == pytest.approx(expected.item(), rel=1e-5)
-    assert build_loss(focal_gamma=0.0)(logits, labels) == pytest.approx(F.cross_entropy(logits, labels).item())
+    assert build_loss((1, 1, 1), focal_gamma=2.0)(logits, labels) == pytest.approx(expected.item(), rel=1e-5)
+    assert build_loss((1, 1, 1), focal_gamma=0.0)(logits, labels) == pytest.approx(F.cross_entropy(logits, labels).item())
 
 
 def make_trainer(accumulate_batches=1, grad_clip_norm=None, lr=0.1):
     torch.manual_seed(0)
     model = torch.nn.Linear(5, 3)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
-    trainer = Trainer(model, optimizer, scheduler=constant, device="cpu", progress=False,
-                      accumulate_batches=accumulate_batches, grad_clip_norm=grad_clip_norm)
+    trainer = Trainer(model, optimizer, constant, ClassificationTask(), TrainerSettings(
+        device="cpu", progress=False, accumulate_batches=accumulate_batches, grad_clip_norm=grad_clip_norm))
     trainer.scheduler, trainer.schedule_per_step = constant(optimizer, 1, 1), True
     return trainer
 
@@ -65,7 +76,7 @@ def test_gradient_clipping_bounds_the_update():
     trainer.train_step(x, y)
     change = torch.cat([(p - b).flatten() for p, b in zip(trainer.model.parameters(), before)])
     assert change.detach().norm().item() == pytest.approx(0.5, rel=1e-4)  # SGD, lr 1: the update is the clipped gradient
-    with pytest.raises(ImgrecError, match="trainer.grad_clip_norm=0 must be null or > 0"):
+    with pytest.raises(ImgrecError, match="trainer.grad_clip_norm=0 must be null or a number > 0"):
         make_trainer(grad_clip_norm=0)
 
 
@@ -89,7 +100,8 @@ def test_ema_after_k_steps_matches_the_closed_form():
     torch.manual_seed(0)
     model = torch.nn.Linear(5, 3)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
-    trainer = Trainer(model, optimizer, scheduler=constant, device="cpu", progress=False, ema_decay=0.8)
+    trainer = Trainer(model, optimizer, constant, ClassificationTask(),
+                      TrainerSettings(device="cpu", progress=False, ema_decay=0.8))
     trainer.scheduler, trainer.schedule_per_step = constant(optimizer, 1, 1), True
     history = []
     for _ in range(4):

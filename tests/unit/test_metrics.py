@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import precision_recall_fscore_support
 
-from imgrec.evaluation.classification import classification_report, epoch_scores, format_report
+from imgrec.tasks.classification_scores import classification_report, epoch_scores, format_report
 
 # 3 classes, 6 samples; by hand:
 #   class 0: predicted at 0 and 5, right once -> precision 1/2, recall 1/2, f1 1/2

@@ -3,8 +3,8 @@ import torch
 import torch.nn.functional as F
 
 from imgrec.errors import ImgrecError
-from imgrec.training.losses import build_loss
-from imgrec.training.mixing import MixUpCutMix
+from tests.unit.test_losses_and_steps import build_loss
+from imgrec.tasks.mixing import MixUpCutMix
 
 
 def batch(n=6, classes=3):
@@ -52,9 +52,9 @@ def test_prob_zero_or_no_alpha_leaves_the_batch_alone():
 
 
 def test_bad_mixup_settings_are_named():
-    with pytest.raises(ImgrecError, match=r"trainer.mixup.mixup_alpha=-1 must be >= 0"):
+    with pytest.raises(ImgrecError, match=r"task.mixup.mixup_alpha=-1 must be >= 0"):
         MixUpCutMix(3, mixup_alpha=-1)
-    with pytest.raises(ImgrecError, match="trainer.mixup.prob=1.5 must be between 0 and 1"):
+    with pytest.raises(ImgrecError, match="task.mixup.prob=1.5 must be between 0 and 1"):
         MixUpCutMix(3, mixup_alpha=0.2, prob=1.5)
 
 
@@ -64,7 +64,7 @@ def test_bad_mixup_settings_are_named():
 ])
 def test_one_hot_targets_give_the_hard_label_loss(options):
     logits, labels = torch.randn(12, 3, generator=torch.Generator().manual_seed(3)), torch.arange(12) % 3
-    loss = build_loss(**options)
+    loss = build_loss((1, 1, 1), **options)
     assert loss(logits, F.one_hot(labels, 3).float()).item() == pytest.approx(loss(logits, labels).item(), rel=1e-5)
 
 
@@ -72,4 +72,4 @@ def test_mixed_targets_give_the_mixed_loss():
     logits, labels = torch.randn(4, 3, generator=torch.Generator().manual_seed(4)), torch.tensor([0, 1, 2, 0])
     targets = 0.7 * F.one_hot(labels, 3).float() + 0.3 * F.one_hot(labels.flip(0), 3).float()
     expected = 0.7 * F.cross_entropy(logits, labels) + 0.3 * F.cross_entropy(logits, labels.flip(0))
-    assert build_loss()(logits, targets).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert build_loss((1, 1, 1))(logits, targets).item() == pytest.approx(expected.item(), rel=1e-6)

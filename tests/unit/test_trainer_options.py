@@ -5,15 +5,19 @@ import torch
 
 from imgrec.errors import ImgrecError
 from imgrec.models.small_cnn import SmallCNN
+from imgrec.tasks.classification import ClassificationTask
 from imgrec.training.schedulers import constant
+from imgrec.training.settings import TrainerSettings
 from imgrec.training.trainer import Trainer
 
 
-def make_trainer(**options):
+def make_trainer(mixup=None, **settings):
     torch.manual_seed(0)
     model = SmallCNN(1, 3, widths=[4, 8], hidden=[], dropout=0.0)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    trainer = Trainer(model, optimizer, scheduler=constant, device="cpu", progress=False, num_classes=3, **options)
+    task = ClassificationTask(mixup=mixup)
+    task.bind(["a", "b", "c"], [1, 1, 1])
+    trainer = Trainer(model, optimizer, constant, task, TrainerSettings(device="cpu", progress=False, **settings))
     trainer.scheduler, trainer.schedule_per_step = constant(optimizer, 1, 1), True
     return trainer
 
@@ -29,8 +33,7 @@ def test_bf16_mixed_on_cpu_runs_the_forward_in_bfloat16():
     loss, logits = trainer.train_step(images, labels)
     assert logits.dtype is torch.bfloat16 and loss.dtype is torch.float32 and torch.isfinite(loss)
     assert all(p.dtype is torch.float32 for p in trainer.model.parameters())  # master weights stay float32
-    predicted, _ = trainer.predict([(images, labels)])
-    assert predicted.dtype is torch.float32
+    assert trainer.predict([(images, labels)]).logits.dtype is torch.float32
 
 
 def test_precision_choices_are_checked():
@@ -110,6 +113,3 @@ def test_mixup_in_the_loop_is_reproducible_and_counts_accuracy_against_the_large
         runs.append(trainer.train_epoch(Batches([(images, labels), (images, labels)])))
     assert runs[0] == runs[1]
     assert runs[0]["train/acc"] == sum(hits) / (2 * len(labels))
-    with pytest.raises(ImgrecError, match="trainer.mixup needs the Trainer's num_classes"):
-        Trainer(torch.nn.Linear(2, 2), torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1), constant,
-                device="cpu", mixup={"mixup_alpha": 0.2})

@@ -2,7 +2,9 @@ import pytest
 import torch
 
 from imgrec.errors import ImgrecError
-from imgrec.training.validation_figures import ValidationFigures
+from imgrec.data.splits import ImageTensors
+from imgrec.tasks.classification import ClassificationEvaluation, ClassificationTask
+from imgrec.training.callbacks import ValidationFigures
 
 
 class RecordingLogger:
@@ -21,10 +23,12 @@ class StandIn:
 
     def __init__(self, logger):
         self.logger, self.max_epochs, self.should_stop, self.epoch = logger, 7, False, 0
-        self.checkpoint_extras = {"class_names": ["a", "b", "c"]}
-        self.val_loader = type("Loader", (), {"images": torch.zeros(6, 1, 4, 4, dtype=torch.uint8)})()
+        self.task = ClassificationTask()
+        self.task.bind(["a", "b", "c"], None)
+        split = ImageTensors(torch.zeros(6, 1, 4, 4, dtype=torch.uint8), torch.tensor([0, 1, 2, 1, 1, 0]))
+        self.val_loader = type("Loader", (), {"data": split})()
         logits = torch.tensor([[3.0, 0, 0], [0, 3, 0], [0, 0, 3], [3, 0, 0], [0, 3, 0], [0, 0, 3]])
-        self.last_predictions = {"val": (logits, torch.tensor([0, 1, 2, 1, 1, 0]))}  # two wrong
+        self.last_evaluations = {"val": ClassificationEvaluation(logits, split.labels)}  # two wrong
 
 
 def test_drawn_every_n_epochs_and_after_the_last():

@@ -51,11 +51,19 @@ def run_command(work: Callable, cfg):
     from imgrec.evaluation.reports import record_environment
 
     skip_collection_at_exit()
+    run_dir = Path(cfg.paths.output_dir)
     try:
-        record_environment(Path(cfg.paths.output_dir))
+        record_environment(run_dir)
         return work(cfg)
     except ImgrecError as error:
         log.error(f"error: {error}")
+        sys.exit(2)
+    except OSError as error:  # a full disk or a quota while writing the command's files: files are written whole
+        import shutil
+
+        free = shutil.disk_usage(run_dir if run_dir.exists() else Path.cwd()).free / 2**20
+        log.error(f"error: could not write {error.filename or run_dir}: {error.strerror or error} ({free:.1f} MiB free "
+                  "there); free some space and run the command again")
         sys.exit(2)
 
 

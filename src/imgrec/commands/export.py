@@ -83,7 +83,11 @@ def export_checkpoint(cfg: DictConfig) -> dict:
     example = torch.randn(cfg.check_batch_size, *trained.input_shape, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         expected = trained.model(example)
-        exported = WRITERS[cfg.format](trained, example, path)
+        try:
+            exported = WRITERS[cfg.format](trained, example, path)
+        except BaseException:  # a full disk, an exporter error: never leave a half-written model file
+            path.unlink(missing_ok=True)
+            raise
     difference = None if exported is None else float((exported.float() - expected.float()).abs().max())
     if difference is not None and not difference < TOLERANCE:  # also catches NaN
         path.unlink(missing_ok=True)

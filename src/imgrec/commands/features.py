@@ -8,7 +8,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from imgrec.commands.entry import hydra_command, run_command
-from imgrec.config import build, check_tool_config, resolve_checkpoint_shortcut
+from imgrec.config import build, build_dataset, check_tool_config, resolve_checkpoint_shortcut
 from imgrec.errors import ImgrecError
 
 log = logging.getLogger("imgrec")
@@ -31,11 +31,15 @@ def embed(model, loader) -> tuple[np.ndarray, np.ndarray]:
     """float32 embeddings (N, D) and int64 labels (N,) of every image `loader` yields, in order."""
     import torch
 
+    from imgrec.evaluation.inference import predict_batches
+
     features, labels = [], []
-    with torch.inference_mode():
-        for images, batch_labels in loader:
-            features.append(model(images).flatten(1).float().cpu())
-            labels.append(batch_labels.cpu())
+
+    def keep(outputs, batch_labels):
+        features.append(outputs.flatten(1).float().cpu())
+        labels.append(batch_labels.cpu())
+
+    predict_batches(model, loader, keep)
     return torch.cat(features).numpy(), torch.cat(labels).numpy()
 
 
@@ -80,7 +84,8 @@ def extract_features(cfg: DictConfig) -> dict:
 
     from imgrec.data.loaders import make_loader
     from imgrec.evaluation.inference import inference_device
-    from imgrec.evaluation.reports import record_dataset, write_test_report
+    from imgrec.evaluation.reports import record_dataset, write_report
+    from imgrec.tasks.classification import ClassificationEvaluation, ClassificationTask
     from imgrec.training.seeding import seed_everything
     from imgrec.models.checks import check_model_fits
 
@@ -89,7 +94,7 @@ def extract_features(cfg: DictConfig) -> dict:
     device = inference_device(cfg)
     classifier = make_classifier(cfg.classifier)  # a bad classifier fails before anything is embedded
     seed_everything(cfg.seed)
-    splits = build(cfg.dataset)
+    splits = build_dataset(cfg.dataset, "classification")
     run_dir = Path(cfg.paths.output_dir)
     record_dataset(splits, run_dir, log)
     model, mean, std, target = model_and_normalization(cfg, splits, device)
@@ -113,10 +118,13 @@ def extract_features(cfg: DictConfig) -> dict:
     probabilities[:, classifier.classes_] = classifier.predict_proba(arrays["test_features"])
     # the report reads logits; log-probabilities give the same softmax and argmax
     logits = torch.from_numpy(np.log(np.clip(probabilities, 1e-12, None))).float()
-    report = write_test_report(logits, torch.from_numpy(arrays["test_labels"]), splits.class_names, run_dir, log,
-                               getattr(splits.test, "paths", None))
+    task = ClassificationTask()  # the features' classifier is scored as a classification model is
+    task.bind(splits.class_names, None)
+    report = task.test_report(ClassificationEvaluation(logits, torch.from_numpy(arrays["test_labels"])),
+                              getattr(splits.test, "paths", None))
+    write_report(report, run_dir, "test_report.json", log)
     log.info(f"run saved in {run_dir.resolve()}")
-    return {"val_accuracy": val_accuracy, "test": report}
+    return {"val_accuracy": val_accuracy, "test": report.summary}
 
 
 @hydra_command("features", task_name="features")

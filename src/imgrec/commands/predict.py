@@ -1,6 +1,5 @@
 """imgrec-predict: the top-k classes of new images, from a checkpoint alone."""
 
-import csv
 import glob
 import json
 import logging
@@ -54,8 +53,10 @@ def decode_inputs(paths: list[Path], channels: int, size: int):
 def predict_images(cfg: DictConfig) -> dict:
     import torch
 
-    from imgrec.data.batching import Preprocess
-    from imgrec.evaluation.inference import inference_device, load_trained
+    from imgrec.data.loaders import make_loader
+    from imgrec.data.splits import ImageTensors
+    from imgrec.evaluation.inference import inference_device, load_trained, predict_batches
+    from imgrec.evaluation.reports import csv_text, write_whole
 
     check_tool_config(cfg)  # before anything is built
     resolve_checkpoint_shortcut(cfg)
@@ -72,35 +73,37 @@ def predict_images(cfg: DictConfig) -> dict:
     if not images:
         raise ImgrecError(f"none of the {len(paths)} input file(s) could be read as an image; first: "
                           f"{skipped[0][0]}: {skipped[0][1]}")
-    preprocess = Preprocess(trained.mean, trained.std, device)
     top_k = min(cfg.top_k, len(trained.class_names))
     rows = []
-    with torch.inference_mode():
-        for start in range(0, len(images), cfg.batch_size):
-            batch = preprocess(torch.stack(images[start : start + cfg.batch_size]).to(device))
-            probabilities = trained.model(batch).float().softmax(dim=1)
-            if cfg.tta:  # the mean with the mirror image: horizontal flips are label-preserving for most photos
-                probabilities = (probabilities + trained.model(batch.flip(-1)).float().softmax(dim=1)) / 2
-            values, indices = probabilities.topk(top_k, dim=1)
-            for path, value_row, index_row in zip(readable[start:], values.cpu().tolist(), indices.cpu().tolist()):
-                rows.append({"path": str(path), "predictions": [
-                    {"class": trained.class_names[i], "probability": p} for i, p in zip(index_row, value_row)]})
+
+    def probabilities_of(batch):
+        probabilities = trained.model(batch).float().softmax(dim=1)
+        if cfg.tta:  # the mean with the mirror image: horizontal flips are label-preserving for most photos
+            probabilities = (probabilities + trained.model(batch.flip(-1)).float().softmax(dim=1)) / 2
+        return probabilities
+
+    def keep(probabilities, _):
+        values, indices = probabilities.topk(top_k, dim=1)
+        for value_row, index_row in zip(values.cpu().tolist(), indices.cpu().tolist()):
+            rows.append({"path": str(readable[len(rows)]), "predictions": [
+                {"class": trained.class_names[i], "probability": p} for i, p in zip(index_row, value_row)]})
+
+    unlabelled = ImageTensors(torch.stack(images), torch.zeros(len(images), dtype=torch.int64))
+    predict_batches(probabilities_of, make_loader(unlabelled, cfg.batch_size, trained.mean, trained.std, device), keep)
 
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     output = run_dir / f"predictions.{cfg.format}"
     if cfg.format == "json":
-        output.write_text(json.dumps({"predictions": rows, "skipped": [
+        write_whole(output, json.dumps({"predictions": rows, "skipped": [
             {"path": p, "reason": r} for p, r in skipped]}, indent=2))
     else:
-        with open(output, "w", newline="") as file:
-            writer = csv.writer(file)
-            writer.writerow(["path", *(f"{kind}_{rank}" for rank in range(1, top_k + 1) for kind in ("class", "prob"))])
-            for row in rows:
-                writer.writerow([row["path"], *(v for p in row["predictions"] for v in (p["class"], f"{p['probability']:.6g}"))])
+        header = ["path", *(f"{kind}_{rank}" for rank in range(1, top_k + 1) for kind in ("class", "prob"))]
+        write_whole(output, csv_text(header, [
+            [row["path"], *(v for p in row["predictions"] for v in (p["class"], f"{p['probability']:.6g}"))]
+            for row in rows]))
         if skipped:
-            with open(run_dir / "skipped.csv", "w", newline="") as file:
-                csv.writer(file).writerows([("path", "reason"), *skipped])
+            write_whole(run_dir / "skipped.csv", csv_text(["path", "reason"], skipped))
     log.info(f"{len(rows)} image(s) predicted, {len(skipped)} skipped; written to {output.resolve()}")
     return {"predictions": rows, "skipped": skipped, "output": output}
 

@@ -6,7 +6,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from imgrec.commands.entry import hydra_command, run_command
-from imgrec.config import build, check_tool_config
+from imgrec.config import build, build_dataset, check_tool_config
 from imgrec.errors import ImgrecError
 
 log = logging.getLogger("imgrec")
@@ -34,7 +34,7 @@ def show_augment(cfg: DictConfig) -> Path:
             raise ImgrecError(f"{key}={cfg[key]!r} must be a whole number >= 1")
     seed_everything(cfg.seed)
     augment = build_augment(cfg.augment)
-    splits = build(cfg.dataset)
+    splits = build_dataset(cfg.dataset, cfg.dataset.get("task", "classification"))  # any task's images
     images = splits.train.images[: cfg.num_images]
     grid = make_grid(augment_grid(images, augment, cfg.repeats), nrow=cfg.repeats + 1, padding=2, pad_value=128)
     run_dir = Path(cfg.paths.output_dir)

@@ -8,9 +8,8 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from imgrec.commands.entry import hydra_command
-from imgrec.config import (
-    build, check_resume_matches, check_top_level, hyperparameters, instantiate_callbacks,
-)
+from imgrec.commands.train_checks import check_resume_matches, check_top_level, hyperparameters, instantiate_callbacks
+from imgrec.config import build, build_dataset, check_tool_config
 from imgrec.errors import ImgrecError
 
 log = logging.getLogger("imgrec")
@@ -22,65 +21,49 @@ def train(cfg: DictConfig) -> dict:
     from imgrec.training import distributed
     from imgrec.training.optim import check_optimizer_settings
     from imgrec.training.schedulers import check_schedule_settings
-    from imgrec.training.settings import check_trainer_settings
-    from imgrec.runtime import check_num_threads
 
-    # everything that can be checked cheaply is checked before data is loaded or a model is built
-    check_top_level(cfg)
+    # everything that can be checked without data is checked before data is loaded or a model is built
+    check_tool_config(cfg)
+    task = build(cfg.task)  # its loss and mixing settings are checked as it is built
+    check_top_level(cfg, task)
+    settings = build(cfg.trainer)  # a TrainerSettings: every loop setting checked
     check_optimizer_settings(cfg.optimizer)
-    check_schedule_settings(build(cfg.scheduler), cfg.trainer.max_epochs)
-    settings = cfg.trainer
-    check_trainer_settings(
-        settings.max_epochs, settings.batch_size, settings.eval_batch_size, settings.limit_batches, settings.progress,
-        settings.get("num_workers", "auto"), settings.get("log_every_n_steps"),
-    )
-    check_num_threads(settings.get("num_threads", "auto"))
+    check_schedule_settings(build(cfg.scheduler), settings.max_epochs)
     env, device_setting = distributed.setup(settings.device)
     try:
-        return _train(cfg, env, device_setting)
+        return _train(cfg, task, settings, env, device_setting)
     finally:
         distributed.teardown(env)
 
 
-def _train(cfg: DictConfig, env, device_setting: str) -> dict:
-    from imgrec.training import distributed
+def _train(cfg: DictConfig, task, settings, env, device_setting: str) -> dict:
     from imgrec.checkpoint import load_checkpoint
-    from imgrec.data.augment import build_augment
     from imgrec.commands.entry import setup_objects_frozen
-    from imgrec.training.losses import build_loss
-    from imgrec.training.optim import build_optimizer
+    from imgrec.data.augment import build_augment
     from imgrec.evaluation.reports import record_dataset, record_environment
-    from imgrec.training.seeding import seed_everything
-    from imgrec.runtime import resolve_device
     from imgrec.models.checks import check_model_fits
-    from imgrec.training.settings import check_training_options
+    from imgrec.runtime import resolve_device
+    from imgrec.training import distributed
+    from imgrec.training.optim import build_optimizer
+    from imgrec.training.seeding import seed_everything
+    from imgrec.training.trainer import Trainer
 
-    settings = cfg.trainer
     device = resolve_device(device_setting)
-    check_training_options(device, settings.get("precision", 32), settings.get("compile", False), settings.get("mixup"))
+    settings.autocast_dtype(device, warn=False)  # a precision this device lacks fails before any data is read
     resume_state = load_checkpoint(cfg.ckpt_path, purpose="resume") if cfg.ckpt_path else None
     if resume_state is not None:
-        if resume_state["epoch"] > settings.max_epochs:
-            raise ImgrecError(
-                f"ckpt_path {cfg.ckpt_path} has already trained {resume_state['epoch']} epochs and trainer.max_epochs="
-                f"{settings.max_epochs}, so there is nothing left to train: raise trainer.max_epochs (e.g. "
-                f"trainer.max_epochs={resume_state['epoch'] + 10}) to train on, or score it with imgrec-eval ckpt_path=..."
-            )
-        if resume_state["epoch"] == settings.max_epochs:  # stopped after its last epoch: only the test is left
-            log.warning(f"ckpt_path {cfg.ckpt_path} has trained all {settings.max_epochs} epochs: nothing is left to "
-                        "train" + ("; scoring best.pt on the test split" if cfg.test else "") +
-                        f" (raise trainer.max_epochs to train longer)")
+        check_resume_epochs(resume_state["epoch"], settings.max_epochs, cfg)
         for warning in check_resume_matches(resume_state["config"], cfg, cfg.ckpt_path):
             log.warning(warning)
     run_dir = Path(distributed.quiet_other_ranks(env, cfg.paths.output_dir))
-    callbacks = instantiate_callbacks(cfg)
+    callbacks = instantiate_callbacks(cfg, task.metric_names())
     if not env.is_main:  # one process writes files: checkpoints, figures, reports, TensorBoard
         callbacks = {name: c for name, c in callbacks.items() if name not in ("model_checkpoint", "validation_figures")}
     guard_against_overwrite(callbacks, resumed=resume_state is not None)
     augment = build_augment(cfg.get("augment"))  # training batches only; evaluation sees plain images
 
     seed_everything(cfg.seed)
-    splits = build(cfg.dataset)
+    splits = build_dataset(cfg.dataset, task.name)
     if env.is_main:
         record_dataset(splits, run_dir, log)
         record_environment(run_dir)
@@ -89,25 +72,15 @@ def _train(cfg: DictConfig, env, device_setting: str) -> dict:
             f"ckpt_path {cfg.ckpt_path} was trained on classes {resume_state['class_names']} but dataset "
             f"has {splits.class_names}; resume with the dataset the checkpoint was trained on"
         )
+    task.bind(splits.class_names, splits.class_counts("train"))
     model = build(cfg.model, in_channels=splits.channels, num_classes=len(splits.class_names)).to(device)
-    check_model_fits(model, cfg.model, [splits.channels, splits.image_size, splits.image_size], device)
+    output = check_model_fits(model, cfg.model, [splits.channels, splits.image_size, splits.image_size], device)
+    task.check_output(output, f"model={cfg.model._target_.rsplit('.', 1)[-1]}")
     logger = build(cfg.logger) if cfg.get("logger") and env.is_main else None
-    stored_config = OmegaConf.to_container(cfg, resolve=True)  # plain containers: safe to load back
-    # the sizes the model was built with (the config may leave them to the dataset: num_classes null)
-    stored_config["model"].update(in_channels=splits.channels, num_classes=len(splits.class_names))
-    extras = {
-        "config": stored_config,
-        "class_names": splits.class_names,
-        "class_to_idx": {name: index for index, name in enumerate(splits.class_names)},
-        "normalization": {"mean": splits.mean, "std": splits.std},
-        "input_shape": [splits.channels, splits.image_size, splits.image_size],
-    }
-    # runtime objects go to the partial, not through instantiate, which would walk into `extras`
-    trainer = build(cfg.trainer, _partial_=True)(
-        model=model, optimizer=build_optimizer(cfg.optimizer, model), scheduler=build(cfg.scheduler),
-        callbacks=callbacks, logger=logger, checkpoint_extras=extras, num_classes=len(splits.class_names),
-        dist_env=env,
-        loss=build_loss(**settings.get("loss", {}), class_counts=splits.class_counts("train")),
+    trainer = Trainer(
+        model=model, optimizer=build_optimizer(cfg.optimizer, model), scheduler=build(cfg.scheduler), task=task,
+        settings=settings, callbacks=callbacks, logger=logger, device=device, dist_env=env,
+        checkpoint_extras=checkpoint_extras(cfg, splits),
     )
     loaders = {
         split: trainer.make_loader(
@@ -119,14 +92,15 @@ def _train(cfg: DictConfig, env, device_setting: str) -> dict:
     processes = f" x {env.world_size} processes ({env.backend})" if env.enabled else ""
     threads = torch_threads()
     log.info(f"training {type(model).__name__} ({sum(p.numel() for p in model.parameters()):,} parameters) "
-             f"on {device}{processes} ({threads} CPU thread{'s' if threads != 1 else ''}) for up to {settings.max_epochs} epochs; run dir {run_dir}")
+             f"on {device}{processes} ({threads} CPU thread{'s' if threads != 1 else ''}) for up to "
+             f"{settings.max_epochs} epochs; run dir {run_dir}")
     with setup_objects_frozen():
         metrics = trainer.fit(loaders["train"], loaders["val"], resume_state, cfg.ckpt_path)
     checkpoint = callbacks.get("model_checkpoint")
     best_score = checkpoint.best_score if checkpoint else None
     if env.enabled:  # rank 0's best.pt is what every process scores
         checkpoint = from_main_checkpoint(callbacks, cfg)
-    report = score_best_on_test(trainer, checkpoint, loaders["test"], splits.class_names, run_dir, env) if cfg.test else None
+    report = score_best_on_test(trainer, checkpoint, loaders["test"], run_dir, env) if cfg.test else None
 
     if logger is not None:
         log_final_scores(logger, cfg, trainer.epoch, metrics, report, best_score)
@@ -143,6 +117,34 @@ def _train(cfg: DictConfig, env, device_setting: str) -> dict:
             "best_epoch": best.best_epoch if best else None, "best_metrics": best.best_metrics if best else {}}
 
 
+def check_resume_epochs(saved_epoch: int, max_epochs: int, cfg: DictConfig) -> None:
+    if saved_epoch > max_epochs:
+        raise ImgrecError(
+            f"ckpt_path {cfg.ckpt_path} has already trained {saved_epoch} epochs and trainer.max_epochs={max_epochs}, "
+            f"so there is nothing left to train: raise trainer.max_epochs (e.g. trainer.max_epochs={saved_epoch + 10}) "
+            "to train on, or score it with imgrec-eval ckpt_path=..."
+        )
+    if saved_epoch == max_epochs:  # stopped after its last epoch: only the test is left
+        log.warning(f"ckpt_path {cfg.ckpt_path} has trained all {max_epochs} epochs: nothing is left to train"
+                    + ("; scoring best.pt on the test split" if cfg.test else "")
+                    + " (raise trainer.max_epochs to train longer)")
+
+
+def checkpoint_extras(cfg: DictConfig, splits) -> dict:
+    """What every checkpoint holds besides the training state: the config (as plain containers, safe to load
+    back) and what inference needs without the dataset: class names, normalisation, input shape."""
+    stored_config = OmegaConf.to_container(cfg, resolve=True)
+    # the sizes the model was built with (the config may leave them to the dataset: num_classes null)
+    stored_config["model"].update(in_channels=splits.channels, num_classes=len(splits.class_names))
+    return {
+        "config": stored_config,
+        "class_names": splits.class_names,
+        "class_to_idx": {name: index for index, name in enumerate(splits.class_names)},
+        "normalization": {"mean": splits.mean, "std": splits.std},
+        "input_shape": [splits.channels, splits.image_size, splits.image_size],
+    }
+
+
 def torch_threads() -> int:
     import torch
 
@@ -157,10 +159,10 @@ def from_main_checkpoint(callbacks: dict, cfg: DictConfig):
     return distributed.from_main(callbacks.get("model_checkpoint"))
 
 
-def score_best_on_test(trainer, checkpoint, test_loader, class_names: list[str], run_dir: Path, env=None) -> dict:
-    """Score best.pt (or the final weights when there is none) on the test split and write the report."""
+def score_best_on_test(trainer, checkpoint, test_loader, run_dir: Path, env=None) -> dict | None:
+    """Score best.pt (or the final weights when there is none) on the test split and write the task's report."""
     from imgrec.checkpoint import load_checkpoint
-    from imgrec.evaluation.reports import write_test_report
+    from imgrec.evaluation.reports import write_report
 
     if checkpoint is not None and checkpoint.best_path.is_file():
         trainer.eval_model.load_state_dict(load_checkpoint(checkpoint.best_path)["model"])
@@ -168,12 +170,12 @@ def score_best_on_test(trainer, checkpoint, test_loader, class_names: list[str],
     else:
         source = "the final weights (no best.pt was written)"
     log.info(f"testing {source} on {test_loader.num_samples} test images")
-    logits, labels = trainer.predict(test_loader)  # under DDP: gathered from every process
+    evaluation = trainer.predict(test_loader)  # under DDP: gathered from every process
     if env is not None and not env.is_main:
         return None
-    return write_test_report(logits, labels, class_names, run_dir, log, getattr(test_loader.data, "paths", None))
-
-
+    report = trainer.task.test_report(evaluation, getattr(test_loader.data, "paths", None))
+    write_report(report, run_dir, "test_report.json", log)
+    return report.summary
 
 
 def log_final_scores(logger, cfg: DictConfig, epoch: int, metrics: dict, report: dict | None, best_score) -> None:
@@ -188,13 +190,20 @@ def log_final_scores(logger, cfg: DictConfig, epoch: int, metrics: dict, report:
 
 
 def guard_against_overwrite(callbacks: dict, resumed: bool) -> None:
-    """A fresh run never writes over another run's checkpoints (two runs started in the same second)."""
+    """A fresh run never writes over another run's checkpoints (a shared callbacks.model_checkpoint.dirpath,
+    two runs started in the same second)."""
     checkpoint = callbacks.get("model_checkpoint")
-    if not resumed and checkpoint is not None and checkpoint.last_path.exists():
+    if resumed or checkpoint is None:
+        return
+    if checkpoint.last_path.exists():
         raise ImgrecError(
             f"{checkpoint.last_path} already exists and this is not a resume; pass ckpt_path={checkpoint.last_path} "
             "to continue that run, or start the new run in another directory (hydra.run.dir=...)"
         )
+    taken = sorted(p.name for p in [checkpoint.best_path, *checkpoint.dirpath.glob("epoch_*.pt")] if p.exists())
+    if taken:
+        raise ImgrecError(f"{checkpoint.dirpath} already holds {', '.join(taken)} of another run; a new run would "
+                          "overwrite them: choose another callbacks.model_checkpoint.dirpath")
 
 
 def resume_command(checkpoint) -> str:

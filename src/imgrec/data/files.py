@@ -167,3 +167,13 @@ def splits_from_files(
         mean, std = normalization_stats(None, normalize, mean, std, channels=channels, measure=measure)
     return Splits(train, val, test, list(class_names), mean, std, list(skipped),
                   test_given=bool((np.asarray(assignment) == TEST).any()))
+
+
+def images_at(split, indices) -> np.ndarray:
+    """uint8 (N, C, H, W) images at `indices` of a split, held in memory or read from its files."""
+    indices = np.asarray(indices, dtype=np.int64)
+    if isinstance(split, ImageTensors):
+        return split.images[torch.as_tensor(indices)].cpu().numpy()
+    if not len(indices):
+        return np.zeros((0, split.channels, split.image_size, split.image_size), np.uint8)
+    return np.stack([decode_image(split.paths[i], split.channels, split.image_size).numpy() for i in indices])

@@ -1,5 +1,6 @@
-"""What imgrec-eval, -predict, -export and -features share: a trained model rebuilt from its checkpoint
-alone, and the images it expects."""
+"""Inference: the one loop every prediction runs through (the Trainer's validation and test, imgrec-eval,
+-predict and -features), and a trained model rebuilt from its checkpoint alone, with the task it was
+trained for and the images it expects."""
 
 from dataclasses import dataclass
 
@@ -9,6 +10,22 @@ from torch import nn
 
 from imgrec.config import build, stored_component
 from imgrec.errors import ImgrecError
+from imgrec.tasks.base import Evaluation, Gather, Task
+
+# checkpoints written before tasks existed trained a classifier
+DEFAULT_TASK = {"_target_": "imgrec.tasks.classification.ClassificationTask"}
+
+
+def predict_batches(forward, loader, consume, channels_last: bool = False, amp_dtype: torch.dtype | None = None):
+    """`consume(outputs, targets)` for every batch `loader` yields, without gradients; channels_last and
+    autocast as the model was trained, when asked."""
+    with torch.inference_mode():
+        for images, targets in loader:
+            if channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(images.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                outputs = forward(images)
+            consume(outputs, targets)
 
 
 @dataclass
@@ -19,6 +36,7 @@ class TrainedModel:
     std: list[float]
     input_shape: list[int]  # channels, height, width
     state: dict  # the whole checkpoint
+    task: Task  # what it was trained for (bound to its class names)
 
     @property
     def channels(self) -> int:
@@ -71,8 +89,11 @@ def load_trained(ckpt_path: str, device: torch.device) -> TrainedModel:
     except (RuntimeError, KeyError) as error:
         raise ImgrecError(f"ckpt_path {ckpt_path}: its model could not be rebuilt: {str(error).splitlines()[0]}") from error
     normalization = state["normalization"]
+    task = build(OmegaConf.create(stored_component(state["config"].get("task", DEFAULT_TASK), "task",
+                                                   "the checkpoint's config.task")))
+    task.bind(list(state["class_names"]), None)
     return TrainedModel(model.to(device).eval(), list(state["class_names"]), list(normalization["mean"]),
-                        list(normalization["std"]), input_shape, state)
+                        list(normalization["std"]), input_shape, state, task)
 
 
 def check_same_classes(expected: list[str], found: list[str], where: str) -> None:
@@ -91,11 +112,8 @@ def check_same_classes(expected: list[str], found: list[str], where: str) -> Non
     raise ImgrecError(f"{where} classes differ from the checkpoint's: {'; '.join(detail)}")
 
 
-def predict_logits(model: nn.Module, loader) -> tuple[torch.Tensor, torch.Tensor]:
-    """float32 logits and labels of every batch, in order, on the CPU."""
-    logits, labels = [], []
-    with torch.inference_mode():
-        for images, batch_labels in loader:
-            logits.append(model(images).float().cpu())
-            labels.append(batch_labels.cpu())
-    return torch.cat(logits), torch.cat(labels)
+def evaluate(trained: TrainedModel, loader) -> Evaluation:
+    """The checkpoint's task's evaluation of every batch `loader` yields, in order."""
+    evaluator = trained.task.evaluator()
+    predict_batches(trained.model, loader, evaluator.update)
+    return evaluator.finish(Gather())

@@ -1,12 +1,12 @@
-"""Files a run leaves for people: class lists and the test report."""
+"""Files a run leaves for people: class lists, the environment it ran in, and a task's reports."""
 
 import csv
+import io
 import json
+import os
 from pathlib import Path
 
 import torch
-
-from imgrec.evaluation.classification import classification_report, epoch_scores, format_report
 
 IMBALANCE_WARNING_RATIO = 10
 
@@ -41,25 +41,32 @@ def record_dataset(splits, run_dir: Path, log) -> None:
         )
 
 
-def write_test_report(logits: torch.Tensor, labels: torch.Tensor, class_names: list[str], run_dir: Path, log,
-                      paths: list[str] | None = None) -> dict:
-    """test_predictions.csv (with each image's file when it came from one), test_report.json and the printed
-    table. Returns the report."""
-    probabilities = logits.softmax(dim=1).numpy()
-    y_true, y_pred = labels.numpy(), logits.argmax(dim=1).numpy()
-    with open(run_dir / "test_predictions.csv", "w", newline="") as file:
-        writer = csv.writer(file)
-        writer.writerow(["index", "path", "true", "predicted", *(f"prob_{name}" for name in class_names)])
-        for index, (true, pred, probs) in enumerate(zip(y_true, y_pred, probabilities)):
-            path = paths[index] if paths is not None else ""
-            writer.writerow([index, path, int(true), int(pred), *(f"{p:.6g}" for p in probs)])
-    report = classification_report(y_true, y_pred, class_names)
-    scores = epoch_scores(y_true, y_pred, prefix="test")
-    report["scores"] = {key.removeprefix("test/"): value for key, value in scores.items()}
-    report["scores"]["loss"] = float(torch.nn.functional.cross_entropy(logits, labels))
-    (run_dir / "test_report.json").write_text(json.dumps(report, indent=2))
-    log.info("test split:\n" + format_report(report))
-    return report
+def write_whole(path: Path, text: str) -> None:
+    """Write `text` to a temp file beside `path`, then rename it: a full disk leaves no half-written file."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        temporary.write_text(text)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def csv_text(header: list, rows: list) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def write_report(report, run_dir: Path, json_name: str, log) -> None:
+    """A task's Report as files: its summary as `json_name`, its tables as CSV files, its text in the log."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for table in report.tables:
+        write_whole(run_dir / table.name, csv_text(table.header, table.rows))
+    write_whole(run_dir / json_name, json.dumps(report.summary, indent=2))
+    if report.text:
+        log.info(report.text)
 
 
 RECORDED_PACKAGES = ("imgrec", "torch", "torchvision", "hydra-core", "omegaconf", "numpy", "scikit-learn", "pillow",
@@ -76,9 +83,14 @@ def record_environment(run_dir: Path) -> dict:
     from importlib import metadata
 
     def git(*args: str) -> str | None:
+        # no configuration from the environment or the user's files: a GIT_CONFIG_* variable (which a job's
+        # env_set could set) or a repository's core.fsmonitor would otherwise make `git status` run a program
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "GIT_CONFIG_NOSYSTEM": "1",
+               "GIT_CONFIG_GLOBAL": os.devnull, "HOME": os.devnull, "LC_ALL": "C"}
         try:
-            done = subprocess.run(["git", "-C", str(Path(__file__).parent), *args], capture_output=True, text=True,
-                                  timeout=10)
+            done = subprocess.run(["git", "-c", "core.fsmonitor=false", "-c", "core.hooksPath=/dev/null",
+                                   "-C", str(Path(__file__).parent), *args], capture_output=True, text=True,
+                                  timeout=10, env=env)
         except (OSError, subprocess.TimeoutExpired):
             return None
         return done.stdout.strip() if done.returncode == 0 else None
@@ -94,7 +106,7 @@ def record_environment(run_dir: Path) -> dict:
     info = {
         "git_commit": commit,
         "git_dirty": None if status is None else bool(status),
-        "command": sys.argv,
+        "command": sys.orig_argv[1:],  # as typed (sys.argv holds the run folder imgrec pinned)
         "python": platform.python_version(),
         "platform": platform.platform(),
         "packages": versions,

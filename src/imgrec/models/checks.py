@@ -5,16 +5,16 @@ from omegaconf import DictConfig
 from imgrec.errors import ImgrecError
 
 
-def check_model_fits(model, model_cfg: DictConfig, input_shape: list[int], device) -> None:
-    """One image through the model before training: a network that shrinks the image to nothing, or a
-    head of the wrong size, fails here with the sizes named instead of inside the first step."""
+def check_model_fits(model, model_cfg: DictConfig, input_shape: list[int], device):
+    """One image through the model before training: a network that shrinks the image to nothing fails here
+    with the sizes named instead of inside the first step. Returns the output, for the task to check."""
     import torch
 
     was_training = model.training
     model.eval()  # batch norm in eval mode takes one image and leaves its running statistics alone
     try:
         with torch.no_grad():
-            logits = model(torch.zeros(1, *input_shape, device=device))
+            output = model(torch.zeros(1, *input_shape, device=device))
     except RuntimeError as error:
         raise ImgrecError(
             f"model={model_cfg._target_.rsplit('.', 1)[-1]} cannot take {input_shape[1]}x{input_shape[2]} images with "
@@ -23,6 +23,4 @@ def check_model_fits(model, model_cfg: DictConfig, input_shape: list[int], devic
         ) from error
     finally:
         model.train(was_training)
-    if logits.ndim != 2 or logits.shape[0] != 1:
-        raise ImgrecError(f"model={model_cfg._target_} returns shape {list(logits.shape)} for one image; "
-                          "a classifier must return (batch, num_classes) logits")
+    return output

@@ -1,11 +1,12 @@
-"""Callbacks: code that reacts to the end of an epoch. Four events only (fit start and end, epoch end, and an
-interrupted epoch); nothing hooks the batch loop."""
+"""Callbacks: code that reacts to the end of an epoch (early stopping, checkpoints, validation figures).
+Four events only (fit start and end, epoch end, and an interrupted epoch); nothing hooks the batch loop."""
 
 import math
 from pathlib import Path
 
 from imgrec.checkpoint import copy_checkpoint, remove_stale_temp_files, save_checkpoint
 from imgrec.errors import ImgrecError
+from imgrec.locking import lock_folder
 
 
 def _check_monitor(owner: str, monitor: str, mode: str, metric_names: list[str]) -> None:
@@ -105,6 +106,8 @@ class ModelCheckpoint(Callback):
 
     def on_fit_start(self, trainer) -> None:
         self.check(trainer.metric_names)
+        # a folder outside the (locked) run folder is locked too: two runs never write the same best.pt
+        lock_folder(self.dirpath, "callbacks.model_checkpoint.dirpath")
         remove_stale_temp_files(self.dirpath)
         check_free_space(self.dirpath, trainer)
         if trainer.resume_path is not None and self.best_score is not None:
@@ -192,6 +195,36 @@ class ModelCheckpoint(Callback):
         self.best_score, self.best_epoch = state["best_score"], state["best_epoch"]
         self.top_k = list(state.get("top_k", []))
         self.best_metrics = dict(state.get("best_metrics") or {})
+
+
+class ValidationFigures(Callback):
+    """What TensorBoard shows besides curves, as the task describes it (for classification: the confusion
+    matrix, a PR curve per class, the most confidently misclassified images). After the last epoch, and
+    every `every_n_epochs` epochs when set; needs a logger (nothing to draw on otherwise)."""
+
+    order = 50  # after early stopping, which decides whether this epoch is the last
+
+    def __init__(self, every_n_epochs: int | None = None, max_images: int = 32):
+        if every_n_epochs is not None and (not isinstance(every_n_epochs, int) or every_n_epochs < 1):
+            raise ImgrecError(f"callbacks.validation_figures.every_n_epochs={every_n_epochs!r} must be null (after the "
+                              "last epoch only) or a whole number >= 1")
+        self.every_n_epochs, self.max_images = every_n_epochs, max_images
+
+    def on_epoch_end(self, trainer, metrics: dict[str, float]) -> None:
+        last = trainer.epoch >= trainer.max_epochs or trainer.should_stop
+        if trainer.logger is None or "val" not in trainer.last_evaluations:
+            return
+        periodic = self.every_n_epochs is not None and trainer.epoch % self.every_n_epochs == 0
+        if not (periodic or last):
+            return
+        from imgrec.data.files import images_at
+        from imgrec.evaluation.figures import to_logger
+
+        loader = trainer.val_loader
+        split_images = (lambda indices: images_at(loader.data, indices)) if loader is not None else None
+        for spec in trainer.task.validation_figures(trainer.last_evaluations["val"], split_images, trainer.epoch,
+                                                    self.max_images):
+            to_logger(trainer.logger, spec, trainer.epoch)
 
 
 def refuse_non_finite(state: dict) -> None:

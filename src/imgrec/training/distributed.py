@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 
 from imgrec.errors import ImgrecError
+from imgrec.tasks.base import Gather
 
 log = logging.getLogger("imgrec")
 
@@ -117,17 +118,25 @@ def from_main(value):
     return holder[0]
 
 
-def gather_in_order(logits: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor):
-    """Every process's predictions of its share of a split, put back in the split's order: the same
-    logits and labels one process would compute, with no sample twice."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return logits, labels
-    parts = [None] * dist.get_world_size()
-    dist.all_gather_object(parts, (logits.cpu(), labels.cpu(), indices.cpu()))
-    all_logits = torch.cat([p[0] for p in parts])
-    all_labels = torch.cat([p[1] for p in parts])
-    order = torch.cat([p[2] for p in parts]).argsort()
-    return all_logits[order], all_labels[order]
+class SplitGather(Gather):
+    """Every process's share of a split put back together: `order` holds the split indices this process
+    served, in the order it served them (the loader's), so the result is what one process would compute,
+    with no sample twice."""
+
+    def __init__(self, order: torch.Tensor):
+        self.order = order
+
+    def in_order(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if not (dist.is_available() and dist.is_initialized()):
+            return tensors
+        served = self.order[: len(tensors[0])].cpu()  # a batch limit serves fewer than the whole share
+        parts = [None] * dist.get_world_size()
+        dist.all_gather_object(parts, ([t.cpu() for t in tensors], served))
+        position = torch.cat([part[1] for part in parts]).argsort()
+        return tuple(torch.cat([part[0][i] for part in parts])[position] for i in range(len(tensors)))
+
+    def sum(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(all_sum(*tensors))
 
 
 def barrier() -> None:

@@ -14,9 +14,7 @@ log = logging.getLogger("imgrec")
 class NonFiniteGuard:
     """`max_bad_steps` None turns it off (and with it the one host synchronisation per step it costs)."""
 
-    def __init__(self, max_bad_steps: int | None = 3):
-        if max_bad_steps is not None and (not isinstance(max_bad_steps, int) or max_bad_steps < 1):
-            raise ImgrecError(f"trainer.max_bad_steps={max_bad_steps!r} must be null (no check) or a whole number >= 1")
+    def __init__(self, max_bad_steps: int | None = 3):  # checked by TrainerSettings
         self.max_bad_steps, self.in_a_row, self.skipped = max_bad_steps, 0, 0
         self.snapshot: list[torch.Tensor] | None = None  # batch-norm statistics before the current window
 

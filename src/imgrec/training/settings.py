@@ -1,17 +1,72 @@
-"""What the Trainer checks before it runs: its settings and options, the metric names, and how a
-schedule takes a step."""
+"""The `trainer` config group as one checked object: every loop setting validated once, when the config
+is read (before any data is loaded), and the device-dependent ones (precision) resolved once for the
+device the run uses."""
 
+import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from imgrec.errors import ImgrecError
-from imgrec.runtime import autocast_dtype, compiled
-from imgrec.training.mixing import MixUpCutMix
+from imgrec.runtime import PRECISIONS, autocast_dtype, check_num_threads
 
-TRAIN_METRICS = ("train/loss", "train/acc", "train/lr")
-EVAL_METRICS = ("loss", "acc", "macro_precision", "macro_recall", "macro_f1")
+
+def _whole(value, minimum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+@dataclass
+class TrainerSettings:
+    device: str = "auto"  # auto (CUDA when present, else CPU) | cpu | cuda | cuda:N
+    max_epochs: int = 20
+    batch_size: int = 64  # per process: under torchrun with N processes the global batch is N x this
+    eval_batch_size: int = 512
+    limit_batches: int | None = None  # batches per epoch in every split (smoke runs); None: all
+    progress: str | bool = "auto"  # a bar on a terminal, log lines otherwise
+    num_threads: int | str = "auto"  # CPU threads for tensor operations (runtime.set_cpu_threads)
+    num_workers: int | str = "auto"  # DataLoader workers for datasets read from files each epoch
+    grad_clip_norm: float | None = None
+    accumulate_batches: int = 1  # batches whose gradients add up to one optimizer step
+    ema_decay: float | None = None  # validate, test and save an exponential moving average of the weights
+    precision: str | int = "32"  # 32 | bf16-mixed | 16-mixed
+    channels_last: bool = False
+    compile: bool | dict = False  # true, or a dict of torch.compile arguments
+    max_bad_steps: int | None = 3  # non-finite steps in a row before stopping; None: no check (no per-step sync)
+    sync_batchnorm: bool = False  # under torchrun: batch-norm statistics over every process's batch
+    log_every_n_steps: int | None = 50  # train/loss_step to the logger every N optimizer steps (one sync)
+
+    def __post_init__(self):
+        for name in ("max_epochs", "batch_size", "eval_batch_size", "accumulate_batches"):
+            if not _whole(getattr(self, name), 1):
+                raise ImgrecError(f"trainer.{name}={getattr(self, name)!r} must be a whole number >= 1")
+        for name, meaning in (("limit_batches", "null (all batches)"), ("max_bad_steps", "null (no check)"),
+                              ("log_every_n_steps", "null (epoch curves only)")):
+            value = getattr(self, name)
+            if value is not None and not _whole(value, 1):
+                raise ImgrecError(f"trainer.{name}={value!r} must be {meaning} or a whole number >= 1")
+        if self.progress not in ("auto", True, False):
+            raise ImgrecError(f"trainer.progress={self.progress!r} must be auto, true or false")
+        if self.num_workers != "auto" and not _whole(self.num_workers, 0):
+            raise ImgrecError(f"trainer.num_workers={self.num_workers!r} must be auto or a whole number >= 0")
+        check_num_threads(self.num_threads)
+        if self.grad_clip_norm is not None and not (isinstance(self.grad_clip_norm, (int, float))
+                                                    and math.isfinite(self.grad_clip_norm) and self.grad_clip_norm > 0):
+            raise ImgrecError(f"trainer.grad_clip_norm={self.grad_clip_norm!r} must be null or a number > 0")
+        if self.ema_decay is not None and not (isinstance(self.ema_decay, float) and 0.0 < self.ema_decay < 1.0):
+            raise ImgrecError(f"trainer.ema_decay={self.ema_decay!r} must be null or between 0 and 1, e.g. 0.999")
+        if str(self.precision) not in PRECISIONS:
+            raise ImgrecError(f"trainer.precision={self.precision!r} is not one of 32, bf16-mixed, 16-mixed")
+        if self.compile not in (True, False, None) and not isinstance(self.compile, Mapping):
+            raise ImgrecError(f"trainer.compile={self.compile!r} must be true, false or a dict of torch.compile "
+                              "arguments, e.g. {mode: max-autotune}")
+        for name in ("channels_last", "sync_batchnorm"):
+            if not isinstance(getattr(self, name), bool):
+                raise ImgrecError(f"trainer.{name}={getattr(self, name)!r} must be true or false")
+
+    def autocast_dtype(self, device: torch.device, warn: bool = True) -> torch.dtype | None:
+        """The dtype forward passes run in on `device` (None: float32); raises for one the device lacks."""
+        return autocast_dtype(self.precision, device, warn=warn)
 
 
 def step_scheduler(scheduler, metrics: dict[str, float] | None = None) -> None:
@@ -21,33 +76,3 @@ def step_scheduler(scheduler, metrics: dict[str, float] | None = None) -> None:
         scheduler.step()
     else:
         scheduler.step(metrics[monitor])
-
-
-def logged_metric_names() -> list[str]:
-    """Every key `fit` logs each epoch: what `monitor` and `optimized_metric` may name."""
-    return [*TRAIN_METRICS, *(f"val/{name}" for name in EVAL_METRICS)]
-
-
-def check_trainer_settings(max_epochs, batch_size, eval_batch_size, limit_batches, progress, num_workers="auto",
-                           log_every_n_steps=None) -> None:
-    """Raise on settings that would fail or silently misbehave later; called before any data is loaded."""
-    for name, value in (("max_epochs", max_epochs), ("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ImgrecError(f"trainer.{name}={value!r} must be a whole number >= 1")
-    if limit_batches is not None and (not isinstance(limit_batches, int) or limit_batches < 1):
-        raise ImgrecError(f"trainer.limit_batches={limit_batches!r} must be null (all batches) or a whole number >= 1")
-    if progress not in ("auto", True, False):
-        raise ImgrecError(f"trainer.progress={progress!r} must be auto, true or false")
-    if num_workers != "auto" and (not isinstance(num_workers, int) or num_workers < 0):
-        raise ImgrecError(f"trainer.num_workers={num_workers!r} must be auto or a whole number >= 0")
-    if log_every_n_steps is not None and (not isinstance(log_every_n_steps, int) or log_every_n_steps < 1):
-        raise ImgrecError(f"trainer.log_every_n_steps={log_every_n_steps!r} must be null or a whole number >= 1")
-
-
-def check_training_options(device: torch.device, precision="32", compile=False, mixup=None) -> None:
-    """The Trainer's own checks of these options, run by train.py before any data is loaded."""
-    autocast_dtype(precision, device, warn=False)
-    if compile not in (True, False, None) and not isinstance(compile, Mapping):
-        compiled(nn.Identity(), compile)  # raises the message
-    if mixup:
-        MixUpCutMix(num_classes=2, **mixup)

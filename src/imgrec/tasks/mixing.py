@@ -15,16 +15,17 @@ class MixUpCutMix:
     CutMix's lambda is corrected to the box's real area after clipping at the borders, so the targets
     say exactly how much of each image is there. When both alphas are set, `switch_prob` picks CutMix.
     Random draws use torch's global CPU generator, which checkpoints save: a resume repeats them.
+    `num_classes` may be set once the data is known (before the first call).
     """
 
-    def __init__(self, num_classes: int, mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0,
+    def __init__(self, num_classes: int | None = None, mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0,
                  prob: float = 1.0, switch_prob: float = 0.5):
         for name, value in (("mixup_alpha", mixup_alpha), ("cutmix_alpha", cutmix_alpha)):
             if value < 0:
-                raise ImgrecError(f"trainer.mixup.{name}={value} must be >= 0 (0 turns it off; 0.2-1.0 is usual)")
+                raise ImgrecError(f"task.mixup.{name}={value} must be >= 0 (0 turns it off; 0.2-1.0 is usual)")
         for name, value in (("prob", prob), ("switch_prob", switch_prob)):
             if not 0.0 <= value <= 1.0:
-                raise ImgrecError(f"trainer.mixup.{name}={value} must be between 0 and 1")
+                raise ImgrecError(f"task.mixup.{name}={value} must be between 0 and 1")
         self.num_classes, self.mixup_alpha, self.cutmix_alpha = num_classes, mixup_alpha, cutmix_alpha
         self.prob, self.switch_prob = prob, switch_prob
 

@@ -11,7 +11,7 @@ def balanced_class_weights(class_counts: list[int]) -> torch.Tensor:
     """n / (classes * n_c) per class: every class contributes equally to the loss (scikit-learn's "balanced")."""
     counts = torch.tensor(class_counts, dtype=torch.float64)
     if (counts == 0).any():
-        raise ImgrecError(f"trainer.loss.class_weights=auto needs training images of every class; counts are {class_counts}")
+        raise ImgrecError(f"task.loss.class_weights=auto needs training images of every class; counts are {class_counts}")
     return (counts.sum() / (len(counts) * counts)).float()
 
 
@@ -25,11 +25,25 @@ class ClassificationLoss(nn.Module):
     def __init__(self, label_smoothing: float = 0.0, weight: torch.Tensor | None = None, focal_gamma: float = 0.0):
         super().__init__()
         if not 0.0 <= label_smoothing < 1.0:
-            raise ImgrecError(f"trainer.loss.label_smoothing={label_smoothing} must be in [0, 1)")
+            raise ImgrecError(f"task.loss.label_smoothing={label_smoothing} must be in [0, 1)")
         if focal_gamma < 0:
-            raise ImgrecError(f"trainer.loss.focal_gamma={focal_gamma} must be >= 0")
+            raise ImgrecError(f"task.loss.focal_gamma={focal_gamma} must be >= 0")
         self.label_smoothing, self.focal_gamma = label_smoothing, focal_gamma
         self.register_buffer("weight", weight, persistent=False)
+
+    def set_class_weights(self, class_weights, class_counts: list[int] | None) -> None:
+        """class_weights null, auto (balanced from the training `class_counts`) or one weight per class;
+        without counts (a model rebuilt for inference, where the loss is not used) nothing is set."""
+        if class_weights is None or class_counts is None:
+            return
+        if class_weights == "auto":
+            self.weight = balanced_class_weights(class_counts)
+            return
+        weight = torch.tensor([float(w) for w in class_weights])
+        if len(weight) != len(class_counts):
+            raise ImgrecError(f"task.loss.class_weights has {len(weight)} values but the dataset has "
+                              f"{len(class_counts)} classes")
+        self.weight = weight
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """`targets`: class indices (N,), or class probabilities (N, classes) as mixup and CutMix make."""
@@ -60,19 +74,11 @@ class ClassificationLoss(nn.Module):
         return per_sample.sum() / (targets * weight).sum()
 
 
-def build_loss(label_smoothing: float = 0.0, class_weights=None, focal_gamma: float = 0.0,
-               class_counts: list[int] | None = None) -> ClassificationLoss:
-    """The `trainer.loss` settings; class_weights is null, auto (from `class_counts`) or one weight per class."""
-    if class_weights is None:
-        weight = None
-    elif class_weights == "auto":
-        if class_counts is None:
-            raise ImgrecError("trainer.loss.class_weights=auto needs the training class counts")
-        weight = balanced_class_weights(class_counts)
-    else:
-        weight = torch.tensor([float(w) for w in class_weights])
-        if class_counts is not None and len(weight) != len(class_counts):
-            raise ImgrecError(
-                f"trainer.loss.class_weights has {len(weight)} values but the dataset has {len(class_counts)} classes"
-            )
-    return ClassificationLoss(label_smoothing, weight, focal_gamma)
+def check_class_weights(class_weights) -> None:
+    """null, auto, or a list of weights > 0: checked before the data says how many classes there are."""
+    if class_weights is None or class_weights == "auto":
+        return
+    if isinstance(class_weights, str) or not all(isinstance(w, (int, float)) and not isinstance(w, bool) and w > 0
+                                                 for w in class_weights):
+        raise ImgrecError(f"task.loss.class_weights={class_weights!r} must be null, auto or a list of weights > 0, "
+                          "one per class")

@@ -1,0 +1,39 @@
+"""Figures from what a task describes (imgrec.tasks.base FigureSpecs): drawn as PNG files, or sent to a
+logger (TensorBoard). Confusion matrices and image grids are drawn with Pillow (evaluation.rasters),
+PR-curve plots with matplotlib (evaluation.plots), PR curves for TensorBoard in its own format."""
+
+from pathlib import Path
+
+from imgrec.tasks.base import ConfusionMatrixFigure, ImageGridFigure, PRCurveFigure, PRPlotFigure
+
+
+def picture(spec):
+    """A Pillow image of a confusion matrix or an image grid."""
+    from imgrec.evaluation.rasters import confusion_matrix_image, image_grid_image
+
+    if isinstance(spec, ConfusionMatrixFigure):
+        return confusion_matrix_image(spec.counts, spec.class_names, spec.title)
+    if isinstance(spec, ImageGridFigure):
+        return image_grid_image(spec.images, spec.captions, spec.title)
+    raise TypeError(f"{type(spec).__name__} is not drawn as a picture")
+
+
+def to_logger(logger, spec, step: int) -> None:
+    if isinstance(spec, PRCurveFigure):
+        logger.log_pr_curve(spec.tag, spec.positives, spec.scores, step)
+    elif isinstance(spec, PRPlotFigure):
+        raise TypeError("PR-curve plots are written as files; TensorBoard takes PRCurveFigure")
+    else:
+        logger.log_image(spec.tag, picture(spec), step)
+
+
+def to_file(spec, folder: Path) -> Path:
+    """`<folder>/<tag>.png`."""
+    path = Path(folder) / f"{spec.tag.replace('/', '_')}.png"
+    if isinstance(spec, PRPlotFigure):
+        from imgrec.evaluation.plots import pr_curves_figure, save_figure
+
+        save_figure(pr_curves_figure(spec.probabilities, spec.labels, spec.class_names, spec.marked), path)
+    else:
+        picture(spec).save(path)
+    return path
