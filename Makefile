@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: install train test test-fast tb bench bench-quick clean
+.PHONY: install train test test-fast tb docs bench bench-quick clean
 
 install: $(STAMP)
 
@@ -38,5 +38,9 @@ bench-quick: install
 tb: install
 	$(BIN)/tensorboard --logdir outputs $(ARGS)
 
+# the documentation site (docs/, mkdocs material) into site/; strict: a broken link fails the build
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict $(ARGS)
+
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache site

@@ -8,7 +8,7 @@ import pytest
 import torch
 from sklearn.metrics import classification_report, confusion_matrix, roc_auc_score
 
-from imgrec.config import build, build_dataset
+from imgrec.config import build_dataset
 from imgrec.errors import ImgrecError
 from imgrec.commands.eval import evaluate_checkpoint
 from imgrec.commands.train import train

@@ -6,7 +6,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from imgrec.commands.entry import hydra_command, run_command
-from imgrec.config import build, build_dataset, check_tool_config
+from imgrec.config import build_dataset, check_tool_config
 from imgrec.errors import ImgrecError
 
 log = logging.getLogger("imgrec")
