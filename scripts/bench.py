@@ -84,6 +84,24 @@ def contenders_for(task: str, quick: bool, work: Path, seed: int) -> dict:
     return contenders
 
 
+def segmentation_contenders(quick: bool, work: Path, seed: int) -> dict:
+    """A U-Net on the built-in shapes (task=segmentation) against scripts/bench/plain_seg_loop.py: the same
+    tensors, model, optimizer, schedule and loss; steady epochs compared, and peak memory."""
+    size, image_size, epochs = (48, 32, 2) if quick else (320, 96, 4)
+    common = ["--size", str(size), "--image-size", str(image_size), "--epochs", str(epochs), "--seed", str(seed)]
+    overrides = ["task=segmentation", "dataset=shapes", f"dataset.size={size}", f"dataset.image_size={image_size}",
+                 "model=unet", "model.base_width=16", "optimizer.lr=1e-3", "trainer.batch_size=16",
+                 f"trainer.max_epochs={epochs}", f"seed={seed}", "trainer.progress=false",
+                 "callbacks.early_stopping.patience=1000"]
+
+    def imgrec():
+        run_dir = Path(tempfile.mkdtemp(dir=work))
+        return imgrec_result(run([IMGREC_TRAIN, *overrides, f"hydra.run.dir={run_dir}"], work), run_dir)
+
+    return {"imgrec": imgrec,
+            "plain loop": lambda: loop_result(run([PYTHON, str(BENCH / "plain_seg_loop.py"), *common], work))}
+
+
 def startup_contenders(work: Path) -> dict:
     return {
         "imgrec-train --cfg job": lambda: run([IMGREC_TRAIN, "--cfg", "job"], work),
@@ -185,7 +203,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="toy sizes, one repeat; not appended to BENCHMARKS.md")
     parser.add_argument("--repeats", type=int, default=None, help="runs per contender (default 3; 1 with --quick)")
-    parser.add_argument("--tasks", default="digits,fashion_mnist_epoch,step_overhead,startup,fashion_mnist_to_92.5")
+    parser.add_argument("--tasks", default="digits,fashion_mnist_epoch,step_overhead,startup,fashion_mnist_to_92.5,"
+                                           "segmentation_epoch")
     parser.add_argument("--out", default=None, help="also write the markdown report here")
     parser.add_argument("--json", default=None, help="write every measurement as JSON here")
     parser.add_argument("--no-append", action="store_true", help="do not append the report to BENCHMARKS.md")
@@ -208,6 +227,11 @@ def main() -> None:
             elif task == "step_overhead":
                 results = step_overhead(args.quick, work)
                 report.append(step_overhead_table(results))
+            elif task == "segmentation_epoch":
+                results = measure(segmentation_contenders(args.quick, work, seed=0), repeats)
+                report.append(table("segmentation_epoch: U-Net (base width 16) on shapes, 192 train images of 96 px, "
+                                    "batch 16, median of epochs 2-4", results,
+                                    {"wall s": "wall_s", "epoch s": "steady_epoch_s", "peak MiB": "peak_rss_mib"}))
             elif task == "fashion_mnist_to_92.5":
                 results = {}
                 for seed in range(1 if args.quick else 3):

@@ -17,6 +17,9 @@ REGISTERED: dict[str, frozenset[str]] = {
         "imgrec.models.small_cnn.SmallCNN",
         "imgrec.models.backbones.torchvision_model",
         "imgrec.models.timm_models.timm_model",
+        "imgrec.models.unet.UNet",
+        "imgrec.models.segmentation_models.torchvision_segmentation",
+        "imgrec.models.segmentation_models.smp_model",
     }),
     "dataset": frozenset({
         "imgrec.data.datasets.digits",
@@ -25,12 +28,15 @@ REGISTERED: dict[str, frozenset[str]] = {
         "imgrec.data.torchvision_sets.torchvision_dataset",
         "imgrec.data.folders.image_folder",
         "imgrec.data.folders.csv_table",
+        "imgrec.data.segmentation.seg_folder",
+        "imgrec.data.segmentation.shapes",
     }),
     "scheduler": frozenset({
         f"imgrec.training.schedulers.{name}"
         for name in ("constant", "warmup_cosine", "step_decay", "multistep", "exponential", "onecycle", "plateau")
     }),
-    "task": frozenset({"imgrec.tasks.classification.ClassificationTask"}),
+    "task": frozenset({"imgrec.tasks.classification.ClassificationTask",
+                       "imgrec.tasks.segmentation.SegmentationTask"}),
     "trainer": frozenset({"imgrec.training.settings.TrainerSettings"}),
     "callback": frozenset({
         "imgrec.training.callbacks.EarlyStopping",
@@ -40,7 +46,8 @@ REGISTERED: dict[str, frozenset[str]] = {
     "logger": frozenset({"imgrec.training.loggers.TensorBoardLogger"}),
     "augment": frozenset({
         *(f"imgrec.data.augment.{name}" for name in
-          ("RandomHorizontalFlip", "RandomVerticalFlip", "RandomCrop", "RandomAffine", "RandomErasing")),
+          ("RandomHorizontalFlip", "RandomVerticalFlip", "RandomRotate90", "RandomCrop", "RandomAffine",
+           "RandomErasing")),
         *(f"imgrec.data.photometric.{name}" for name in
           ("RandomBrightness", "RandomContrast", "ContrastStretch", "HistogramEqualize", "GaussianNoise",
            "TrivialAugment", "RandAugment")),

@@ -31,6 +31,10 @@ def dataset_overrides(name: str, tmp_path) -> list[str]:
         return [f"dataset.file={write_csv(tmp_path / 'labels.csv', rows, header='path,label')}", "dataset.image_size=8"]
     if name in NEEDS_DOWNLOADED_FILES:
         return [f"dataset.root={tmp_path / 'empty'}"]
+    if name == "seg_folder":
+        from tests.integration.test_segmentation import folder
+
+        return [f"dataset.root={folder(tmp_path / 'scans', 8)}", "dataset.image_size=8"]
     if name == "fashion_mnist" and not DEBIAN_FASHION_MNIST.is_dir():
         pytest.skip("apt-get install dataset-fashion-mnist (.ci/run installs it)")
     return []
@@ -39,11 +43,12 @@ def dataset_overrides(name: str, tmp_path) -> list[str]:
 @pytest.mark.parametrize("name", config_names("dataset"))
 def test_every_dataset_config_builds_splits(compose_cfg, name, tmp_path):
     cfg = compose_cfg(f"dataset={name}", *dataset_overrides(name, tmp_path))
+    task = cfg.dataset.get("task", "classification")
     if name in NEEDS_DOWNLOADED_FILES:  # nothing can be downloaded here: the error must say how to get them
         with pytest.raises(ImgrecError, match=r"dataset.download=true \(needs internet\)"):
-            build_dataset(cfg.dataset, "classification")
+            build_dataset(cfg.dataset, task)
         return
-    splits = build_dataset(cfg.dataset, "classification")
+    splits = build_dataset(cfg.dataset, task)
     assert isinstance(splits, Splits)
     if cfg.dataset.num_classes is not None:
         assert len(splits.class_names) == cfg.dataset.num_classes
@@ -52,6 +57,15 @@ def test_every_dataset_config_builds_splits(compose_cfg, name, tmp_path):
     assert splits.train.images.shape[1:] == (channels, cfg.dataset.image_size, cfg.dataset.image_size)
     assert len(splits.mean) == len(splits.std) == channels
     assert min(len(splits.train), len(splits.val), len(splits.test)) > 0
+    if task == "segmentation":  # a mask of class ids per image
+        assert splits.train.labels.shape == (len(splits.train), cfg.dataset.image_size, cfg.dataset.image_size)
+        assert int(splits.train.labels.max()) < len(splits.class_names)
+    with pytest.raises(ImgrecError, match=rf"serves the {task} task but task=other"):
+        build_dataset(cfg.dataset, "other")
+
+
+SEGMENTATION_MODELS = {"unet", "fcn_resnet50", "deeplabv3_resnet50", "deeplabv3_mobilenet_v3_large",
+                       "lraspp_mobilenet_v3_large", "smp_unet"}
 
 
 @pytest.mark.parametrize("channels", [1, 3])
@@ -59,12 +73,15 @@ def test_every_dataset_config_builds_splits(compose_cfg, name, tmp_path):
 def test_every_model_config_builds_and_classifies(compose_cfg, name, channels):
     if name == "timm":
         pytest.importorskip("timm", reason="the timm extra is not installed")
+    if name == "smp_unet":
+        pytest.importorskip("segmentation_models_pytorch", reason="the seg extra is not installed")
     # 32 px: the smallest size every backbone's five 2x downsamplings leave at least 1 px of
     cfg = compose_cfg(f"model={name}", "dataset=fake", f"dataset.channels={channels}", "dataset.image_size=32")
     model = instantiate(cfg.model).eval()
     x = torch.randn(2, cfg.dataset.channels, cfg.dataset.image_size, cfg.dataset.image_size)
     with torch.no_grad():
-        assert model(x).shape == (2, cfg.dataset.num_classes)
+        expected = (2, cfg.dataset.num_classes, 32, 32) if name in SEGMENTATION_MODELS else (2, cfg.dataset.num_classes)
+        assert model(x).shape == expected
 
 
 @pytest.mark.parametrize("optimizer", config_names("optimizer"))
@@ -116,6 +133,9 @@ def test_every_augment_config_builds_and_keeps_shape_and_range(compose_cfg, name
     assert out.dtype in (torch.uint8, torch.float32) and out.min() >= 0 and out.max() <= 255
     torch.manual_seed(1)
     assert torch.equal(augment(images), out)  # the same seed gives the same augmented batch
+    masks = torch.randint(0, 3, (6, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    moved_images, moved_masks = augment.joint(images, masks)  # every pipeline takes segmentation masks too
+    assert moved_images.shape == images.shape and moved_masks.shape == masks.shape and moved_masks.dtype == torch.uint8
 
 
 def experiment_extras(name: str, tmp_path) -> list[str]:
@@ -131,13 +151,18 @@ def experiment_extras(name: str, tmp_path) -> list[str]:
 
 @pytest.mark.parametrize("name", config_names("experiment"))
 def test_every_experiment_runs_one_limited_epoch_on_fake_data(compose_cfg, name, tmp_path):
-    # group choices on the command line beat an experiment's own `override /dataset`
-    cfg = compose_cfg(f"experiment={name}", "dataset=fake", "trainer.max_epochs=1", "trainer.limit_batches=1",
+    # group choices on the command line beat an experiment's own `override /dataset`: classification
+    # experiments run on fake data, segmentation ones on the built-in shapes
+    text = (CONFIG_DIR / "experiment" / f"{name}.yaml").read_text()
+    segmentation = "override /task: segmentation" in text
+    data = ["dataset=shapes", "dataset.size=20", "dataset.image_size=32", "dataset.patch_size=null",
+            "model.depth=2", "model.base_width=4"] if segmentation else ["dataset=fake"]
+    cfg = compose_cfg(f"experiment={name}", *data, "trainer.max_epochs=1", "trainer.limit_batches=1",
                       *experiment_extras(name, tmp_path))
-    header = (CONFIG_DIR / "experiment" / f"{name}.yaml").read_text().splitlines()[1]
+    header = text.splitlines()[1]
     assert header.startswith("# ") and len(header) > 20, "each experiment file starts by saying what it does"
     result = train(cfg)
-    assert set(result["metrics"]) >= {"train/loss", "val/acc"} and result["epochs"] == 1
+    assert set(result["metrics"]) >= {"train/loss", "val/dice" if segmentation else "val/acc"} and result["epochs"] == 1
     assert (tmp_path / "run" / "checkpoints" / "last.pt").is_file()
     if name == "transfer_linear_probe":
         assert result["best_metrics"]["val/acc"] == result["best_score"]

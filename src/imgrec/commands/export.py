@@ -14,6 +14,11 @@ from imgrec.errors import ImgrecError
 log = logging.getLogger("imgrec")
 SUFFIXES = {"safetensors": ".safetensors", "torchscript": ".torchscript.pt", "onnx": ".onnx"}
 TOLERANCE = 1e-4
+OUTPUTS = {  # what the exported model returns, for model.json
+    "classification": "float32 (batch, classes) logits; softmax gives class probabilities",
+    "segmentation": "float32 (batch, classes, height, width) logits per pixel at the input's size (one channel for "
+                    "a binary bce model: sigmoid > 0.5 is the foreground); argmax over classes gives the mask",
+}
 
 
 def write_safetensors(trained, example, path: Path):
@@ -25,8 +30,8 @@ def write_safetensors(trained, example, path: Path):
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in trained.model.state_dict().items()}
     save_file(state, str(path), metadata={"format": "imgrec", "class_names": json.dumps(trained.class_names)})
     # a fresh model from the architecture config, as a user would rebuild it
-    reloaded = rebuild_model(trained.state["config"]["model"], trained.channels, len(trained.class_names),
-                             load_file(str(path))).eval()
+    reloaded = rebuild_model(trained.state["config"]["model"], trained.channels,
+                             trained.task.num_outputs(len(trained.class_names)), load_file(str(path))).eval()
     return reloaded(example.cpu())
 
 
@@ -44,15 +49,21 @@ def write_torchscript(trained, example, path: Path):
 
 
 def write_onnx(trained, example, path: Path):
-    """The graph with a dynamic batch dimension; checked with onnxruntime when it is installed."""
+    """The graph with a dynamic batch dimension (and, for segmentation, dynamic height and width); checked
+    with onnxruntime when it is installed."""
     import torch
 
-    batch = torch.export.Dim("batch", min=1, max=4096)
+    dynamic = {0: torch.export.Dim("batch", min=1, max=4096)}
+    if trained.task.name == "segmentation":  # a fully convolutional model takes any image size
+        dynamic.update({2: torch.export.Dim("height", min=8, max=8192), 3: torch.export.Dim("width", min=8, max=8192)})
     try:
         torch.onnx.export(trained.model.cpu(), (example.cpu(),), str(path), dynamo=True, input_names=["images"],
-                          output_names=["logits"], dynamic_shapes=({0: batch},), external_data=False)
+                          output_names=["logits"], dynamic_shapes=(dynamic,), external_data=False)
     except ImportError as error:
         raise ImgrecError(f'format=onnx needs the onnx extra: pip install -e ".[onnx]" ({error})') from error
+    except Exception as error:  # torch.export refuses some graphs with dynamic sizes
+        raise ImgrecError(f"this model could not be exported to ONNX: {str(error).splitlines()[0]}; export it as "
+                          "safetensors or torchscript") from error
     try:
         import onnxruntime
     except ImportError:
@@ -97,10 +108,12 @@ def export_checkpoint(cfg: DictConfig) -> dict:
     metadata = {
         "format": cfg.format, "file": path.name, "class_names": trained.class_names, "input_shape": trained.input_shape,
         "input": "float32 (batch, channels, height, width): pixels / 255, then (x - mean) / std per channel",
+        "output": OUTPUTS.get(trained.task.name, "logits"),
+        "task": trained.task.name,
         "normalization": normalization,
         # rebuildable as it stands: the sizes the network was built with, whatever the config left to the data
         "model_config": {**trained.state["config"]["model"], "in_channels": trained.channels,
-                         "num_classes": len(trained.class_names)},
+                         "num_classes": trained.task.num_outputs(len(trained.class_names))},
         "checkpoint": str(cfg.ckpt_path), "max_abs_difference": difference,
     }
     (run_dir / "model.json").write_text(json.dumps(metadata, indent=2))

@@ -94,6 +94,9 @@ def extract_features(cfg: DictConfig) -> dict:
     device = inference_device(cfg)
     classifier = make_classifier(cfg.classifier)  # a bad classifier fails before anything is embedded
     seed_everything(cfg.seed)
+    if cfg.dataset.get("task", "classification") != "classification":
+        raise ImgrecError(f"imgrec-features fits classifiers on image classes; dataset "
+                          f"{cfg.dataset._target_.rsplit('.', 1)[-1]} serves the {cfg.dataset.task} task")
     splits = build_dataset(cfg.dataset, "classification")
     run_dir = Path(cfg.paths.output_dir)
     record_dataset(splits, run_dir, log)

@@ -1,4 +1,5 @@
-"""imgrec-predict: the top-k classes of new images, from a checkpoint alone."""
+"""imgrec-predict: what a checkpoint says of new images: the top-k classes (classification), or a mask
+of class ids and a colour overlay per image (segmentation)."""
 
 import glob
 import json
@@ -67,6 +68,8 @@ def predict_images(cfg: DictConfig) -> dict:
     device = inference_device(cfg)
     paths = collect_inputs(cfg.inputs)
     trained = load_trained(cfg.ckpt_path, device)
+    if trained.task.name == "segmentation":
+        return predict_masks(cfg, trained, paths, device)
     images, readable, skipped = decode_inputs(paths, trained.channels, trained.image_size)
     for path, reason in skipped:
         log.warning(f"skipped {path}: {reason}")
@@ -105,6 +108,74 @@ def predict_images(cfg: DictConfig) -> dict:
         if skipped:
             write_whole(run_dir / "skipped.csv", csv_text(["path", "reason"], skipped))
     log.info(f"{len(rows)} image(s) predicted, {len(skipped)} skipped; written to {output.resolve()}")
+    return {"predictions": rows, "skipped": skipped, "output": output}
+
+
+def unique_names(paths: list[Path]) -> list[str]:
+    """A file name per input for the mask and overlay files: its stem, numbered when two share one."""
+    names, seen = [], {}
+    for path in paths:
+        count = seen.get(path.stem, 0)
+        seen[path.stem] = count + 1
+        names.append(path.stem if count == 0 else f"{path.stem}_{count}")
+    return names
+
+
+def predict_masks(cfg: DictConfig, trained, paths: list[Path], device) -> dict:
+    """For each readable image: masks/<name>.png (class ids, the image's own size), overlays/<name>.png,
+    and a row of predictions.csv with the share of pixels of each class."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from imgrec.data.batching import Preprocess
+    from imgrec.data.images import BadImage, load_pil, to_channels
+    from imgrec.evaluation.reports import csv_text, write_whole
+    from imgrec.evaluation.sliding_window import full_size_logits
+    from imgrec.tasks.segmentation import overlay
+
+    if cfg.tile is not None and (not isinstance(cfg.tile, int) or cfg.tile < 16):
+        raise ImgrecError(f"tile={cfg.tile!r} must be null (resize to the model's input) or a whole number >= 16")
+    if not 0.0 <= cfg.overlap < 0.95:
+        raise ImgrecError(f"overlap={cfg.overlap!r} must be in [0, 0.95)")
+    run_dir = Path(cfg.paths.output_dir)
+    for folder in ("masks", "overlays"):
+        (run_dir / folder).mkdir(parents=True, exist_ok=True)
+    preprocess = Preprocess(trained.mean, trained.std, device)
+    names, rows, skipped = unique_names(paths), [], []
+    for path, name in zip(paths, names):
+        try:
+            with load_pil(path) as image:
+                pixels = np.asarray(to_channels(image, trained.channels), dtype=np.uint8)
+        except BadImage as error:
+            skipped.append((str(path), str(error)))
+            log.warning(f"skipped {path}: {error}")
+            continue
+        pixels = pixels[:, :, None] if pixels.ndim == 2 else pixels
+        image_tensor = torch.from_numpy(pixels.copy()).permute(2, 0, 1).contiguous()
+        batch = preprocess(image_tensor[None].to(device))
+        with torch.inference_mode():
+            logits = full_size_logits(trained.model, batch, trained.image_size, cfg.tile, cfg.overlap, flip=cfg.tta)
+        mask = trained.task.predicted_classes(logits)[0].to(torch.uint8).cpu().numpy()
+        Image.fromarray(mask, mode="L").save(run_dir / "masks" / f"{name}.png")
+        Image.fromarray(overlay(image_tensor.numpy(), mask).transpose(1, 2, 0)).save(run_dir / "overlays" / f"{name}.png")
+        shares = np.bincount(mask.ravel(), minlength=len(trained.class_names)) / mask.size
+        rows.append({"path": str(path), "mask": f"masks/{name}.png", "overlay": f"overlays/{name}.png",
+                     "class_shares": {c: float(v) for c, v in zip(trained.class_names, shares)}})
+    if not rows:
+        raise ImgrecError(f"none of the {len(paths)} input file(s) could be read as an image; first: "
+                          f"{skipped[0][0]}: {skipped[0][1]}")
+    output = run_dir / f"predictions.{cfg.format}"
+    if cfg.format == "json":
+        write_whole(output, json.dumps({"predictions": rows, "skipped": [{"path": p, "reason": r} for p, r in skipped]},
+                                       indent=2))
+    else:
+        header = ["path", "mask", "overlay", *(f"share_{c}" for c in trained.class_names)]
+        write_whole(output, csv_text(header, [[r["path"], r["mask"], r["overlay"],
+                                               *(f"{v:.6g}" for v in r["class_shares"].values())] for r in rows]))
+        if skipped:
+            write_whole(run_dir / "skipped.csv", csv_text(["path", "reason"], skipped))
+    log.info(f"{len(rows)} mask(s) written to {(run_dir / 'masks').resolve()}, {len(skipped)} skipped")
     return {"predictions": rows, "skipped": skipped, "output": output}
 
 

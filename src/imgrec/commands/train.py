@@ -39,7 +39,7 @@ def train(cfg: DictConfig) -> dict:
 def _train(cfg: DictConfig, task, settings, env, device_setting: str) -> dict:
     from imgrec.checkpoint import load_checkpoint
     from imgrec.commands.entry import setup_objects_frozen
-    from imgrec.data.augment import build_augment
+    from imgrec.data.augment import build_augment, with_patches
     from imgrec.evaluation.reports import record_dataset, record_environment
     from imgrec.models.checks import check_model_fits
     from imgrec.runtime import resolve_device
@@ -73,14 +73,15 @@ def _train(cfg: DictConfig, task, settings, env, device_setting: str) -> dict:
             f"has {splits.class_names}; resume with the dataset the checkpoint was trained on"
         )
     task.bind(splits.class_names, splits.class_counts("train"))
-    model = build(cfg.model, in_channels=splits.channels, num_classes=len(splits.class_names)).to(device)
-    output = check_model_fits(model, cfg.model, [splits.channels, splits.image_size, splits.image_size], device)
+    augment = with_patches(augment, splits.patch_size)
+    model = build(cfg.model, in_channels=splits.channels, num_classes=task.num_outputs(len(splits.class_names))).to(device)
+    output = check_model_fits(model, cfg.model, splits.input_shape, device)
     task.check_output(output, f"model={cfg.model._target_.rsplit('.', 1)[-1]}")
     logger = build(cfg.logger) if cfg.get("logger") and env.is_main else None
     trainer = Trainer(
         model=model, optimizer=build_optimizer(cfg.optimizer, model), scheduler=build(cfg.scheduler), task=task,
         settings=settings, callbacks=callbacks, logger=logger, device=device, dist_env=env,
-        checkpoint_extras=checkpoint_extras(cfg, splits),
+        checkpoint_extras=checkpoint_extras(cfg, splits, task),
     )
     loaders = {
         split: trainer.make_loader(
@@ -130,18 +131,18 @@ def check_resume_epochs(saved_epoch: int, max_epochs: int, cfg: DictConfig) -> N
                     + " (raise trainer.max_epochs to train longer)")
 
 
-def checkpoint_extras(cfg: DictConfig, splits) -> dict:
+def checkpoint_extras(cfg: DictConfig, splits, task) -> dict:
     """What every checkpoint holds besides the training state: the config (as plain containers, safe to load
     back) and what inference needs without the dataset: class names, normalisation, input shape."""
     stored_config = OmegaConf.to_container(cfg, resolve=True)
     # the sizes the model was built with (the config may leave them to the dataset: num_classes null)
-    stored_config["model"].update(in_channels=splits.channels, num_classes=len(splits.class_names))
+    stored_config["model"].update(in_channels=splits.channels, num_classes=task.num_outputs(len(splits.class_names)))
     return {
         "config": stored_config,
         "class_names": splits.class_names,
         "class_to_idx": {name: index for index, name in enumerate(splits.class_names)},
         "normalization": {"mean": splits.mean, "std": splits.std},
-        "input_shape": [splits.channels, splits.image_size, splits.image_size],
+        "input_shape": splits.input_shape,
     }
 
 

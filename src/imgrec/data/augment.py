@@ -2,7 +2,9 @@
 
 Every transform takes and returns a (B, C, H, W) batch with pixel values in 0..255 (uint8 or float),
 so pipelines compose freely and run before normalisation. Randomness comes from torch's generator
-of the batch's device, which `seed` seeds and checkpoints save.
+of the batch's device, which `seed` seeds and checkpoints save. Geometric transforms also have
+`joint(images, masks)`: the same move applied to a batch of segmentation masks (B, H, W) of class
+ids, resampled nearest, with pixels moved in from outside the image set to IGNORE.
 """
 
 import math
@@ -10,6 +12,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from imgrec.data.splits import IGNORE
 from imgrec.errors import ImgrecError
 
 FILL_MODES = {"nearest": "border", "constant": "zeros", "reflect": "reflection"}
@@ -28,6 +31,10 @@ def _where(mask: torch.Tensor, changed: torch.Tensor, original: torch.Tensor) ->
     return torch.where(mask.view(-1, 1, 1, 1), changed, original.to(changed.dtype))
 
 
+def _mask_where(mask: torch.Tensor, changed: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
+    return torch.where(mask.view(-1, 1, 1), changed, original)
+
+
 class Compose:
     """Apply transforms in order."""
 
@@ -38,6 +45,15 @@ class Compose:
         for transform in self.transforms:
             images = transform(images)
         return images
+
+    def joint(self, images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images and their segmentation masks: geometric transforms move both, the others the images only."""
+        for transform in self.transforms:
+            if hasattr(transform, "joint"):
+                images, masks = transform.joint(images, masks)
+            else:
+                images = transform(images)
+        return images, masks
 
     def __repr__(self) -> str:
         return f"Compose({self.transforms})"
@@ -50,6 +66,10 @@ class RandomHorizontalFlip:
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         return _where(_chance(images, self.p), images.flip(-1), images)
 
+    def joint(self, images: torch.Tensor, masks: torch.Tensor):
+        chosen = _chance(images, self.p)
+        return _where(chosen, images.flip(-1), images), _mask_where(chosen, masks.flip(-1), masks)
+
 
 class RandomVerticalFlip:
     def __init__(self, p: float = 0.5):
@@ -57,6 +77,61 @@ class RandomVerticalFlip:
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         return _where(_chance(images, self.p), images.flip(-2), images)
+
+    def joint(self, images: torch.Tensor, masks: torch.Tensor):
+        chosen = _chance(images, self.p)
+        return _where(chosen, images.flip(-2), images), _mask_where(chosen, masks.flip(-2), masks)
+
+
+class RandomRotate90:
+    """Turn square images by 90, 180 or 270 degrees (drawn per image), with probability p: the symmetries
+    of microscopy and satellite images, which have no up."""
+
+    def __init__(self, p: float = 0.5):
+        self.p = p
+
+    def joint(self, images: torch.Tensor, masks: torch.Tensor | None):
+        if images.shape[-1] != images.shape[-2]:
+            raise ImgrecError(f"RandomRotate90 needs square images; these are {images.shape[-1]}x{images.shape[-2]}: "
+                              "set dataset.image_size or dataset.patch_size")
+        turns = torch.randint(1, 4, (images.shape[0],), device=images.device)
+        turns = torch.where(_chance(images, self.p), turns, torch.zeros_like(turns))
+        images, masks = images.clone(), None if masks is None else masks.clone()
+        for k in (1, 2, 3):
+            chosen = torch.nonzero(turns == k).flatten()
+            if len(chosen):
+                images[chosen] = torch.rot90(images[chosen], k, dims=(-2, -1))
+                if masks is not None:
+                    masks[chosen] = torch.rot90(masks[chosen], k, dims=(-2, -1))
+        return images, masks
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return self.joint(images, None)[0]
+
+
+class RandomPatch:
+    """A random size x size crop of every image (and mask): training on patches of large images."""
+
+    def __init__(self, size: int):
+        self.size = size
+
+    def joint(self, images: torch.Tensor, masks: torch.Tensor | None):
+        batch, _, height, width = images.shape
+        if (height, width) == (self.size, self.size):
+            return images, masks
+        device = images.device
+        top = torch.randint(0, height - self.size + 1, (batch, 1), device=device) + torch.arange(self.size, device=device)
+        left = torch.randint(0, width - self.size + 1, (batch, 1), device=device) + torch.arange(self.size, device=device)
+        rows = top[:, None, :, None].expand(-1, images.shape[1], -1, width)
+        cols = left[:, None, None, :].expand(-1, images.shape[1], self.size, -1)
+        cropped = images.gather(2, rows).gather(3, cols)
+        if masks is not None:
+            masks = masks.gather(1, top[:, :, None].expand(-1, -1, width)).gather(
+                2, left[:, None, :].expand(-1, self.size, -1))
+        return cropped, masks
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return self.joint(images, None)[0]
 
 
 class RandomCrop:
@@ -69,10 +144,13 @@ class RandomCrop:
         self.padding, self.fill = padding, fill
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return self.joint(images, None)[0]
+
+    def joint(self, images: torch.Tensor, masks: torch.Tensor | None):
         batch, _, height, width = images.shape
         pad = round(self.padding * height) if self.padding < 1 else int(self.padding)
         if pad == 0:
-            return images
+            return images, masks
         padded = F.pad(images, (pad, pad, pad, pad), value=self.fill)
         device = images.device
         top = torch.randint(0, 2 * pad + 1, (batch, 1), device=device) + torch.arange(height, device=device)
@@ -80,7 +158,11 @@ class RandomCrop:
         rows = top[:, None, :, None].expand(-1, padded.shape[1], -1, padded.shape[-1])
         cropped = padded.gather(2, rows)  # (B, C, H, W + 2 pad)
         cols = left[:, None, None, :].expand(-1, padded.shape[1], height, -1)
-        return cropped.gather(3, cols)
+        if masks is not None:  # the padding is no class: ignored
+            padded_masks = F.pad(masks, (pad, pad, pad, pad), value=IGNORE)
+            masks = padded_masks.gather(1, top[:, :, None].expand(-1, -1, padded_masks.shape[-1])).gather(
+                2, left[:, None, :].expand(-1, height, -1))
+        return cropped.gather(3, cols), masks
 
 
 class RandomAffine:
@@ -118,10 +200,21 @@ class RandomAffine:
         return torch.linalg.inv(forward)[:, :2]
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return self.joint(images, None)[0]
+
+    def joint(self, images: torch.Tensor, masks: torch.Tensor | None):
         grid = F.affine_grid(self.matrices(images), list(images.shape), align_corners=False)
         moved = F.grid_sample(images.float(), grid, mode=self.interpolation,
                               padding_mode=FILL_MODES[self.fill], align_corners=False)
-        return _where(_chance(images, self.p), moved, images) if self.p < 1 else moved
+        if masks is not None:
+            # nearest keeps class ids; shifted by one so that a constant fill (0) comes out as IGNORE
+            shifted = F.grid_sample(masks[:, None].float() + 1, grid, mode="nearest", padding_mode=FILL_MODES[self.fill],
+                                    align_corners=False)[:, 0].round().long() - 1
+            moved_masks = torch.where(shifted < 0, IGNORE, shifted).to(masks.dtype)
+        if self.p >= 1:
+            return moved, (moved_masks if masks is not None else None)
+        chosen = _chance(images, self.p)
+        return _where(chosen, moved, images), (_mask_where(chosen, moved_masks, masks) if masks is not None else None)
 
 
 class RandomErasing:
@@ -148,6 +241,13 @@ class RandomErasing:
 
 
 BACKENDS = ("batch", "albumentations", "torchvision")
+
+
+def with_patches(augment, patch_size: int | None):
+    """The training augmentation with a random patch_size crop first (segmentation's dataset.patch_size)."""
+    if patch_size is None:
+        return augment
+    return Compose([RandomPatch(patch_size), *(augment.transforms if augment is not None else [])])
 
 
 def build_augment(augment_cfg):

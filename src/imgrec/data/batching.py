@@ -23,6 +23,14 @@ class Preprocess:
             images = self.augment(images)
         return torch.addcmul(self.shift, images.float(), self.scale)
 
+    def pair(self, images: torch.Tensor, targets: torch.Tensor):
+        """A batch and its targets: segmentation masks (B, H, W) move with the images' geometric
+        augmentation; class labels pass through."""
+        if self.augment is not None and targets.ndim == 3:
+            images, targets = self.augment.joint(images, targets)
+            return torch.addcmul(self.shift, images.float(), self.scale), targets
+        return self(images), targets
+
 
 class EpochOrder:
     """Which samples an epoch serves, in order: a permutation drawn from (seed, epoch) alone.

@@ -45,4 +45,4 @@ class FileLoader(EpochLoader):
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for images, labels in self.loader:
             images = images.to(self.device, non_blocking=True)
-            yield self.preprocess(images), labels.to(self.device, non_blocking=True)
+            yield self.preprocess.pair(images, labels.to(self.device, non_blocking=True))

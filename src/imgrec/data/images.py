@@ -1,6 +1,7 @@
 """Decoding one image file into a uint8 (C, H, W) tensor, with every failure named."""
 
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,7 @@ def _to_uint8_array(image) -> np.ndarray:
     return np.asarray(image)
 
 
-def _to_channels(image, channels: int):
+def to_channels(image, channels: int):
     """Convert any Pillow mode to L (channels=1) or RGB (channels=3); alpha is composited on white."""
     from PIL import Image
 
@@ -54,8 +55,10 @@ def _resize_and_center_crop(image, size: int):
     return image
 
 
-def decode_image(path: str | Path, channels: int, size: int) -> torch.Tensor:
-    """Read `path` as a uint8 (channels, size, size) tensor or raise BadImage naming the reason."""
+@contextmanager
+def load_pil(path: str | Path):
+    """The decoded Pillow image of `path` (the with-block's value), or BadImage naming why it cannot be
+    read; the same checks as decode_image, for callers that need the image at its own size."""
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
@@ -65,11 +68,8 @@ def decode_image(path: str | Path, channels: int, size: int) -> torch.Tensor:
         with warnings.catch_warnings():
             # Pillow only warns between its limit and 2x its limit: treat the warning as the error it is
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                image.load()  # decode now, inside the try: truncation shows up here, not later
-                image = _to_channels(image, channels)
-                image = _resize_and_center_crop(image, size)
-                pixels = np.asarray(image, dtype=np.uint8)
+            image = Image.open(path)
+            image.load()  # decode now, inside the try: truncation shows up here, not later
     except BadImage:
         raise
     except FileNotFoundError as error:
@@ -80,6 +80,19 @@ def decode_image(path: str | Path, channels: int, size: int) -> torch.Tensor:
         raise BadImage(f"larger than Pillow's decompression-bomb limit ({error})") from error
     except (OSError, SyntaxError, ValueError) as error:  # truncated or corrupt data
         raise BadImage(f"cannot be decoded: {error}") from error
+    try:
+        yield image
+    finally:
+        image.close()
+
+
+def decode_image(path: str | Path, channels: int, size: int) -> torch.Tensor:
+    """Read `path` as a uint8 (channels, size, size) tensor or raise BadImage naming the reason."""
+    with load_pil(path) as image:
+        try:
+            pixels = np.asarray(_resize_and_center_crop(to_channels(image, channels), size), dtype=np.uint8)
+        except (OSError, ValueError) as error:  # an odd mode or depth Pillow cannot convert
+            raise BadImage(f"cannot be decoded: {error}") from error
     if pixels.ndim == 2:
         pixels = pixels[:, :, None]
     return torch.from_numpy(pixels.copy()).permute(2, 0, 1).contiguous()

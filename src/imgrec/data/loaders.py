@@ -35,7 +35,7 @@ class InMemoryLoader(EpochLoader):
             else:
                 index = order[start : start + self.batch_size]
                 images, labels = self.images[index], self.labels[index]
-            yield self.preprocess(images), labels
+            yield self.preprocess.pair(images, labels)
 
 
 def make_loader(data, batch_size: int, mean, std, device: torch.device, shuffle: bool = False, seed: int = 0,

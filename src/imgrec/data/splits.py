@@ -9,11 +9,13 @@ from sklearn.model_selection import train_test_split
 from imgrec.errors import ImgrecError
 
 NORMALIZE_CHOICES = ("unit", "symmetric", "standardize")
+IGNORE = 255  # the class id of mask pixels no loss or metric counts (segmentation borders, outside a region)
 
 
 @dataclass
 class ImageTensors:
-    """A whole split in memory: images uint8 (N, C, H, W), labels int64 (N,)."""
+    """A whole split in memory: images uint8 (N, C, H, W) and their labels: class ids int64 (N,), or masks
+    of class ids uint8 (N, H, W) for segmentation."""
 
     images: torch.Tensor
     labels: torch.Tensor
@@ -41,6 +43,7 @@ class Splits:
     std: list[float]
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason) left out by on_bad_image=skip
     test_given: bool = False  # the data came with its own test split (a test/ folder, a split column, an official one)
+    patch_size: int | None = None  # segmentation: train on random crops of this size
 
     @property
     def channels(self) -> int:
@@ -50,9 +53,18 @@ class Splits:
     def image_size(self) -> int:
         return self.train.image_size
 
+    @property
+    def input_shape(self) -> list[int]:
+        """[channels, height, width] of the images (the model's input; the training patches aside)."""
+        images = getattr(self.train, "images", None)
+        return list(images.shape[1:]) if images is not None else [self.channels, self.image_size, self.image_size]
+
     def class_counts(self, split: str = "train") -> list[int]:
+        """Images per class, or for masks pixels per class (ignored pixels aside)."""
         labels = getattr(self, split).labels
-        return torch.bincount(labels, minlength=len(self.class_names)).tolist()
+        if labels.ndim > 1:
+            labels = labels[labels != IGNORE].long()
+        return torch.bincount(labels.flatten(), minlength=len(self.class_names)).tolist()
 
     def everything(self):
         """Train, val and test as one split, in that order (scoring a whole labelled folder)."""

@@ -84,14 +84,15 @@ def load_trained(ckpt_path: str, device: torch.device) -> TrainedModel:
         raise ImgrecError("ckpt_path is required: ckpt_path=outputs/train/runs/<timestamp>/checkpoints/best.pt")
     state = load_checkpoint(ckpt_path, purpose="inference")
     input_shape = list(state["input_shape"])
-    try:
-        model = rebuild_model(state["config"]["model"], input_shape[0], len(state["class_names"]), state["model"])
-    except (RuntimeError, KeyError) as error:
-        raise ImgrecError(f"ckpt_path {ckpt_path}: its model could not be rebuilt: {str(error).splitlines()[0]}") from error
-    normalization = state["normalization"]
     task = build(OmegaConf.create(stored_component(state["config"].get("task", DEFAULT_TASK), "task",
                                                    "the checkpoint's config.task")))
     task.bind(list(state["class_names"]), None)
+    try:
+        model = rebuild_model(state["config"]["model"], input_shape[0], task.num_outputs(len(state["class_names"])),
+                              state["model"])
+    except (RuntimeError, KeyError) as error:
+        raise ImgrecError(f"ckpt_path {ckpt_path}: its model could not be rebuilt: {str(error).splitlines()[0]}") from error
+    normalization = state["normalization"]
     return TrainedModel(model.to(device).eval(), list(state["class_names"]), list(normalization["mean"]),
                         list(normalization["std"]), input_shape, state, task)
 

@@ -30,11 +30,12 @@ def record_dataset(splits, run_dir: Path, log) -> None:
         (run_dir / "skipped_images.txt").write_text("\n".join(lines) + "\n")
         log.warning(f"{len(splits.skipped)} image(s) were skipped; the list is in {run_dir / 'skipped_images.txt'}")
     train_counts = counts["train"]
+    unit = "pixels" if splits.train.labels.ndim > 1 else "images"
     log.info(
         f"{len(splits.class_names)} classes; images train/val/test = "
-        f"{len(splits.train)}/{len(splits.val)}/{len(splits.test)}; train images per class {min(train_counts)}..{max(train_counts)}"
+        f"{len(splits.train)}/{len(splits.val)}/{len(splits.test)}; train {unit} per class {min(train_counts)}..{max(train_counts)}"
     )
-    if min(train_counts) == 0 or max(train_counts) > IMBALANCE_WARNING_RATIO * min(train_counts):
+    if unit == "images" and (min(train_counts) == 0 or max(train_counts) > IMBALANCE_WARNING_RATIO * min(train_counts)):
         log.warning(
             f"class imbalance: the largest class has {max(train_counts)} training images, the smallest "
             f"{min(train_counts)}; accuracy will flatter the model, so read macro F1 and per-class recall"

@@ -125,6 +125,10 @@ class Task:
             raise ImgrecError(f"{owner}={name!r} is not a logged metric of the {self.name} task; choose one of: "
                               f"{', '.join(self.metric_names())}")
 
+    def num_outputs(self, num_classes: int) -> int:
+        """How many outputs the model needs for `num_classes` classes (its num_classes)."""
+        return num_classes
+
     def bind(self, class_names: list[str], class_counts: list[int] | None) -> None:
         """What the data decides (class names; training counts for class weights, None for inference)."""
 

@@ -100,7 +100,8 @@ class ClassificationTask(Task):
         if not isinstance(output, torch.Tensor) or output.ndim != 2 or output.shape[0] != 1:
             shape = list(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
             raise ImgrecError(f"{where} returns {shape} for one image; a classifier must return (batch, num_classes) "
-                              "logits")
+                              "logits: choose a classification model (small_cnn, resnet18 ...), or task=segmentation "
+                              "for a model that labels every pixel")
 
     def validation_figures(self, evaluation: ClassificationEvaluation, images_at, epoch: int, max_images: int) -> list:
         """The confusion matrix, one PR curve per class, and the most confidently misclassified images."""
