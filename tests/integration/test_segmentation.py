@@ -179,6 +179,26 @@ def test_a_geometric_transform_moves_the_mask_with_the_image(transform):
     assert ((inside != bright) & covered).float().mean() < 0.03
 
 
+def test_show_augment_draws_each_mask_where_its_augmented_image_moved():
+    """Column 0 is the original with its mask tinted over it; a certain horizontal flip moves the tint
+    to the other side in the augmented column."""
+    from omegaconf import OmegaConf
+
+    from imgrec.commands.show_augment import augment_grid
+    from imgrec.data.augment import build_augment
+
+    augment = build_augment(OmegaConf.create(
+        {"backend": "batch", "transforms": [{"_target_": "imgrec.data.augment.RandomHorizontalFlip", "p": 1.0}]}))
+    masks = torch.zeros(2, 16, 16, dtype=torch.uint8)
+    masks[:, :, :4] = 1
+    images = torch.full((2, 1, 16, 16), 100, dtype=torch.uint8)
+    grid = augment_grid(images, augment, repeats=1, masks=masks)
+    assert grid.shape == (4, 3, 16, 16) and grid.dtype == torch.uint8
+    tinted = (grid != 100).any(dim=1)  # grey pixels under a class colour change
+    assert tinted[0, :, :4].all() and not tinted[0, :, 4:].any()
+    assert tinted[1, :, -4:].all() and not tinted[1, :, :-4].any()
+
+
 # ---- metrics -----------------------------------------------------------------------------------------
 
 

@@ -1,4 +1,5 @@
-"""imgrec-show-augment: a grid of augmented training images, as a PNG and in TensorBoard."""
+"""imgrec-show-augment: a grid of augmented training images (segmentation masks drawn over them), as a
+PNG and in TensorBoard."""
 
 import logging
 from pathlib import Path
@@ -12,13 +13,28 @@ from imgrec.errors import ImgrecError
 log = logging.getLogger("imgrec")
 
 
-def augment_grid(images, augment, repeats: int):
-    """uint8 (N*(repeats+1), C, H, W): each image followed by `repeats` augmented versions of it."""
+def augment_grid(images, augment, repeats: int, masks=None):
+    """uint8 (N*(repeats+1), C, H, W): each image followed by `repeats` augmented versions of it. With
+    segmentation `masks`, every version is drawn with its (equally moved) mask over it, in RGB."""
+    import numpy as np
     import torch
 
-    versions = [images] + [augment(images) if augment else images for _ in range(repeats)]
-    stacked = torch.stack([v.float().round().clamp(0, 255).to(torch.uint8) for v in versions], dim=1)
-    return stacked.flatten(0, 1)
+    from imgrec.tasks.segmentation import overlay
+
+    versions = []
+    for repeat in range(repeats + 1):
+        if repeat == 0 or augment is None:
+            moved, moved_masks = images, masks
+        elif masks is None:
+            moved, moved_masks = augment(images), None
+        else:
+            moved, moved_masks = augment.joint(images, masks)
+        moved = moved.float().round().clamp(0, 255).to(torch.uint8)
+        if moved_masks is not None:
+            moved = torch.from_numpy(np.stack([overlay(image, mask) for image, mask in
+                                               zip(moved.numpy(), moved_masks.numpy())]))
+        versions.append(moved)
+    return torch.stack(versions, dim=1).flatten(0, 1)
 
 
 def show_augment(cfg: DictConfig) -> Path:
@@ -36,7 +52,8 @@ def show_augment(cfg: DictConfig) -> Path:
     augment = build_augment(cfg.augment)
     splits = build_dataset(cfg.dataset, cfg.dataset.get("task", "classification"))  # any task's images
     images = splits.train.images[: cfg.num_images]
-    grid = make_grid(augment_grid(images, augment, cfg.repeats), nrow=cfg.repeats + 1, padding=2, pad_value=128)
+    masks = splits.train.labels[: cfg.num_images] if splits.train.labels.ndim == 3 else None
+    grid = make_grid(augment_grid(images, augment, cfg.repeats, masks), nrow=cfg.repeats + 1, padding=2, pad_value=128)
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / "augment_grid.png"
