@@ -1,4 +1,6 @@
-"""Where the configs live, and the checks and conversions train.py applies to a composed config."""
+"""Where the configs live, and what every command does with a composed config: the `_target_` checks,
+building components, checkpoint-stored components read back as data, the ckpt_path shortcuts, and the
+dataset built for a task."""
 
 from pathlib import Path
 

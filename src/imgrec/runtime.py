@@ -24,12 +24,21 @@ def cpu_has_native_bf16() -> bool:
         return False
 
 
+def check_precision(precision) -> None:
+    if str(precision) not in PRECISIONS:
+        raise ImgrecError(f"trainer.precision={precision!r} is not one of 32, bf16-mixed, 16-mixed")
+
+
+def check_compile(settings) -> None:
+    if settings not in (True, False, None) and not isinstance(settings, Mapping):
+        raise ImgrecError(f"trainer.compile={settings!r} must be true, false or a dict of torch.compile arguments, "
+                          "e.g. {mode: max-autotune}")
+
+
 def autocast_dtype(precision, device: torch.device, warn: bool = True) -> torch.dtype | None:
     """The dtype to autocast forward passes to, or None for plain float32; errors name what works instead."""
-    name = str(precision)
-    if name not in PRECISIONS:
-        raise ImgrecError(f"trainer.precision={precision!r} is not one of 32, bf16-mixed, 16-mixed")
-    dtype = PRECISIONS[name]
+    check_precision(precision)
+    dtype = PRECISIONS[str(precision)]
     if dtype is torch.float16 and device.type != "cuda":
         raise ImgrecError(
             f"trainer.precision={precision} (float16) needs a CUDA GPU and this run is on {device}; "
@@ -78,13 +87,11 @@ def resolve_device(device: str, setting: str = "trainer.device") -> torch.device
 def compiled(model: nn.Module, settings: bool | dict) -> nn.Module:
     """`model` through torch.compile when `settings` is true or a dict of torch.compile arguments.
     The compiled wrapper shares the model's parameters; checkpoints save the plain model's state dict."""
+    check_compile(settings)
     if settings is False or settings is None:
         return model
     if settings is True:
         settings = {}
-    if not isinstance(settings, Mapping):
-        raise ImgrecError(f"trainer.compile={settings!r} must be true, false or a dict of torch.compile arguments, "
-                          "e.g. {mode: max-autotune}")
     return torch.compile(model, **dict(settings))
 
 

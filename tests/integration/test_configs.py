@@ -1,5 +1,6 @@
 """Every file in every config group composes and builds: adding a config adds a test."""
 
+import numpy as np
 import pytest
 import torch
 from hydra.utils import instantiate
@@ -8,7 +9,7 @@ from imgrec.training.callbacks import Callback
 from imgrec.commands.train_checks import instantiate_callbacks
 from imgrec.tasks.classification import ClassificationTask
 from imgrec.config import CONFIG_DIR, build, build_dataset
-from imgrec.training.settings import step_scheduler
+from imgrec.training.schedulers import step_scheduler
 from imgrec.data.mnist import DEBIAN_FASHION_MNIST
 from imgrec.data.splits import Splits
 from imgrec.errors import ImgrecError
@@ -139,24 +140,42 @@ def test_every_augment_config_builds_and_keeps_shape_and_range(compose_cfg, name
 
 
 def experiment_extras(name: str, tmp_path) -> list[str]:
-    """What an experiment needs from its user: the linear probe a local weights file (made here)."""
-    if name != "transfer_linear_probe":
-        return []
-    import torchvision
+    """What an experiment needs from its user: the linear probe a local weights file, the ISBI recipe a
+    folder of images and masks in its layout (both made here)."""
+    if name == "transfer_linear_probe":
+        import torchvision
 
-    weights = tmp_path / "resnet18.pth"
-    torch.save(torchvision.models.resnet18().state_dict(), weights)
-    return [f"model.weights={weights}", "dataset.image_size=32", "trainer.batch_size=16"]
+        weights = tmp_path / "resnet18.pth"
+        torch.save(torchvision.models.resnet18().state_dict(), weights)
+        return [f"model.weights={weights}", "dataset.image_size=32", "trainer.batch_size=16"]
+    if name == "isbi_unet":  # 12 grey 128 px slices, masks 0 = membrane / 255 = cell as ISBI's
+        from PIL import Image
+
+        rng = np.random.default_rng(0)
+        for folder in ("image", "label"):
+            (tmp_path / "isbi" / folder).mkdir(parents=True)
+        for index in range(12):
+            label = np.where(rng.random((128, 128)) < 0.2, 0, 255).astype(np.uint8)
+            Image.fromarray(label // 2 + 60).save(tmp_path / "isbi" / "image" / f"{index}.png")
+            Image.fromarray(label).save(tmp_path / "isbi" / "label" / f"{index}.png")
+        return [f"dataset.root={tmp_path / 'isbi'}", "model.depth=2", "model.base_width=4"]
+    return []
 
 
 @pytest.mark.parametrize("name", config_names("experiment"))
 def test_every_experiment_runs_one_limited_epoch_on_fake_data(compose_cfg, name, tmp_path):
     # group choices on the command line beat an experiment's own `override /dataset`: classification
-    # experiments run on fake data, segmentation ones on the built-in shapes
+    # experiments run on fake data, segmentation ones on the built-in shapes (or, for a recipe of files,
+    # on a small folder in its layout)
     text = (CONFIG_DIR / "experiment" / f"{name}.yaml").read_text()
     segmentation = "override /task: segmentation" in text
-    data = ["dataset=shapes", "dataset.size=20", "dataset.image_size=32", "dataset.patch_size=null",
-            "model.depth=2", "model.base_width=4"] if segmentation else ["dataset=fake"]
+    if "override /dataset: seg_folder" in text:
+        data = []
+    elif segmentation:
+        data = ["dataset=shapes", "dataset.size=20", "dataset.image_size=32", "dataset.patch_size=null",
+                "model.depth=2", "model.base_width=4"]
+    else:
+        data = ["dataset=fake"]
     cfg = compose_cfg(f"experiment={name}", *data, "trainer.max_epochs=1", "trainer.limit_batches=1",
                       *experiment_extras(name, tmp_path))
     header = text.splitlines()[1]

@@ -9,7 +9,7 @@ import torch
 from imgrec.checkpoint import load_checkpoint
 from imgrec.errors import ImgrecError
 from imgrec.commands.train import train
-from imgrec.training.stopping import TrainingInterrupted
+from imgrec.training.signals import TrainingInterrupted
 from imgrec.training.trainer import Trainer
 
 # fake data: 80 training images in batches of 16 = 5 steps an epoch; augmentation and shuffling on
@@ -86,7 +86,7 @@ def test_each_training_sample_is_seen_once_per_epoch_across_a_resume(compose_cfg
 
 
 def test_non_finite_steps_are_skipped_then_stop_the_run(compose_cfg, tmp_path, monkeypatch):
-    from imgrec.tasks.losses import ClassificationLoss
+    from imgrec.tasks.classification_losses import ClassificationLoss
 
     original, calls = ClassificationLoss.forward, {"n": 0}
     poisoned = {3: float("nan"), 4: float("inf")}  # steps 3 and 4 of the first epoch go bad

@@ -344,7 +344,7 @@ def test_onnx_export_of_a_segmentation_model_takes_any_height_and_width(seg_run,
     assert saved["max_abs_difference"] < 1e-4 and saved["task"] == "segmentation"
     session = onnxruntime.InferenceSession(str(tmp_path / "export" / "model.onnx"))
     trained = load_trained(str(ckpt), torch.device("cpu"))
-    for height, width in ((32, 32), (48, 40)):
+    for height, width in ((32, 32), (48, 40), (50, 70), (9, 13)):  # multiples of 2^depth, and not
         x = torch.randn(2, 1, height, width)
         with torch.no_grad():
             expected = trained.model(x)

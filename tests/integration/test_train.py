@@ -183,3 +183,11 @@ def test_a_resume_from_ckpt_path_last_takes_the_newest_run(compose_cfg, tmp_path
                                 run_dir=tmp_path / "train" / "runs" / "b"))
     assert resumed["epochs"] == 2
     assert f"ckpt_path=last: {tmp_path / 'train' / 'runs' / 'a' / 'checkpoints' / 'last.pt'}" in caplog.text
+
+
+def test_train_lr_is_the_optimizers_lr_when_the_backbone_trains_slower(tmp_path):
+    from tests.conftest import tool_cfg
+
+    result = train(tool_cfg("train", tmp_path / "run", "dataset=fake", "trainer.max_epochs=1", "scheduler=none",
+                            "optimizer.lr=0.01", "optimizer.backbone_lr_scale=0.1", "test=false"))
+    assert result["metrics"]["train/lr"] == pytest.approx(0.01)

@@ -157,3 +157,16 @@ def test_a_signal_mid_training_saves_and_the_resume_ends_where_an_unbroken_run_e
     assert resumed.returncode == 0, resumed.stderr
     final = load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.pt")["model"]
     assert all(torch.equal(final[name], tensor) for name, tensor in unbroken_run.items())
+
+
+def test_a_segmentation_run_is_trained_evaluated_and_predicted_through_the_commands(tmp_path):
+    tools = Path(sys.executable).parent
+    result = run_cli("experiment=seg_smoke", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
+    evaluated = subprocess.run([str(tools / "imgrec-eval"), "ckpt_path=best"], cwd=tmp_path, env=env,
+                               capture_output=True, text=True, timeout=300)
+    assert evaluated.returncode == 0, evaluated.stderr
+    [eval_dir] = (tmp_path / "outputs" / "eval" / "runs").iterdir()
+    report = json.loads((eval_dir / "report.json").read_text())
+    assert report["headline"] == "mean_dice" and report["split"] == "test" and "per_class" in report

@@ -75,6 +75,15 @@ def test_loader_serves_every_sample_once_per_epoch_in_a_seeded_order():
     assert torch.cat([y for _, y in again]).tolist() == epochs[1]
 
 
+def test_repeats_serve_every_sample_that_many_times_per_epoch_shuffled_together():
+    loader = make_loader(shuffle=True, seed=3, repeats=3)
+    assert len(loader) == 8 and loader.num_samples == 30  # ceil(30 / 4) batches
+    labels = torch.cat([y for _, y in loader]).tolist()
+    assert sorted(labels) == sorted(list(range(10)) * 3)
+    assert len(set(labels[:10])) < 10  # interleaved: not three passes one after another
+    assert len(make_loader(shuffle=False, repeats=1)) == 3
+
+
 def test_loader_normalises_and_keeps_images_with_their_labels():
     loader = make_loader(n=10, batch_size=4)
     batches = list(loader)

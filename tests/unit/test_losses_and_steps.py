@@ -4,7 +4,7 @@ import torch.nn.functional as F
 
 from imgrec.errors import ImgrecError
 from imgrec.tasks.classification import ClassificationTask
-from imgrec.tasks.losses import balanced_class_weights
+from imgrec.tasks.classification_losses import balanced_class_weights
 from imgrec.training.schedulers import constant
 from imgrec.training.settings import TrainerSettings
 from imgrec.training.trainer import Trainer
@@ -93,6 +93,28 @@ def test_parameter_groups_split_head_backbone_and_decay():
     assert by_role[(0.01, 0.01)] == {id(conv.weight)}
     assert by_role[(0.01, 0.0)] == {id(norm.weight), id(norm.bias)}
     assert len(parameter_groups(model, 0.1, 0.01, exempt_norm_and_bias=False)) == 1
+
+
+def test_a_segmentation_models_backbone_is_its_backbone_or_encoder_part_and_a_unet_has_none():
+    from torch import nn
+
+    from imgrec.errors import ImgrecError
+    from imgrec.models.unet import UNet
+    from imgrec.training.optim import parameter_groups
+
+    class Wrapped(nn.Module):  # as torchvision's models sit inside imgrec's MainOutput
+        def __init__(self):
+            super().__init__()
+            self.model = nn.Module()
+            self.model.backbone, self.model.classifier = nn.Conv2d(1, 4, 3), nn.Conv2d(4, 2, 1)
+
+    model = Wrapped()
+    groups = parameter_groups(model, lr=0.1, weight_decay=0.0, exempt_norm_and_bias=False, backbone_lr_scale=0.1)
+    by_scale = {g["lr_scale"]: {id(p) for p in g["params"]} for g in groups}
+    assert by_scale[0.1] == {id(p) for p in model.model.backbone.parameters()}
+    assert by_scale[1.0] == {id(p) for p in model.model.classifier.parameters()}
+    with pytest.raises(ImgrecError, match="UNet has neither: leave optimizer.backbone_lr_scale=1.0"):
+        parameter_groups(UNet(1, 2, depth=1, base_width=4), 0.1, 0.0, False, backbone_lr_scale=0.1)
 
 
 def test_ema_after_k_steps_matches_the_closed_form():

@@ -72,7 +72,7 @@ def test_onecycle_peaks_at_the_optimizer_lr():
 
 def test_plateau_reduces_after_patience_epochs_of_a_stalled_metric():
     from imgrec.training.schedulers import plateau
-    from imgrec.training.settings import step_scheduler
+    from imgrec.training.schedulers import step_scheduler
 
     optimizer = make_optimizer(1.0)
     scheduler = plateau(optimizer, 5, 10, monitor="val/loss", mode="min", factor=0.5, patience=1)

@@ -1,5 +1,6 @@
 """What every imgrec command does around its work: the checks before Hydra runs, one-line errors with
-exit status 2, and Ctrl-C before training starts."""
+exit status 2, Ctrl-C before training starts, and the garbage-collector policy (collections off while
+torch imports, skipped at exit)."""
 
 import atexit
 import gc

@@ -61,11 +61,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
     device = inference_device(cfg)
     trained = load_trained(cfg.ckpt_path, device)
     task = trained.task
-    if cfg.threshold is not None and not hasattr(task, "chosen_threshold"):
-        raise ImgrecError(f"threshold={cfg.threshold} applies to classification; this checkpoint is a {task.name} "
-                          "model. Leave threshold=null")
-    if hasattr(task, "check_threshold_settings"):
-        task.check_threshold_settings(cfg.threshold, cfg.target_recall)
+    task.check_threshold_settings(cfg.threshold, cfg.target_recall)
     dataset_cfg = cfg.dataset if cfg.get("dataset") else stored_dataset(trained.state["config"].get("dataset"))
     for key, value in (("image_size", trained.image_size), ("channels", trained.channels)):
         if "image_size" in dataset_cfg and dataset_cfg.get(key) != value:  # read images as the model was trained to see them
@@ -93,7 +89,8 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
     threshold = resolve_threshold(cfg, task, split_name, evaluation, lambda: evaluated(splits.val))
     report, figures = task.eval_report(evaluation, sample_ids(split), lambda indices: images_at(split, indices),
                                        split_name, threshold, cfg.errors_shown)
-    report.summary.update(split=split_name, checkpoint=str(cfg.ckpt_path), checkpoint_epoch=trained.state.get("epoch"))
+    report.summary.update(split=split_name, checkpoint=str(cfg.ckpt_path), checkpoint_epoch=trained.state.get("epoch"),
+                          headline=task.headline)
 
     run_dir = Path(cfg.paths.output_dir)
     target = dataset_cfg._target_.rsplit(".", 1)[-1]
@@ -107,7 +104,8 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
 
 @hydra_command("eval", task_name="eval")
 def main(cfg: DictConfig) -> float | None:
-    return run_command(evaluate_checkpoint, cfg)["accuracy"]
+    summary = run_command(evaluate_checkpoint, cfg)
+    return summary[summary["headline"]]
 
 
 if __name__ == "__main__":

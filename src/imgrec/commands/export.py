@@ -14,11 +14,6 @@ from imgrec.errors import ImgrecError
 log = logging.getLogger("imgrec")
 SUFFIXES = {"safetensors": ".safetensors", "torchscript": ".torchscript.pt", "onnx": ".onnx"}
 TOLERANCE = 1e-4
-OUTPUTS = {  # what the exported model returns, for model.json
-    "classification": "float32 (batch, classes) logits; softmax gives class probabilities",
-    "segmentation": "float32 (batch, classes, height, width) logits per pixel at the input's size (one channel for "
-                    "a binary bce model: sigmoid > 0.5 is the foreground); argmax over classes gives the mask",
-}
 
 
 def write_safetensors(trained, example, path: Path):
@@ -49,16 +44,19 @@ def write_torchscript(trained, example, path: Path):
 
 
 def write_onnx(trained, example, path: Path):
-    """The graph with a dynamic batch dimension (and, for segmentation, dynamic height and width); checked
+    """The graph with a dynamic batch dimension (and, for per-pixel outputs, dynamic height and width); checked
     with onnxruntime when it is installed."""
     import torch
 
+    for name in ("onnxscript", "onnx_ir", "torch.onnx"):  # their INFO lines narrate every graph pass
+        logging.getLogger(name).setLevel(logging.WARNING)
     dynamic = {0: torch.export.Dim("batch", min=1, max=4096)}
-    if trained.task.name == "segmentation":  # a fully convolutional model takes any image size
+    if trained.task.spatial_output:  # a fully convolutional model takes any image size
         dynamic.update({2: torch.export.Dim("height", min=8, max=8192), 3: torch.export.Dim("width", min=8, max=8192)})
     try:
         torch.onnx.export(trained.model.cpu(), (example.cpu(),), str(path), dynamo=True, input_names=["images"],
-                          output_names=["logits"], dynamic_shapes=(dynamic,), external_data=False)
+                          output_names=["logits"], dynamic_shapes=(dynamic,), external_data=False,
+                          verbose=False)
     except ImportError as error:
         raise ImgrecError(f'format=onnx needs the onnx extra: pip install -e ".[onnx]" ({error})') from error
     except Exception as error:  # torch.export refuses some graphs with dynamic sizes
@@ -71,6 +69,19 @@ def write_onnx(trained, example, path: Path):
                     'pip install -e ".[onnx]" to check it')
         return None
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    if trained.task.spatial_output:  # a size the trace did not see: odd, and not a multiple of any stride
+        height, width = example.shape[-2:]
+        other = torch.randn(1, example.shape[1], height + 7, width + 13, generator=torch.Generator().manual_seed(1))
+        try:
+            difference = float((torch.from_numpy(session.run(["logits"], {"images": other.numpy()})[0])
+                                - trained.model(other).float()).abs().max())
+        except Exception as error:  # onnxruntime's own errors
+            difference, reason = float("nan"), str(error).splitlines()[0]
+        else:
+            reason = f"it differs from PyTorch by {difference:.3g}"
+        if not difference < TOLERANCE:
+            raise ImgrecError(f"the ONNX export fails on a {height + 7}x{width + 13} image ({reason}), so it does "
+                              "not take any height and width; export it as safetensors or torchscript")
     return torch.from_numpy(session.run(["logits"], {"images": example.cpu().numpy()})[0])
 
 
@@ -108,7 +119,7 @@ def export_checkpoint(cfg: DictConfig) -> dict:
     metadata = {
         "format": cfg.format, "file": path.name, "class_names": trained.class_names, "input_shape": trained.input_shape,
         "input": "float32 (batch, channels, height, width): pixels / 255, then (x - mean) / std per channel",
-        "output": OUTPUTS.get(trained.task.name, "logits"),
+        "output": trained.task.output_description,
         "task": trained.task.name,
         "normalization": normalization,
         # rebuildable as it stands: the sizes the network was built with, whatever the config left to the data

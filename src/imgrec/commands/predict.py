@@ -51,13 +51,29 @@ def decode_inputs(paths: list[Path], channels: int, size: int):
     return images, readable, skipped
 
 
-def predict_images(cfg: DictConfig) -> dict:
-    import torch
-
-    from imgrec.data.loaders import make_loader
-    from imgrec.data.splits import ImageTensors
-    from imgrec.evaluation.inference import inference_device, load_trained, predict_batches
+def write_predictions(run_dir: Path, cfg: DictConfig, rows: list[dict], skipped: list, header: list[str], csv_row) -> Path:
+    """predictions.json (every row, and the skipped files) or predictions.csv (`csv_row` of each row, and
+    skipped.csv when files were skipped), each written whole."""
     from imgrec.evaluation.reports import csv_text, write_whole
+
+    output = run_dir / f"predictions.{cfg.format}"
+    if cfg.format == "json":
+        write_whole(output, json.dumps({"predictions": rows, "skipped": [{"path": p, "reason": r} for p, r in skipped]},
+                                       indent=2))
+    else:
+        write_whole(output, csv_text(header, [csv_row(row) for row in rows]))
+        if skipped:
+            write_whole(run_dir / "skipped.csv", csv_text(["path", "reason"], skipped))
+    return output
+
+
+def nothing_readable(paths: list[Path], skipped: list) -> ImgrecError:
+    return ImgrecError(f"none of the {len(paths)} input file(s) could be read as an image; first: "
+                       f"{skipped[0][0]}: {skipped[0][1]}")
+
+
+def predict_images(cfg: DictConfig) -> dict:
+    from imgrec.evaluation.inference import inference_device, load_trained
 
     check_tool_config(cfg)  # before anything is built
     resolve_checkpoint_shortcut(cfg)
@@ -68,14 +84,22 @@ def predict_images(cfg: DictConfig) -> dict:
     device = inference_device(cfg)
     paths = collect_inputs(cfg.inputs)
     trained = load_trained(cfg.ckpt_path, device)
-    if trained.task.name == "segmentation":
-        return predict_masks(cfg, trained, paths, device)
+    return PREDICTORS[trained.task.predicts](cfg, trained, paths, device)
+
+
+def predict_class_scores(cfg: DictConfig, trained, paths: list[Path], device) -> dict:
+    """The top_k classes of each readable image, with their probabilities."""
+    import torch
+
+    from imgrec.data.loaders import make_loader
+    from imgrec.data.splits import ImageTensors
+    from imgrec.evaluation.inference import predict_batches
+
     images, readable, skipped = decode_inputs(paths, trained.channels, trained.image_size)
     for path, reason in skipped:
         log.warning(f"skipped {path}: {reason}")
     if not images:
-        raise ImgrecError(f"none of the {len(paths)} input file(s) could be read as an image; first: "
-                          f"{skipped[0][0]}: {skipped[0][1]}")
+        raise nothing_readable(paths, skipped)
     top_k = min(cfg.top_k, len(trained.class_names))
     rows = []
 
@@ -96,17 +120,9 @@ def predict_images(cfg: DictConfig) -> dict:
 
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    output = run_dir / f"predictions.{cfg.format}"
-    if cfg.format == "json":
-        write_whole(output, json.dumps({"predictions": rows, "skipped": [
-            {"path": p, "reason": r} for p, r in skipped]}, indent=2))
-    else:
-        header = ["path", *(f"{kind}_{rank}" for rank in range(1, top_k + 1) for kind in ("class", "prob"))]
-        write_whole(output, csv_text(header, [
-            [row["path"], *(v for p in row["predictions"] for v in (p["class"], f"{p['probability']:.6g}"))]
-            for row in rows]))
-        if skipped:
-            write_whole(run_dir / "skipped.csv", csv_text(["path", "reason"], skipped))
+    header = ["path", *(f"{kind}_{rank}" for rank in range(1, top_k + 1) for kind in ("class", "prob"))]
+    output = write_predictions(run_dir, cfg, rows, skipped, header, lambda row: [
+        row["path"], *(v for p in row["predictions"] for v in (p["class"], f"{p['probability']:.6g}"))])
     log.info(f"{len(rows)} image(s) predicted, {len(skipped)} skipped; written to {output.resolve()}")
     return {"predictions": rows, "skipped": skipped, "output": output}
 
@@ -130,7 +146,6 @@ def predict_masks(cfg: DictConfig, trained, paths: list[Path], device) -> dict:
 
     from imgrec.data.batching import Preprocess
     from imgrec.data.images import BadImage, load_pil, to_channels
-    from imgrec.evaluation.reports import csv_text, write_whole
     from imgrec.evaluation.sliding_window import full_size_logits
     from imgrec.tasks.segmentation import overlay
 
@@ -163,20 +178,15 @@ def predict_masks(cfg: DictConfig, trained, paths: list[Path], device) -> dict:
         rows.append({"path": str(path), "mask": f"masks/{name}.png", "overlay": f"overlays/{name}.png",
                      "class_shares": {c: float(v) for c, v in zip(trained.class_names, shares)}})
     if not rows:
-        raise ImgrecError(f"none of the {len(paths)} input file(s) could be read as an image; first: "
-                          f"{skipped[0][0]}: {skipped[0][1]}")
-    output = run_dir / f"predictions.{cfg.format}"
-    if cfg.format == "json":
-        write_whole(output, json.dumps({"predictions": rows, "skipped": [{"path": p, "reason": r} for p, r in skipped]},
-                                       indent=2))
-    else:
-        header = ["path", "mask", "overlay", *(f"share_{c}" for c in trained.class_names)]
-        write_whole(output, csv_text(header, [[r["path"], r["mask"], r["overlay"],
-                                               *(f"{v:.6g}" for v in r["class_shares"].values())] for r in rows]))
-        if skipped:
-            write_whole(run_dir / "skipped.csv", csv_text(["path", "reason"], skipped))
+        raise nothing_readable(paths, skipped)
+    header = ["path", "mask", "overlay", *(f"share_{c}" for c in trained.class_names)]
+    output = write_predictions(run_dir, cfg, rows, skipped, header, lambda r: [
+        r["path"], r["mask"], r["overlay"], *(f"{v:.6g}" for v in r["class_shares"].values())])
     log.info(f"{len(rows)} mask(s) written to {(run_dir / 'masks').resolve()}, {len(skipped)} skipped")
     return {"predictions": rows, "skipped": skipped, "output": output}
+
+
+PREDICTORS = {"class_scores": predict_class_scores, "masks": predict_masks}  # by Task.predicts
 
 
 @hydra_command("predict", task_name="predict")

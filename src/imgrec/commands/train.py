@@ -85,7 +85,8 @@ def _train(cfg: DictConfig, task, settings, env, device_setting: str) -> dict:
     )
     loaders = {
         split: trainer.make_loader(
-            getattr(splits, split), splits.mean, splits.std, train=split == "train", seed=cfg.seed, augment=augment
+            getattr(splits, split), splits.mean, splits.std, train=split == "train", seed=cfg.seed, augment=augment,
+            repeats=splits.patches_per_image,
         )
         for split in ("train", "val", "test")
     }
@@ -228,7 +229,7 @@ def train_sweep_job(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
 
     from imgrec.commands.sweeps import sweep_value, write_job_result, write_summary
-    from imgrec.training.stopping import TrainingInterrupted
+    from imgrec.training.signals import TrainingInterrupted
 
     started, run_dir = time.perf_counter(), Path(HydraConfig.get().runtime.output_dir)
     try:
@@ -256,7 +257,7 @@ def main(cfg: DictConfig) -> float | None:
     skip_collection_at_exit()
     pause_collection_during_setup()  # before the imports below, which bring in torch
     from imgrec.commands.sweeps import in_multirun
-    from imgrec.training.stopping import TrainingInterrupted
+    from imgrec.training.signals import TrainingInterrupted
 
     try:
         if in_multirun():

@@ -39,8 +39,12 @@ class EpochOrder:
     and no generator state needs saving.
     """
 
-    def __init__(self, num_samples: int, batch_size: int, shuffle: bool, drop_last: bool, seed: int, limit_batches):
-        self.total, self.batch_size, self.shuffle, self.drop_last = num_samples, batch_size, shuffle, drop_last
+    def __init__(self, num_samples: int, batch_size: int, shuffle: bool, drop_last: bool, seed: int, limit_batches,
+                 repeats: int = 1):
+        # `repeats`: every sample is served that many times per epoch, at random places in the order
+        # (segmentation's patches_per_image: a fresh random patch of a large image each time)
+        self.items, self.total = num_samples, num_samples * repeats
+        self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
         self.seed, self.epoch, self.limit_batches = seed, 0, limit_batches
         self.skip = 0  # batches of this epoch already trained before a mid-epoch resume
         self.rank, self.world_size = 0, 1  # under DDP: this process's share of every epoch
@@ -70,6 +74,8 @@ class EpochOrder:
         else:
             generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
             full = torch.randperm(self.total, generator=generator)
+            if self.total != self.items:
+                full = full % self.items
         if self.world_size == 1:
             return full
         if self.shuffle:

@@ -33,8 +33,8 @@ class FileLoader(EpochLoader):
     """The same interface as InMemoryLoader, over files: (seed, epoch) order, augment, normalise."""
 
     def __init__(self, data, batch_size: int, mean, std, device: torch.device, shuffle: bool = False,
-                 seed: int = 0, limit_batches: int | None = None, augment=None, num_workers: int = 2):
-        self.sampler = EpochOrder(len(data), batch_size, shuffle, False, seed, limit_batches)
+                 seed: int = 0, limit_batches: int | None = None, augment=None, num_workers: int = 2, repeats: int = 1):
+        self.sampler = EpochOrder(len(data), batch_size, shuffle, False, seed, limit_batches, repeats)
         self.preprocess = Preprocess(mean, std, device, augment)
         self.batch_size, self.device, self.data = batch_size, device, data
         self.loader = DataLoader(

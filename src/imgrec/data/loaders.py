@@ -17,11 +17,12 @@ class InMemoryLoader(EpochLoader):
     """Yields normalised float batches (x, y) on `device` from a split held as one uint8 tensor."""
 
     def __init__(self, data: ImageTensors, batch_size: int, mean, std, device: torch.device, shuffle: bool = False,
-                 drop_last: bool = False, seed: int = 0, limit_batches: int | None = None, augment=None):
+                 drop_last: bool = False, seed: int = 0, limit_batches: int | None = None, augment=None,
+                 repeats: int = 1):
         self.data = data  # the split (its file paths, when it has them, name the samples in reports)
         self.images = data.images.to(device)  # the whole split lives where the model does
         self.labels = data.labels.to(device)
-        self.sampler = EpochOrder(len(self.labels), batch_size, shuffle, drop_last, seed, limit_batches)
+        self.sampler = EpochOrder(len(self.labels), batch_size, shuffle, drop_last, seed, limit_batches, repeats)
         self.preprocess = Preprocess(mean, std, device, augment)
         self.batch_size, self.device = batch_size, device
 
@@ -39,11 +40,12 @@ class InMemoryLoader(EpochLoader):
 
 
 def make_loader(data, batch_size: int, mean, std, device: torch.device, shuffle: bool = False, seed: int = 0,
-                limit_batches: int | None = None, augment=None, num_workers="auto"):
-    """The loader that fits how `data` is held: in memory, or as files read each epoch."""
+                limit_batches: int | None = None, augment=None, num_workers="auto", repeats: int = 1):
+    """The loader that fits how `data` is held: in memory, or as files read each epoch. `repeats`: each
+    sample served that many times per epoch (shuffled loaders only)."""
     if isinstance(data, ImageTensors):
         return InMemoryLoader(data, batch_size, mean, std, device, shuffle=shuffle, seed=seed,
-                              limit_batches=limit_batches, augment=augment)
+                              limit_batches=limit_batches, augment=augment, repeats=repeats)
     workers = default_workers() if num_workers == "auto" else int(num_workers)
     return FileLoader(data, batch_size, mean, std, device, shuffle=shuffle, seed=seed,
-                      limit_batches=limit_batches, augment=augment, num_workers=workers)
+                      limit_batches=limit_batches, augment=augment, num_workers=workers, repeats=repeats)

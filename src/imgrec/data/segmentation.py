@@ -232,6 +232,7 @@ def seg_folder(
     mean=None,
     std=None,
     patch_size: int | None = None,
+    patches_per_image: int = 1,
 ) -> Splits:
     """Images and their masks: <root>/images + <root>/masks matched by file stem, or train/val/test folders
     of those, or a CSV of image,mask(,split) rows. Splits not given are drawn at random (val_fraction,
@@ -278,7 +279,7 @@ def seg_folder(
     assignment = np.array([entry[3] for entry in entries])
     paths = [str(entry[0]) for entry in entries]
     return segmentation_splits(images_tensor, masks_tensor, names, assignment, val_fraction, test_fraction,
-                               split_seed, normalize, mean, std, paths, patch_size)
+                               split_seed, normalize, mean, std, paths, patch_size, patches_per_image)
 
 
 def _entries(root, file, images, masks, mask_suffix, roi, image_column, mask_column, split_column):
@@ -314,10 +315,15 @@ def _entries(root, file, images, masks, mask_suffix, roi, image_column, mask_col
 
 def segmentation_splits(images: torch.Tensor, masks: torch.Tensor, class_names: list[str], assignment: np.ndarray,
                         val_fraction: float, test_fraction: float, split_seed: int, normalize: str, mean=None,
-                        std=None, paths: list[str] | None = None, patch_size: int | None = None) -> Splits:
+                        std=None, paths: list[str] | None = None, patch_size: int | None = None,
+                        patches_per_image: int = 1) -> Splits:
     """Splits as assigned, with any missing one drawn at random from train (masks cannot be stratified);
     the normalisation fixed on the train images; a warning for a class no training mask holds.
-    `patch_size`: training batches are random crops of that size (validation and test stay whole)."""
+    `patch_size`: training batches are random crops of that size (validation and test stay whole);
+    `patches_per_image`: how many of them (or augmented copies of the whole image) each epoch draws per image."""
+    if not isinstance(patches_per_image, int) or isinstance(patches_per_image, bool) or not 1 <= patches_per_image <= 10_000:
+        raise ImgrecError(f"dataset.patches_per_image={patches_per_image!r} must be a whole number from 1 to 10000 "
+                          "(training samples drawn from each image per epoch)")
     if patch_size is not None and (not isinstance(patch_size, int) or not 8 <= patch_size <= min(images.shape[-2:])):
         raise ImgrecError(f"dataset.patch_size={patch_size!r} must be null or a whole number from 8 to the image size "
                           f"({min(images.shape[-2:])} px)")
@@ -348,7 +354,8 @@ def segmentation_splits(images: torch.Tensor, masks: torch.Tensor, class_names: 
     train_part = part(train)
     mean, std = normalization_stats(train_part.images, normalize, mean, std)
     splits = Splits(train_part, part(val), part(test), list(class_names), mean, std,
-                    test_given=bool((assignment == TEST).any()), patch_size=patch_size)
+                    test_given=bool((assignment == TEST).any()), patch_size=patch_size,
+                    patches_per_image=patches_per_image)
     counts = splits.class_counts("train")
     absent = [name for name, count in zip(class_names, counts) if count == 0]
     if absent:
@@ -375,7 +382,7 @@ def _shape_mask(kind: int, height: int, width: int, cy: float, cx: float, radius
 
 def shapes(size: int = 240, image_size: int = 64, channels: int = 1, num_classes: int = 4, val_fraction: float = 0.2,
            test_fraction: float = 0.2, split_seed: int = 0, normalize: str = "standardize", mean=None, std=None,
-           seed: int = 0, patch_size: int | None = None) -> Splits:
+           seed: int = 0, patch_size: int | None = None, patches_per_image: int = 1) -> Splits:
     """Discs, squares and triangles (one class each, background the fourth) on textured noise, with their
     exact masks: a segmentation set made in memory, the same for the same seed, for tests and smoke runs.
     Every shape is brighter than most of the background; its outline says which class it is."""
@@ -400,4 +407,5 @@ def shapes(size: int = 240, image_size: int = 64, channels: int = 1, num_classes
         images[index] = np.clip(pixels, 0, 255).astype(np.uint8)[None].repeat(channels, 0)
     assignment = np.full(size, TRAIN)
     return segmentation_splits(torch.from_numpy(images), torch.from_numpy(masks), list(SHAPE_NAMES), assignment,
-                               val_fraction, test_fraction, split_seed, normalize, mean, std, patch_size=patch_size)
+                               val_fraction, test_fraction, split_seed, normalize, mean, std, patch_size=patch_size,
+                               patches_per_image=patches_per_image)

@@ -44,6 +44,7 @@ class Splits:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason) left out by on_bad_image=skip
     test_given: bool = False  # the data came with its own test split (a test/ folder, a split column, an official one)
     patch_size: int | None = None  # segmentation: train on random crops of this size
+    patches_per_image: int = 1  # segmentation: training samples drawn from each image per epoch
 
     @property
     def channels(self) -> int:

@@ -1,6 +1,7 @@
-"""Inference: the one loop every prediction runs through (the Trainer's validation and test, imgrec-eval,
--predict and -features), and a trained model rebuilt from its checkpoint alone, with the task it was
-trained for and the images it expects."""
+"""Inference: the batch loop predictions run through (the Trainer's validation and test, imgrec-eval,
+classification's -predict and -features; segmentation's -predict goes image by image through
+sliding_window, as images may differ in size), and a trained model rebuilt from its checkpoint alone,
+with the task it was trained for and the images it expects."""
 
 from dataclasses import dataclass
 

@@ -32,6 +32,24 @@ def last_linear(model: nn.Module) -> tuple[nn.Module, str, nn.Linear]:
     return found
 
 
+def head_parameter_ids(model: nn.Module) -> set[int]:
+    """ids of the parameters that are not the (pretrained) backbone: everything outside the shallowest
+    submodule named `backbone` or `encoder` (torchvision's segmentation models, smp), else the last Linear
+    layer (classifiers). What optimizer.backbone_lr_scale leaves at the full learning rate."""
+    parts = [(name.count("."), module) for name, module in model.named_modules()
+             if name.rpartition(".")[2] in ("backbone", "encoder")]
+    if parts:
+        backbone = min(parts, key=lambda part: part[0])[1]
+        inside = {id(parameter) for parameter in backbone.parameters()}
+        return {id(parameter) for parameter in model.parameters() if id(parameter) not in inside}
+    linears = [module for module in model.modules() if isinstance(module, nn.Linear)]
+    if not linears:
+        raise ImgrecError(f"optimizer.backbone_lr_scale needs a model with a backbone (a `backbone` or `encoder` "
+                          f"part, or a last Linear classifier); {type(model).__name__} has neither: leave "
+                          "optimizer.backbone_lr_scale=1.0")
+    return {id(parameter) for parameter in linears[-1].parameters()}
+
+
 def _replace_first_conv(model: nn.Module, in_channels: int, small_input: bool) -> None:
     parent, attribute, conv = _first_conv(model)
     if conv.in_channels == in_channels and not small_input:

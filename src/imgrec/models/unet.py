@@ -66,8 +66,9 @@ class UNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         height, width = x.shape[-2:]
         pad_h, pad_w = (-height) % self.multiple, (-width) % self.multiple
-        if pad_h or pad_w:
-            x = F.pad(x, (0, pad_w, 0, pad_h), mode="reflect" if min(height, width) > max(pad_h, pad_w) else "replicate")
+        # always padded (by nothing when the size fits), so a graph traced at one size holds the padding
+        # every other size needs (ONNX exports with dynamic height and width); replicate works at any size
+        x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
         skips = [self.inc(x)]
         for down in self.downs:
             skips.append(down(F.max_pool2d(skips[-1], 2)))

@@ -110,6 +110,12 @@ class Task:
     name = "task"
     train_metrics: tuple[str, ...] = ("loss",)  # logged as train/<name> each epoch
     eval_metrics: tuple[str, ...] = ("loss",)  # logged as val/<name> each epoch (and test/<name> at the end)
+    headline = "loss"  # the report summary's key imgrec-eval returns (what an eval sweep compares)
+    # what imgrec-predict writes for an image: "class_scores" (top-k classes) or "masks" (a class per pixel);
+    # a task predicting something else adds its writer to commands/predict.py's PREDICTORS
+    predicts = "class_scores"
+    spatial_output = False  # outputs per pixel at the input's size: ONNX exports take any height and width
+    output_description = "float32 logits"  # what an exported model returns, for model.json
 
     def __init__(self, monitor: str, mode: str = "max"):
         # the metric this task's runs optimise by default (optimized_metric follows it unless set)
@@ -162,4 +168,19 @@ class Task:
         return []
 
     def test_report(self, evaluation: Evaluation, sample_ids: list[str]) -> Report:
+        raise NotImplementedError
+
+    def eval_report(self, evaluation: Evaluation, sample_ids: list[str], images_at, split_name: str,
+                    threshold: dict | None, errors_shown: int) -> tuple[Report, list]:
+        """imgrec-eval's report and figures (FigureSpecs) of a split; `threshold` as check_threshold_settings allowed."""
+        raise NotImplementedError
+
+    def check_threshold_settings(self, threshold, target_recall) -> None:
+        """imgrec-eval's threshold / target_recall: a binary decision threshold, which only some tasks have."""
+        if threshold is not None or target_recall is not None:
+            raise ImgrecError(f"threshold={threshold} / target_recall={target_recall} apply to binary classification; "
+                              f"this checkpoint is a {self.name} model. Leave them null")
+
+    def predicted_classes(self, outputs: torch.Tensor) -> torch.Tensor:
+        """Class ids from a batch of raw model outputs (one per image, or one per pixel)."""
         raise NotImplementedError

@@ -14,7 +14,7 @@ from imgrec.tasks.base import (
 from imgrec.tasks.classification_scores import (
     binary_metrics_at, choose_threshold, classification_report, epoch_scores, format_report, full_report,
 )
-from imgrec.tasks.losses import ClassificationLoss, check_class_weights
+from imgrec.tasks.classification_losses import ClassificationLoss, check_class_weights
 from imgrec.tasks.mixing import MixUpCutMix
 
 
@@ -55,6 +55,9 @@ class ClassificationTask(Task):
     name = "classification"
     train_metrics = ("loss", "acc")
     eval_metrics = ("loss", "acc", "macro_precision", "macro_recall", "macro_f1")
+    headline = "accuracy"
+    predicts = "class_scores"
+    output_description = "float32 (batch, classes) logits; softmax gives class probabilities"
 
     def __init__(self, monitor: str = "val/acc", mode: str = "max", loss: dict | None = None,
                  mixup: dict | None = None):
@@ -142,8 +145,13 @@ class ClassificationTask(Task):
 
     # ---- imgrec-eval ----------------------------------------------------------------------------
 
+    def predicted_classes(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits.argmax(dim=1)
+
     def check_threshold_settings(self, threshold, target_recall) -> None:
         if threshold is None:
+            if target_recall is not None:
+                raise ImgrecError(f"target_recall={target_recall} is used with threshold=auto only")
             return
         if len(self.class_names) != 2:
             raise ImgrecError(f"threshold={threshold} applies to two-class tasks; this model has "

@@ -133,6 +133,11 @@ class SegmentationTask(Task):
     name = "segmentation"
     train_metrics = ("loss", "pixel_acc")
     eval_metrics = ("loss", "pixel_acc", "miou", "dice")
+    headline = "mean_dice"
+    predicts = "masks"
+    spatial_output = True
+    output_description = ("float32 (batch, classes, height, width) logits per pixel at the input's size (one channel "
+                          "for a binary bce model: sigmoid > 0.5 is the foreground); argmax over classes gives the mask")
 
     def __init__(self, monitor: str = "val/dice", mode: str = "max", loss: dict | None = None, shown_images: int = 4):
         super().__init__(monitor, mode)

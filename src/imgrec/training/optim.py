@@ -14,15 +14,14 @@ def parameter_groups(model: nn.Module, lr: float, weight_decay: float, exempt_no
                      backbone_lr_scale: float = 1.0) -> list[dict]:
     """The model's trainable parameters in up to four groups: head or backbone, with or without weight decay.
 
-    The head is the model's last Linear layer; the backbone (everything else) trains at
-    lr * backbone_lr_scale, the usual fine-tuning split. Decay pulls weights towards zero; on a bias or
-    a norm layer's scale that only fights the normalisation, which is why recipes exempt them.
+    The backbone (a model's `backbone` or `encoder` part, or everything but a classifier's last Linear
+    layer) trains at lr * backbone_lr_scale, the usual fine-tuning split; each group's `lr_scale` says
+    which. Decay pulls weights towards zero; on a bias or a norm layer's scale that only fights the
+    normalisation, which is why recipes exempt them. (check_optimizer_settings checks the values.)
     """
-    from imgrec.models.backbones import last_linear
+    from imgrec.models.backbones import head_parameter_ids
 
-    if backbone_lr_scale <= 0:
-        raise ImgrecError(f"optimizer.backbone_lr_scale={backbone_lr_scale} must be > 0 (freeze with model.freeze)")
-    head = set(id(p) for p in last_linear(model)[2].parameters()) if backbone_lr_scale != 1.0 else set()
+    head = head_parameter_ids(model) if backbone_lr_scale != 1.0 else set()
     groups: dict[tuple[bool, bool], list] = {}
     for module in model.modules():
         for name, parameter in module.named_parameters(recurse=False):
@@ -32,8 +31,9 @@ def parameter_groups(model: nn.Module, lr: float, weight_decay: float, exempt_no
                 name.endswith("bias") or isinstance(module, NORM_LAYERS) or parameter.ndim <= 1
             )
             groups.setdefault((id(parameter) in head, exempt), []).append(parameter)
+    scales = {in_head: 1.0 if in_head or not head else backbone_lr_scale for in_head, _ in groups}
     return [
-        {"params": params, "lr": lr * (1.0 if in_head or not head else backbone_lr_scale),
+        {"params": params, "lr": lr * scales[in_head], "lr_scale": scales[in_head],
          "weight_decay": 0.0 if exempt else weight_decay}
         for (in_head, exempt), params in sorted(groups.items())
     ]

@@ -131,3 +131,12 @@ def check_schedule_settings(scheduler_factory, max_epochs: int) -> None:
         scheduler_factory(_StandInOptimizer(), steps_per_epoch=1, max_epochs=max_epochs)
     except TypeError as error:
         raise ImgrecError(f"scheduler: {error}; check the scheduler.* keys against configs/scheduler/") from error
+
+
+def step_scheduler(scheduler, metrics: dict[str, float] | None = None) -> None:
+    """Advance a schedule by one of its own steps: a `monitor`ing one (plateau) reads its metric."""
+    monitor = getattr(scheduler, "monitor", None)
+    if monitor is None:
+        scheduler.step()
+    else:
+        scheduler.step(metrics[monitor])

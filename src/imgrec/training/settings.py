@@ -3,13 +3,12 @@ is read (before any data is loaded), and the device-dependent ones (precision) r
 device the run uses."""
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
 
 from imgrec.errors import ImgrecError
-from imgrec.runtime import PRECISIONS, autocast_dtype, check_num_threads
+from imgrec.runtime import autocast_dtype, check_compile, check_num_threads, check_precision
 
 
 def _whole(value, minimum: int) -> bool:
@@ -55,11 +54,8 @@ class TrainerSettings:
             raise ImgrecError(f"trainer.grad_clip_norm={self.grad_clip_norm!r} must be null or a number > 0")
         if self.ema_decay is not None and not (isinstance(self.ema_decay, float) and 0.0 < self.ema_decay < 1.0):
             raise ImgrecError(f"trainer.ema_decay={self.ema_decay!r} must be null or between 0 and 1, e.g. 0.999")
-        if str(self.precision) not in PRECISIONS:
-            raise ImgrecError(f"trainer.precision={self.precision!r} is not one of 32, bf16-mixed, 16-mixed")
-        if self.compile not in (True, False, None) and not isinstance(self.compile, Mapping):
-            raise ImgrecError(f"trainer.compile={self.compile!r} must be true, false or a dict of torch.compile "
-                              "arguments, e.g. {mode: max-autotune}")
+        check_precision(self.precision)
+        check_compile(self.compile)
         for name in ("channels_last", "sync_batchnorm"):
             if not isinstance(getattr(self, name), bool):
                 raise ImgrecError(f"trainer.{name}={getattr(self, name)!r} must be true or false")
@@ -67,12 +63,3 @@ class TrainerSettings:
     def autocast_dtype(self, device: torch.device, warn: bool = True) -> torch.dtype | None:
         """The dtype forward passes run in on `device` (None: float32); raises for one the device lacks."""
         return autocast_dtype(self.precision, device, warn=warn)
-
-
-def step_scheduler(scheduler, metrics: dict[str, float] | None = None) -> None:
-    """Advance a schedule by one of its own steps: a `monitor`ing one (plateau) reads its metric."""
-    monitor = getattr(scheduler, "monitor", None)
-    if monitor is None:
-        scheduler.step()
-    else:
-        scheduler.step(metrics[monitor])

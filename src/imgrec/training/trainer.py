@@ -18,8 +18,9 @@ from imgrec.training import distributed
 from imgrec.training.callbacks import Callback
 from imgrec.training.guard import NonFiniteGuard
 from imgrec.training.seeding import rng_state, set_rng_state
-from imgrec.training.settings import TrainerSettings, step_scheduler
-from imgrec.training.stopping import TrainingInterrupted, catch_stop_signals, restore_handlers
+from imgrec.training.schedulers import step_scheduler
+from imgrec.training.settings import TrainerSettings
+from imgrec.training.signals import TrainingInterrupted, catch_stop_signals, restore_handlers
 
 log = logging.getLogger("imgrec")
 
@@ -68,7 +69,9 @@ class Trainer:
         # training runs through DDP (gradients averaged over processes); evaluation uses the plain module,
         # each process predicting its own share, then gathered
         self.train_forward = compiled(self.ddp or self.model, settings.compile)
-        self.eval_forward = self.train_forward if self.ema is None else compiled(self.ema.module, settings.compile)
+        evaluated = self.model if self.ema is None else self.ema.module
+        # one compilation serves both when training and evaluation run the same module (no DDP, no EMA)
+        self.eval_forward = self.train_forward if self.ddp is None and self.ema is None else compiled(evaluated, settings.compile)
         self.show_bar = settings.progress is True or (settings.progress == "auto" and sys.stderr.isatty())
         self.checkpoint_extras = checkpoint_extras or {}
         self.epoch, self.step, self.should_stop = 0, 0, False
@@ -90,15 +93,17 @@ class Trainer:
     def metric_names(self) -> list[str]:
         return self.task.metric_names()
 
-    def make_loader(self, data, mean: list[float], std: list[float], train: bool, seed: int = 0, augment=None):
-        """A loader with this trainer's batch sizes, device, workers and batch limit; shuffled and augmented when `train`."""
+    def make_loader(self, data, mean: list[float], std: list[float], train: bool, seed: int = 0, augment=None,
+                    repeats: int = 1):
+        """A loader with this trainer's batch sizes, device, workers and batch limit; shuffled and augmented
+        (and each sample served `repeats` times per epoch) when `train`."""
         from imgrec.data.loaders import make_loader
 
         settings = self.settings
         loader = make_loader(
             data, settings.batch_size if train else settings.eval_batch_size, mean, std, self.device, shuffle=train,
             seed=seed, limit_batches=settings.limit_batches, augment=augment if train else None,
-            num_workers=settings.num_workers,
+            num_workers=settings.num_workers, repeats=repeats if train else 1,
         )
         if self.dist.enabled:
             loader.shard(self.dist.rank, self.dist.world_size)
@@ -217,7 +222,12 @@ class Trainer:
         if self.guard.skipped:
             log.warning(f"{self.guard.skipped} optimizer step(s) skipped so far for a non-finite loss or gradient")
         return {**self.task.train_scores({name: value.item() for name, value in sums.items()}, seen),
-                "train/lr": self.optimizer.param_groups[0]["lr"]}
+                "train/lr": self.scheduled_lr()}
+
+    def scheduled_lr(self) -> float:
+        """optimizer.lr as the schedule has moved it (a backbone group's scaled rate divided back)."""
+        group = self.optimizer.param_groups[0]
+        return group["lr"] / group.get("lr_scale", 1.0)
 
     def train_step(self, images: torch.Tensor, targets, update: bool = True):
         """Forward and backward one batch; with `update`, also step the optimizer (and a per-step schedule).
