@@ -108,7 +108,9 @@ def stored_component(component, kind: str, where: str) -> dict:
     def check_value(value, path: str) -> None:
         if isinstance(value, dict):
             for key, child in value.items():
-                if not isinstance(key, str) or key.startswith("_"):
+                # plain keys: names, or whole numbers (dataset.mask_values maps raw pixel values)
+                plain = isinstance(key, str) and not key.startswith("_") or type(key) is int
+                if not plain:
                     raise ImgrecError(f"{path}.{key} is not allowed in a checkpoint's stored config: only plain "
                                       "settings may sit inside a component (no _target_, _args_, _partial_ ...)")
                 check_value(child, f"{path}.{key}")

@@ -139,37 +139,39 @@ def test_every_augment_config_builds_and_keeps_shape_and_range(compose_cfg, name
     assert moved_images.shape == images.shape and moved_masks.shape == masks.shape and moved_masks.dtype == torch.uint8
 
 
-def experiment_extras(name: str, tmp_path) -> list[str]:
-    """What an experiment needs from its user: the linear probe a local weights file, the ISBI recipe a
-    folder of images and masks in its layout (both made here)."""
+def experiment_extras(name: str, cfg, tmp_path) -> list[str]:
+    """What an experiment needs from its user: the linear probe a local weights file, a recipe for your own
+    images and masks a small folder in the layout its config names (both made here)."""
     if name == "transfer_linear_probe":
         import torchvision
 
         weights = tmp_path / "resnet18.pth"
         torch.save(torchvision.models.resnet18().state_dict(), weights)
         return [f"model.weights={weights}", "dataset.image_size=32", "trainer.batch_size=16"]
-    if name == "isbi_unet":  # 12 grey 128 px slices, masks 0 = membrane / 255 = cell as ISBI's
+    if cfg.dataset._target_.endswith(".seg_folder"):  # 12 grey 256 px images, 0/255 masks (ISBI's values too)
         from PIL import Image
 
         rng = np.random.default_rng(0)
-        for folder in ("image", "label"):
-            (tmp_path / "isbi" / folder).mkdir(parents=True)
+        root = tmp_path / "masks_data"
+        for folder in (cfg.dataset.images, cfg.dataset.masks):
+            (root / folder).mkdir(parents=True)
         for index in range(12):
-            label = np.where(rng.random((128, 128)) < 0.2, 0, 255).astype(np.uint8)
-            Image.fromarray(label // 2 + 60).save(tmp_path / "isbi" / "image" / f"{index}.png")
-            Image.fromarray(label).save(tmp_path / "isbi" / "label" / f"{index}.png")
-        return [f"dataset.root={tmp_path / 'isbi'}", "model.depth=2", "model.base_width=4"]
+            label = np.where(rng.random((256, 256)) < 0.2, 0, 255).astype(np.uint8)
+            Image.fromarray(label // 2 + 60).save(root / cfg.dataset.images / f"{index}.png")
+            Image.fromarray(label).save(root / cfg.dataset.masks / f"{index}.png")
+        return [f"dataset.root={root}", "model.depth=2", "model.base_width=4"]
     return []
 
 
 @pytest.mark.parametrize("name", config_names("experiment"))
 def test_every_experiment_runs_one_limited_epoch_on_fake_data(compose_cfg, name, tmp_path):
     # group choices on the command line beat an experiment's own `override /dataset`: classification
-    # experiments run on fake data, segmentation ones on the built-in shapes (or, for a recipe of files,
-    # on a small folder in its layout)
+    # experiments run on fake data, segmentation ones on the built-in shapes, and a recipe for your own
+    # files on a small folder in its layout
     text = (CONFIG_DIR / "experiment" / f"{name}.yaml").read_text()
-    segmentation = "override /task: segmentation" in text
-    if "override /dataset: seg_folder" in text:
+    as_shipped = compose_cfg(f"experiment={name}")
+    segmentation = as_shipped.task._target_.endswith(".SegmentationTask")
+    if as_shipped.dataset._target_.endswith(".seg_folder"):
         data = []
     elif segmentation:
         data = ["dataset=shapes", "dataset.size=20", "dataset.image_size=32", "dataset.patch_size=null",
@@ -177,7 +179,7 @@ def test_every_experiment_runs_one_limited_epoch_on_fake_data(compose_cfg, name,
     else:
         data = ["dataset=fake"]
     cfg = compose_cfg(f"experiment={name}", *data, "trainer.max_epochs=1", "trainer.limit_batches=1",
-                      *experiment_extras(name, tmp_path))
+                      *experiment_extras(name, as_shipped, tmp_path))
     header = text.splitlines()[1]
     assert header.startswith("# ") and len(header) > 20, "each experiment file starts by saying what it does"
     result = train(cfg)

@@ -91,3 +91,20 @@ def test_a_two_process_checkpoint_resumes_in_one_process(two_process_run, tmp_pa
     result = train(cfg)
     assert load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.pt")["epoch"] == 2
     assert result["test"]["accuracy"] == rescored_test_accuracy(tmp_path / "resumed", tmp_path)
+
+
+def test_a_two_process_segmentation_run_reports_the_pixels_of_the_whole_split(tmp_path):
+    """Each process scores half the test images; the summed confusion matrix must be the whole split's."""
+    from imgrec.commands.eval import evaluate_checkpoint
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "1"}
+    command = [TORCHRUN, "--standalone", "--nproc_per_node=2", "-m", "imgrec.commands.train", "experiment=seg_smoke",
+               "dataset.size=30", "trainer.max_epochs=1", "trainer.progress=false", "~callbacks.validation_figures",
+               f"hydra.run.dir={tmp_path / 'two'}"]
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    report = json.loads((tmp_path / "two" / "test_report.json").read_text())
+    alone = evaluate_checkpoint(tool_cfg("eval", tmp_path / "eval", f"ckpt_path={tmp_path / 'two' / 'checkpoints' / 'best.pt'}"))
+    assert report["confusion_matrix"] == alone["confusion_matrix"]
+    assert sum(map(sum, report["confusion_matrix"])) == 6 * 32 * 32  # 6 test images of 32 x 32, each pixel once
+    assert report["mean_dice"] == pytest.approx(alone["mean_dice"])

@@ -80,11 +80,21 @@ def test_mask_values_thresholds_palettes_and_ignore(tmp_path):
         seg_folder(str(root), mask_values={10: 0}, image_size=None)
     ignored = seg_folder(str(root), mask_values={10: 0}, ignore_index=20, image_size=None)
     assert set(ignored.train.labels.unique().tolist()) == {0, IGNORE}
-    # JPEG masks: compression leaves grey levels, a threshold puts them back
-    jpeg = folder(tmp_path / "jpeg", 6, mask_mode="JPEG")
+    # JPEG masks: compression leaves grey levels; two-class ones are cut at 128 unless told otherwise
+    jpeg = tmp_path / "jpeg"
+    written = [write_pair(jpeg, f"case_{index:02d}", mask_mode="JPEG") for index in range(6)]
+    raw = np.asarray(Image.open(jpeg / "masks" / "case_00.jpg"))
+    assert len(np.unique(raw)) > 2  # the grey levels are really there
+    splits = seg_folder(str(jpeg), image_size=None, val_fraction=0.2, test_fraction=0.2)
+    assert torch.equal(splits.everything().labels, torch.from_numpy(np.stack(written) == 255).to(torch.uint8))
+    assert set(seg_folder(str(jpeg), threshold=30, image_size=None).train.labels.unique().tolist()) == {0, 1}
+    grey = folder(tmp_path / "grey", 6, mask_values=(0, 255))
+    for path in (grey / "masks").iterdir():  # a PNG with stray grey levels is not guessed at
+        mask = np.asarray(Image.open(path)).copy()
+        mask[0, :6] = [3, 7, 90, 130, 170, 250]
+        Image.fromarray(mask).save(path)
     with pytest.raises(ImgrecError, match=r"distinct values .* set dataset.threshold=128"):
-        seg_folder(str(jpeg), image_size=None)
-    assert set(seg_folder(str(jpeg), threshold=128, image_size=None).train.labels.unique().tolist()) == {0, 1}
+        seg_folder(str(grey), image_size=None)
     # colour-coded masks with a palette
     colour = tmp_path / "colour"
     for index in range(6):
@@ -350,3 +360,36 @@ def test_onnx_export_of_a_segmentation_model_takes_any_height_and_width(seg_run,
             expected = trained.model(x)
         got = torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
         assert got.shape == expected.shape and (got - expected).abs().max() < 1e-4
+
+
+def test_a_checkpoint_trained_with_mask_values_is_evaluated_on_its_own_data(tmp_path):
+    """mask_values' keys are pixel values (whole numbers): a stored config may hold them."""
+    from imgrec.commands.eval import evaluate_checkpoint
+
+    root = folder(tmp_path / "data", 12, mask_values=(255, 0))  # ISBI-like: the object is 0
+    train(tool_cfg("train", tmp_path / "run", "task=segmentation", "dataset=seg_folder", f"dataset.root={root}",
+                   "dataset.image_size=null", "+dataset.mask_values={0: 1, 255: 0}", "model.depth=2",
+                   "model.base_width=4", "trainer.max_epochs=1", "trainer.progress=false", "~logger"))
+    report = evaluate_checkpoint(tool_cfg("eval", tmp_path / "eval",
+                                          f"ckpt_path={tmp_path / 'run' / 'checkpoints' / 'best.pt'}"))
+    assert report["split"] == "test" and report["per_class"]["foreground"]["support"] == 2 * 6 * 7
+
+
+def test_the_worst_and_best_strips_are_the_lowest_and_highest_dice_and_a_small_split_shows_all():
+    from imgrec.tasks.segmentation import SegmentationEvaluation, SegmentationTask
+
+    def figure(dice):
+        n = len(dice)
+        masks = torch.zeros(n, 8, 8, dtype=torch.uint8)
+        evaluation = SegmentationEvaluation(torch.zeros(2, 2), 0.0, 1, torch.tensor(dice), masks, masks)
+        images_at = lambda indices: np.stack([np.full((1, 8, 8), 10 * i, np.uint8) for i in indices])  # noqa: E731
+        [spec] = SegmentationTask().comparison_figure(evaluation, images_at, "t", "title", count=2)
+        return spec
+
+    spec = figure([0.5, 0.9, 0.1, 0.7, 0.3, 0.8])
+    assert spec.captions == ["worst: dice 0.100", "worst: dice 0.300", "best: dice 0.900", "best: dice 0.800"]
+    assert [strip[0, 0, 0] for strip in spec.images] == [20, 40, 10, 50]  # image i is 10 * i, grey in every channel
+    assert spec.images.shape[1:] == (3, 8, 4 * 8 + 3 * 2)  # image | truth | prediction | errors
+    small = figure([0.6, 0.2, 0.4])
+    assert small.captions == ["dice 0.200 (1 of 3, worst first)", "dice 0.400 (2 of 3, worst first)",
+                              "dice 0.600 (3 of 3, worst first)"]

@@ -20,13 +20,14 @@ def test_quick_bench_writes_a_report_with_every_task_and_contender(tmp_path):
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     data = json.loads((tmp_path / "report.json").read_text())
-    assert set(data["tasks"]) == {"digits", "fashion_mnist_epoch", "step_overhead", "startup", "fashion_mnist_to_92.5"}
+    assert set(data["tasks"]) == {"digits", "fashion_mnist_epoch", "step_overhead", "startup", "fashion_mnist_to_92.5",
+                                  "segmentation_epoch"}
     for dataset in ("digits", "fashion_mnist"):
         steps = data["tasks"]["step_overhead"][dataset]
         assert set(steps["per_step_us"]) == {"plain", "imgrec", "imgrec_guard_off"}
         assert all(value > 0 for value in steps["per_step_us"].values())
         assert steps["overhead_us"]["imgrec"] == pytest.approx(steps["per_step_us"]["imgrec"] - steps["per_step_us"]["plain"])
-    assert {"imgrec", "plain loop"} <= set(data["tasks"]["digits"])
+    assert {"imgrec", "plain loop"} <= set(data["tasks"]["digits"]) and {"imgrec", "plain loop"} <= set(data["tasks"]["segmentation_epoch"])
     for task, contenders in data["tasks"].items():
         if task == "step_overhead":
             continue  # per-step figures, checked above
@@ -37,7 +38,7 @@ def test_quick_bench_writes_a_report_with_every_task_and_contender(tmp_path):
     assert len(digits["plain loop"][0]["epoch_s"]) == 2
     report = (tmp_path / "report.md").read_text()
     for heading in ("### digits", "### fashion_mnist_epoch", "### step_overhead", "### startup",
-                    "### fashion_mnist_to_92.5"):
+                    "### fashion_mnist_to_92.5", "### segmentation_epoch"):
         assert heading in report
     assert "- imgrec / plain loop: wall s " in report
     assert "BENCHMARKS" not in result.stdout  # quick mode appends nothing

@@ -157,6 +157,9 @@ def predict_masks(cfg: DictConfig, trained, paths: list[Path], device) -> dict:
     for folder in ("masks", "overlays"):
         (run_dir / folder).mkdir(parents=True, exist_ok=True)
     preprocess = Preprocess(trained.mean, trained.std, device)
+    # a model trained on images at their own size (dataset.image_size=null) predicts at each image's size
+    trained_on = (trained.state.get("config") or {}).get("dataset") or {}
+    model_size = None if "image_size" in trained_on and trained_on["image_size"] is None else trained.image_size
     names, rows, skipped = unique_names(paths), [], []
     for path, name in zip(paths, names):
         try:
@@ -170,7 +173,7 @@ def predict_masks(cfg: DictConfig, trained, paths: list[Path], device) -> dict:
         image_tensor = torch.from_numpy(pixels.copy()).permute(2, 0, 1).contiguous()
         batch = preprocess(image_tensor[None].to(device))
         with torch.inference_mode():
-            logits = full_size_logits(trained.model, batch, trained.image_size, cfg.tile, cfg.overlap, flip=cfg.tta)
+            logits = full_size_logits(trained.model, batch, model_size, cfg.tile, cfg.overlap, flip=cfg.tta)
         mask = trained.task.predicted_classes(logits)[0].to(torch.uint8).cpu().numpy()
         Image.fromarray(mask, mode="L").save(run_dir / "masks" / f"{name}.png")
         Image.fromarray(overlay(image_tensor.numpy(), mask).transpose(1, 2, 0)).save(run_dir / "overlays" / f"{name}.png")

@@ -65,6 +65,7 @@ class MaskMapping:
                  palette: list | None):
         self.num_classes, self.mask_values, self.threshold = num_classes, mask_values, threshold
         self.ignore_index, self.palette = ignore_index, palette
+        self.jpeg_noted = False
         if mask_values is not None:
             for raw, class_id in mask_values.items():
                 if class_id != "ignore" and not (isinstance(class_id, int) and 0 <= class_id < num_classes):
@@ -97,7 +98,14 @@ class MaskMapping:
         return mapped.astype(np.uint8)
 
     def recognised(self, values: np.ndarray, path: Path):
-        """0/1 and 0/255 masks are binary; palette indices and small class ids are taken as they are."""
+        """0/1 and 0/255 masks are binary; palette indices and small class ids are taken as they are; a
+        two-class JPEG mask is cut at 128 (its compression always leaves grey levels at the edges)."""
+        if self.num_classes == 2 and path.suffix.lower() in (".jpg", ".jpeg"):
+            if not self.jpeg_noted:
+                log.info("JPEG masks: raw >= 128 is class 1 (compression leaves grey levels; set dataset.threshold "
+                         "or dataset.mask_values to choose otherwise)")
+                self.jpeg_noted = True
+            return lambda raw: (raw >= 128).astype(np.int64)
         found = np.unique(values)
         if set(found.tolist()) <= {0, 255} and self.num_classes == 2:
             return lambda raw: (raw == 255).astype(np.int64)

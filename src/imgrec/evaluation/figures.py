@@ -14,7 +14,7 @@ def picture(spec):
     if isinstance(spec, ConfusionMatrixFigure):
         return confusion_matrix_image(spec.counts, spec.class_names, spec.title)
     if isinstance(spec, ImageGridFigure):
-        return image_grid_image(spec.images, spec.captions, spec.title)
+        return image_grid_image(spec.images, spec.captions, spec.title, spec.columns, spec.max_side)
     raise TypeError(f"{type(spec).__name__} is not drawn as a picture")
 
 

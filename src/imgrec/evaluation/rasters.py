@@ -119,15 +119,16 @@ def confusion_matrix_image(counts, class_names: list[str], title: str = "confusi
     return canvas
 
 
-def grid_scale(height: int, width: int) -> float:
-    """Small images (digits are 8 px) are enlarged to about 64 px, big ones shrunk to at most 128."""
+def grid_scale(height: int, width: int, max_side: int = 128) -> float:
+    """Small images (digits are 8 px) are enlarged to about 64 px, big ones shrunk to at most `max_side`."""
     side = max(height, width)
     if side < 64:
         return float(math.ceil(64 / side))
-    return min(1.0, 128 / side)
+    return min(1.0, max_side / side)
 
 
-def image_grid_image(images: np.ndarray, captions: list[str], title: str, columns: int = 8) -> Image.Image:
+def image_grid_image(images: np.ndarray, captions: list[str], title: str, columns: int = 8,
+                     max_side: int = 128) -> Image.Image:
     """uint8 images (N, C, H, W) in a grid, each above its caption (e.g. 'true 3' / 'pred 8 (0.97)')."""
     caption_font, title_font = font(11), font(14)
     count = len(images)
@@ -140,7 +141,7 @@ def image_grid_image(images: np.ndarray, captions: list[str], title: str, column
         draw.text((8, title_height), "nothing to show", font=caption_font, fill=GREY)
         return canvas
     channels, height, width = images.shape[1:]
-    scale = grid_scale(height, width)
+    scale = grid_scale(height, width, max_side)
     shown_height, shown_width = max(1, round(height * scale)), max(1, round(width * scale))
     caption_width = max((text_size(c, caption_font)[0] for c in captions), default=0)
     cell_width = max(shown_width, min(caption_width, 220)) + 8

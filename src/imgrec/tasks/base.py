@@ -47,6 +47,8 @@ class ImageGridFigure:
     images: np.ndarray  # uint8 (N, C, H, W)
     captions: list[str]
     title: str
+    max_side: int = 128  # larger images are shrunk to this many pixels on their long side
+    columns: int = 8
 
 
 @dataclass

@@ -263,14 +263,19 @@ class SegmentationTask(Task):
         """The `count` worst and best images by Dice: image, truth, prediction, errors."""
         dice = evaluation.dice.numpy()
         order = np.argsort(dice, kind="stable")
-        chosen = list(dict.fromkeys([*order[:count], *order[::-1][:count]]))
+        if len(order) <= 2 * count:  # a small split: every image, worst first
+            chosen = list(order)
+            captions = [f"dice {dice[i]:.3f} ({rank + 1} of {len(order)}, worst first)" for rank, i in enumerate(chosen)]
+        else:
+            chosen = [*order[:count], *order[::-1][:count]]
+            captions = [f"{'worst' if rank < count else 'best'}: dice {dice[i]:.3f}" for rank, i in enumerate(chosen)]
         if not chosen or images_at is None:
             return []
         images = images_at(np.array(chosen))
         strips = np.stack([comparison(image, evaluation.truth[i].numpy(), evaluation.predicted[i].numpy())
                            for image, i in zip(images, chosen)])
-        captions = [f"{'worst' if rank < count else 'best'}: dice {dice[i]:.3f}" for rank, i in enumerate(chosen)]
-        return [ImageGridFigure(tag, strips, captions, title)]
+        # one strip (four panels) per row, each panel up to 256 px: the errors of a 512 px scan stay visible
+        return [ImageGridFigure(tag, strips, captions, title, max_side=1024, columns=1)]
 
     def validation_figures(self, evaluation: SegmentationEvaluation, images_at, epoch: int, max_images: int) -> list:
         count = min(self.shown_images, max_images // 2)
