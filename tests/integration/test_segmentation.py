@@ -393,3 +393,20 @@ def test_the_worst_and_best_strips_are_the_lowest_and_highest_dice_and_a_small_s
     small = figure([0.6, 0.2, 0.4])
     assert small.captions == ["dice 0.200 (1 of 3, worst first)", "dice 0.400 (2 of 3, worst first)",
                               "dice 0.600 (3 of 3, worst first)"]
+
+
+ISBI = Path(__file__).resolve().parents[3] / "shared" / "data" / "isbi-membrane"
+
+
+@pytest.mark.skipif(not (ISBI / "image").is_dir(), reason="needs ../shared/data/isbi-membrane (not shipped with imgrec)")
+def test_the_isbi_recipe_reads_the_30_slices_and_splits_them_20_5_5(compose_cfg):
+    from imgrec.config import build_dataset
+
+    cfg = compose_cfg("experiment=isbi_unet", f"dataset.root={ISBI}")
+    splits = build_dataset(cfg.dataset, "segmentation")
+    assert [len(splits.train), len(splits.val), len(splits.test)] == [20, 5, 5]
+    assert sorted(int(Path(path).stem) for path in splits.test.paths) == [6, 10, 18, 19, 28]  # as BENCHMARKS.md says
+    assert sorted(int(Path(path).stem) for path in splits.val.paths) == [3, 8, 12, 14, 23]
+    assert tuple(splits.test.images.shape[1:]) == (1, 512, 512) and splits.class_names == ["cell", "membrane"]
+    membrane_share = splits.test.labels.float().mean().item()  # label 0 (dark membrane) became class 1
+    assert membrane_share == pytest.approx(0.220, abs=0.005)
