@@ -219,6 +219,9 @@ def check_contents(state: dict, path: Path, purpose: str) -> None:
     config = state.get("config")
     if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
         raise bad("'config' (the settings it was trained with) or its 'model' section is missing")
+    for section in ("task", "dataset"):  # absent in old checkpoints; a section when present
+        if section in config and not isinstance(config[section], dict):
+            raise bad(f"its config's '{section}' section is {type(config[section]).__name__}, not a section of settings")
     names = state.get("class_names")
     if not isinstance(names, list) or len(names) < 2 or not all(isinstance(n, str) for n in names):
         raise bad("'class_names' is missing or not a list of at least two names")

@@ -190,6 +190,8 @@ DAMAGE = {
     "input_shape": (drop("input_shape"), "'input_shape' is None, not [channels, height, width]"),
     "config": (drop("config"), "'config' (the settings it was trained with) or its 'model' section is missing"),
     "class_names": (lambda s: s.update(class_names="abc"), "'class_names' is missing or not a list of at least two"),
+    "dataset section": (lambda s: s["config"].update(dataset="abc"), "its config's 'dataset' section is str, not a section"),
+    "task section": (lambda s: s["config"].update(task=[1]), "its config's 'task' section is list, not a section"),
     "epoch": (lambda s: s.update(epoch="abc"), "'epoch' is 'abc', not a whole number >= 0"),
     "nan weights": (lambda s: s["model"][next(iter(s["model"]))].fill_(float("nan")),
                     "the weights hold NaN or Inf values (first in features.0.weight)"),

@@ -410,3 +410,115 @@ def test_the_isbi_recipe_reads_the_30_slices_and_splits_them_20_5_5(compose_cfg)
     assert tuple(splits.test.images.shape[1:]) == (1, 512, 512) and splits.class_names == ["cell", "membrane"]
     membrane_share = splits.test.labels.float().mean().item()  # label 0 (dark membrane) became class 1
     assert membrane_share == pytest.approx(0.220, abs=0.005)
+
+
+# ---- found by the hostile review of #17 -------------------------------------------------------------
+
+
+def test_16_bit_and_grey_palette_masks_read_the_values_they_show(tmp_path):
+    # 16-bit PNG masks of class ids 0/1 are ids, not a brightness to rescale (which made them all 0)
+    sixteen = folder(tmp_path / "sixteen", 6)
+    for path in (sixteen / "masks").iterdir():
+        ids = (np.asarray(Image.open(path)) == 255).astype(np.uint16)
+        Image.fromarray(ids).save(path)  # mode I;16
+    assert Image.open(sixteen / "masks" / "case_00.png").mode.startswith("I")
+    expected = seg_folder(str(folder(tmp_path / "plain", 6)), image_size=None).everything().labels
+    assert torch.equal(seg_folder(str(sixteen), image_size=None).everything().labels, expected)
+    # a grey mask quantised to a palette (GIF-style) whose first colour is white reads by its grey levels
+    quantised = folder(tmp_path / "gif", 6)
+    for path in (quantised / "masks").iterdir():
+        indices = np.where(np.asarray(Image.open(path)) == 255, 0, 1).astype(np.uint8)  # index 0 is white
+        gif = Image.fromarray(indices, mode="P")
+        gif.putpalette([255, 255, 255, 0, 0, 0])
+        gif.save(path.with_suffix(".gif"))
+        path.unlink()
+        assert Image.open(path.with_suffix(".gif")).mode == "P"
+    assert torch.equal(seg_folder(str(quantised), image_size=None).everything().labels, expected)
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"threshold": 128, "mask_values": {0: 1, 255: 0}}, r"dataset.mask_values and dataset.threshold are both set"),
+    ({"threshold": "abc"}, r"dataset.threshold='abc' must be a number above 0"),
+    ({"threshold": -5}, r"dataset.threshold=-5 must be a number above 0"),
+    ({"threshold": 128, "class_names": ["a", "b", "c"]}, r"dataset.threshold=128 makes two classes but there are 3"),
+    ({"mask_values": {"abc": 0}}, r"dataset.mask_values has the key 'abc'; keys are raw pixel values"),
+    ({"mask_values": [0, 255]}, r"dataset.mask_values=\[0, 255\] must be a map of raw value to class id"),
+    ({"ignore_index": "abc"}, r"dataset.ignore_index='abc' must be null or a whole number"),
+    ({"patches_per_image": 0}, r"dataset.patches_per_image=0 must be a whole number from 1 to 10000"),
+    ({"patch_size": -1}, r"dataset.patch_size=-1 must be null or a whole number from 8"),
+])
+def test_bad_mask_settings_are_refused_before_any_file_is_read(tmp_path, settings, message):
+    with pytest.raises(ImgrecError, match=message):
+        seg_folder(str(tmp_path / "nothing here"), **settings)  # the folder is never looked at
+
+
+def test_duplicate_names_and_rows_are_refused_and_hidden_files_are_not_images(tmp_path):
+    root = folder(tmp_path / "data", 6)
+    (root / "images" / "._case_00.png").write_bytes(b"\x00\x05\x16\x07 macOS resource fork")
+    assert len(seg_folder(str(root), image_size=None).everything()) == 6
+    Image.new("L", (20, 16)).save(root / "images" / "case_01.jpg")
+    with pytest.raises(ImgrecError, match=r"'.*case_01.jpg' and '.*case_01.png' have the same name|"
+                                          r"'.*case_01.png' and '.*case_01.jpg' have the same name"):
+        seg_folder(str(root), image_size=None)
+    (root / "images" / "case_01.jpg").unlink()
+    with open(root / "pairs.csv", "w") as handle:
+        handle.write("image,mask,split\nimages/case_00.png,masks/case_00.png,train\n"
+                     "images/case_01.png,masks/case_01.png,train\nimages/case_00.png,masks/case_00.png,test\n")
+    with pytest.raises(ImgrecError, match=r"pairs.csv rows 2 and 4 both list '.*case_00.png'"):
+        seg_folder(file=str(root / "pairs.csv"), split_column="split")
+
+
+def test_a_csv_alone_reads_its_paths_from_its_own_folder(tmp_path, compose_cfg):
+    from imgrec.config import build_dataset
+
+    root = folder(tmp_path / "data", 8)
+    with open(root / "pairs.csv", "w") as handle:
+        handle.write("image,mask\n" + "".join(f"images/case_{i:02d}.png,masks/case_{i:02d}.png\n" for i in range(8)))
+    cfg = compose_cfg("task=segmentation", "dataset=seg_folder", f"dataset.file={root / 'pairs.csv'}")
+    assert len(build_dataset(cfg.dataset, "segmentation").everything()) == 8
+    with pytest.raises(ImgrecError, match=r"dataset.root is not set: point it at your images and masks"):
+        build_dataset(compose_cfg("task=segmentation", "dataset=seg_folder").dataset, "segmentation")
+
+
+def test_a_pipeline_that_cannot_move_masks_is_refused_for_segmentation():
+    from imgrec.data.augment import build_augment
+
+    strong = tool_cfg("train", Path("unused"), "augment=strong").augment
+    assert build_augment(strong) is not None  # fine for classification
+    with pytest.raises(ImgrecError, match=r"augment.transforms\[\d\] \(TrivialAugment\) moves pixels but cannot move a "
+                                          r"segmentation mask"):
+        build_augment(strong, masks=True)
+    seg_basic = tool_cfg("train", Path("unused"), "augment=seg_basic", "augment.backend=albumentations").augment
+    with pytest.raises(ImgrecError, match=r"augment.backend=albumentations but augment.transforms\[0\] is "
+                                          r"imgrec.data.augment.RandomHorizontalFlip, not one of albumentations's transforms"):
+        build_augment(seg_basic)
+
+
+def test_a_split_without_foreground_scores_dice_1_and_reports_n_a():
+    from imgrec.tasks.base import Gather
+    from imgrec.tasks.segmentation import SegmentationTask
+
+    task = SegmentationTask()
+    task.bind(["background", "lesion"], None)
+    evaluator = task.evaluator()
+    logits = torch.zeros(2, 2, 8, 8)
+    logits[:, 0] = 1.0  # background everywhere, and no lesion in the truth either
+    evaluator.update(logits, torch.zeros(2, 8, 8, dtype=torch.uint8))
+    evaluation = evaluator.finish(Gather())
+    assert evaluation.scores("val")["val/dice"] == 1.0  # nothing to find, nothing found: as each image is scored
+    report = task.test_report(evaluation, None)
+    assert report.summary["per_class"]["lesion"]["dice"] is None and report.summary["mean_dice"] == 1.0
+    assert "n/a" in report.text and "mean Dice (foreground) 1.0000" in report.text
+
+
+def test_eval_on_a_new_folder_reads_it_at_the_size_the_model_was_trained_at(tmp_path):
+    from imgrec.commands.eval import evaluate_checkpoint
+
+    root = folder(tmp_path / "data", 12)
+    train(tool_cfg("train", tmp_path / "run", "task=segmentation", "dataset=seg_folder", f"dataset.root={root}",
+                   "dataset.image_size=16", "model.depth=2", "model.base_width=4", "trainer.max_epochs=1",
+                   "trainer.progress=false", "~logger"))
+    other = folder(tmp_path / "other", 4, size=(40, 32))
+    report = evaluate_checkpoint(tool_cfg("eval", tmp_path / "eval", f"ckpt_path={tmp_path / 'run' / 'checkpoints' / 'best.pt'}",
+                                          "dataset=seg_folder", f"dataset.root={other}"))
+    assert report["pixels"] == 4 * 16 * 16  # seg_folder's default 256 px would be 4 * 256 * 256

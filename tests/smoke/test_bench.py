@@ -34,7 +34,7 @@ def test_quick_bench_writes_a_report_with_every_task_and_contender(tmp_path):
         for name, runs in contenders.items():
             assert runs and all(r["wall_s"] > 0 and r["peak_rss_mib"] > 10 for r in runs), (task, name)
     digits = data["tasks"]["digits"]
-    assert len(digits["imgrec"][0]["epoch_s"]) == 2 and 0 <= digits["imgrec"][0]["test_acc"] <= 1
+    assert len(digits["imgrec"][0]["epoch_s"]) == 2 and digits["imgrec"][0]["test_acc"] > 0.5  # 10 classes: chance is 0.1
     assert len(digits["plain loop"][0]["epoch_s"]) == 2
     report = (tmp_path / "report.md").read_text()
     for heading in ("### digits", "### fashion_mnist_epoch", "### step_overhead", "### startup",

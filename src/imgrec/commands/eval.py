@@ -63,9 +63,11 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
     task = trained.task
     task.check_threshold_settings(cfg.threshold, cfg.target_recall)
     dataset_cfg = cfg.dataset if cfg.get("dataset") else stored_dataset(trained.state["config"].get("dataset"))
-    # read images as the model was trained to see them; a per-pixel model takes any size, so a segmentation
-    # dataset keeps its own image_size (null: the files' size)
-    fixed = [("channels", trained.channels)] + ([] if task.spatial_output else [("image_size", trained.image_size)])
+    # read images as the model was trained to see them: at its input size, unless a per-pixel model was
+    # trained on images at their own size (dataset.image_size=null), which it then takes at theirs
+    trained_on = (trained.state.get("config") or {}).get("dataset") or {}
+    own_size = task.spatial_output and "image_size" in trained_on and trained_on["image_size"] is None
+    fixed = [("channels", trained.channels)] + ([] if own_size else [("image_size", trained.image_size)])
     for key, value in fixed:
         if "image_size" in dataset_cfg and dataset_cfg.get(key) != value:
             if dataset_cfg.get(key) != "auto":
@@ -73,7 +75,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
             dataset_cfg[key] = value
     splits = build_dataset(dataset_cfg, task.name)
     check_same_classes(trained.class_names, splits.class_names, f"dataset ({dataset_cfg._target_})")
-    if splits.channels != trained.channels or (not task.spatial_output and splits.image_size != trained.image_size):
+    if splits.channels != trained.channels or (not own_size and splits.image_size != trained.image_size):
         raise ImgrecError(f"the model takes {trained.channels}-channel {trained.image_size}px images and the dataset "
                           f"gives {splits.channels}-channel {splits.image_size}px; set dataset.channels="
                           f"{trained.channels} dataset.image_size={trained.image_size}")

@@ -81,6 +81,8 @@ def predict_images(cfg: DictConfig) -> dict:
         raise ImgrecError(f"format={cfg.format!r} must be csv or json")
     if not isinstance(cfg.top_k, int) or cfg.top_k < 1:
         raise ImgrecError(f"top_k={cfg.top_k!r} must be a whole number >= 1")
+    if not isinstance(cfg.tta, bool):
+        raise ImgrecError(f"tta={cfg.tta!r} must be true or false")
     device = inference_device(cfg)
     paths = collect_inputs(cfg.inputs)
     trained = load_trained(cfg.ckpt_path, device)
@@ -151,8 +153,8 @@ def predict_masks(cfg: DictConfig, trained, paths: list[Path], device) -> dict:
 
     if cfg.tile is not None and (not isinstance(cfg.tile, int) or cfg.tile < 16):
         raise ImgrecError(f"tile={cfg.tile!r} must be null (resize to the model's input) or a whole number >= 16")
-    if not 0.0 <= cfg.overlap < 0.95:
-        raise ImgrecError(f"overlap={cfg.overlap!r} must be in [0, 0.95)")
+    if isinstance(cfg.overlap, bool) or not isinstance(cfg.overlap, (int, float)) or not 0.0 <= cfg.overlap < 0.95:
+        raise ImgrecError(f"overlap={cfg.overlap!r} must be a number in [0, 0.95), e.g. 0.25")
     run_dir = Path(cfg.paths.output_dir)
     for folder in ("masks", "overlays"):
         (run_dir / folder).mkdir(parents=True, exist_ok=True)

@@ -49,7 +49,7 @@ def show_augment(cfg: DictConfig) -> Path:
         if not isinstance(cfg[key], int) or cfg[key] < 1:
             raise ImgrecError(f"{key}={cfg[key]!r} must be a whole number >= 1")
     seed_everything(cfg.seed)
-    augment = build_augment(cfg.augment)
+    augment = build_augment(cfg.augment, masks=cfg.dataset.get("task") == "segmentation")
     splits = build_dataset(cfg.dataset, cfg.dataset.get("task", "classification"))  # any task's images
     images = splits.train.images[: cfg.num_images]
     masks = splits.train.labels[: cfg.num_images] if splits.train.labels.ndim == 3 else None

@@ -60,7 +60,7 @@ def _train(cfg: DictConfig, task, settings, env, device_setting: str) -> dict:
     if not env.is_main:  # one process writes files: checkpoints, figures, reports, TensorBoard
         callbacks = {name: c for name, c in callbacks.items() if name not in ("model_checkpoint", "validation_figures")}
     guard_against_overwrite(callbacks, resumed=resume_state is not None)
-    augment = build_augment(cfg.get("augment"))  # training batches only; evaluation sees plain images
+    augment = build_augment(cfg.get("augment"), masks=task.spatial_output)  # training batches only
 
     seed_everything(cfg.seed)
     splits = build_dataset(cfg.dataset, task.name)

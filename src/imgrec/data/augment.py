@@ -219,6 +219,7 @@ class RandomAffine:
 
 class RandomErasing:
     """Blank a random rectangle (area `scale` of the image, aspect `ratio`) with `value`, per image."""
+    image_only = True  # changes pixel values, not where they are: a segmentation mask stays as it is
 
     def __init__(self, p: float = 0.25, scale=(0.02, 0.2), ratio=(0.3, 3.3), value: float = 0):
         self.p, self.scale, self.ratio, self.value = p, tuple(scale), tuple(ratio), value
@@ -250,11 +251,12 @@ def with_patches(augment, patch_size: int | None):
     return Compose([RandomPatch(patch_size), *(augment.transforms if augment is not None else [])])
 
 
-def build_augment(augment_cfg):
+def build_augment(augment_cfg, masks: bool = False):
     """The `augment` config group as one callable, or None when it lists no transforms.
 
     backend: batch (imgrec.data transforms on whole batches, the default), albumentations or
-    torchvision (each library's transforms, applied image by image).
+    torchvision (each library's transforms, applied image by image). `masks`: the pipeline must move
+    segmentation masks with the images, so a batch transform that moves pixels without a mask is refused.
     """
     from imgrec.config import build
 
@@ -265,6 +267,8 @@ def build_augment(augment_cfg):
     transforms = [build(t) for t in augment_cfg.get("transforms") or []]
     if not transforms:
         return None
+    if backend != "batch":
+        check_library_transforms(backend, transforms)
     if backend == "albumentations":
         from imgrec.data.backends import Albumentations
 
@@ -276,4 +280,24 @@ def build_augment(augment_cfg):
     for index, transform in enumerate(transforms):
         if not callable(transform):
             raise ImgrecError(f"augment.transforms[{index}] builds a {type(transform).__name__}, which is not callable")
+        if masks and not hasattr(transform, "joint") and not getattr(transform, "image_only", False):
+            raise ImgrecError(f"augment.transforms[{index}] ({type(transform).__name__}) moves pixels but cannot move a "
+                              "segmentation mask with them; leave it out (augment=seg_basic is a pipeline that does)")
     return Compose(transforms)
+
+
+def check_library_transforms(backend: str, transforms: list) -> None:
+    """Each transform of an albumentations / torchvision pipeline must be that library's."""
+    if backend == "albumentations":
+        import albumentations
+
+        kinds = (albumentations.BasicTransform, albumentations.BaseCompose)
+    else:
+        from torchvision.transforms import v2
+
+        kinds = (v2.Transform, v2.Compose)
+    for index, transform in enumerate(transforms):
+        if not isinstance(transform, kinds):
+            raise ImgrecError(f"augment.backend={backend} but augment.transforms[{index}] is "
+                              f"{type(transform).__module__}.{type(transform).__name__}, not one of {backend}'s transforms; "
+                              "imgrec's own transforms run with augment.backend=batch")

@@ -11,6 +11,7 @@ def _as_uint8(images: torch.Tensor) -> torch.Tensor:
 
 class RandomBrightness:
     """Add delta * 255 with delta drawn from [-max_delta, max_delta] per image."""
+    image_only = True  # changes pixel values, not where they are: a segmentation mask stays as it is
 
     def __init__(self, max_delta: float = 0.2, p: float = 1.0):
         self.max_delta, self.p = max_delta, p
@@ -22,6 +23,7 @@ class RandomBrightness:
 
 class RandomContrast:
     """Scale each image's deviation from its own mean by a factor drawn from [1 - f, 1 + f]."""
+    image_only = True  # changes pixel values, not where they are: a segmentation mask stays as it is
 
     def __init__(self, max_factor: float = 0.2, p: float = 1.0):
         self.max_factor, self.p = max_factor, p
@@ -35,6 +37,7 @@ class RandomContrast:
 
 class ContrastStretch:
     """Map each image's `low`..`high` percentile range onto 0..255 (contrast stretching)."""
+    image_only = True  # changes pixel values, not where they are: a segmentation mask stays as it is
 
     def __init__(self, low: float = 2.0, high: float = 98.0, p: float = 0.5):
         self.low, self.high, self.p = low / 100, high / 100, p
@@ -50,6 +53,7 @@ class ContrastStretch:
 
 class HistogramEqualize:
     """Equalise each image's histogram (torchvision's equalize, one histogram per image)."""
+    image_only = True  # changes pixel values, not where they are: a segmentation mask stays as it is
 
     def __init__(self, p: float = 0.5):
         self.p = p
@@ -62,6 +66,7 @@ class HistogramEqualize:
 
 class GaussianNoise:
     """Add N(0, sigma * 255) noise to every pixel of the chosen images."""
+    image_only = True  # changes pixel values, not where they are: a segmentation mask stays as it is
 
     def __init__(self, sigma: float = 0.03, p: float = 0.5):
         self.sigma, self.p = sigma, p

@@ -11,6 +11,7 @@ uint8 tensor of images and one of masks.
 
 import csv
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -38,11 +39,24 @@ PALETTES = {
 
 
 def raw_mask(path: Path, palette: list | None) -> np.ndarray:
-    """A mask file's values as a 2-D array: grey levels, palette indices (P-mode PNGs, e.g. VOC), or the
-    index of each pixel's colour in `palette` (-1 where the colour is not in it)."""
+    """A mask file's values as a 2-D array: grey levels (16-bit integers as they are), palette indices of
+    colour-palette PNGs (e.g. VOC's), or the index of each pixel's colour in `palette` (-1 where the colour
+    is not in it). A palette image whose colours are all grey (most GIF masks) is read by its grey levels,
+    so the same mask reads the same whether it was saved as a grey PNG or a GIF."""
     with load_pil(path) as image:
         if image.mode in ("P", "PA") and palette is None:
-            return np.asarray(image.convert("P") if image.mode == "PA" else image, dtype=np.int64)
+            indices = np.asarray(image.convert("P") if image.mode == "PA" else image, dtype=np.int64)
+            colours = np.array(image.getpalette() or [], dtype=np.int64).reshape(-1, 3)
+            used = np.unique(indices)
+            if len(colours) > used.max() and (colours[used, 0] == colours[used, 1]).all() \
+                    and (colours[used, 1] == colours[used, 2]).all():
+                return colours[indices, 0]
+            return indices
+        if image.mode.startswith("I") or image.mode == "F":  # 16/32-bit masks hold class ids, not brightness
+            values = np.asarray(image)
+            if image.mode == "F" and not np.array_equal(values, np.round(values)):
+                raise BadImage("it is a floating-point image with fractional values; masks hold whole class ids")
+            return values.astype(np.int64)
         if palette is not None:
             pixels = np.asarray(image.convert("RGB"), dtype=np.int64)
             codes = pixels[..., 0] * 65536 + pixels[..., 1] * 256 + pixels[..., 2]
@@ -66,7 +80,30 @@ class MaskMapping:
         self.num_classes, self.mask_values, self.threshold = num_classes, mask_values, threshold
         self.ignore_index, self.palette = ignore_index, palette
         self.jpeg_noted = False
+        given = [name for name, value in (("mask_values", mask_values), ("threshold", threshold),
+                                          ("palette", palette)) if value is not None]
+        if len(given) > 1:
+            raise ImgrecError(f"dataset.{' and dataset.'.join(given)} are both set; they are alternative ways to read "
+                              "masks: keep one")
+        if threshold is not None:
+            if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold <= 65535:
+                raise ImgrecError(f"dataset.threshold={threshold!r} must be a number above 0 (e.g. 128): raw >= "
+                                  "threshold is class 1")
+            if num_classes != 2:
+                raise ImgrecError(f"dataset.threshold={threshold} makes two classes but there are {num_classes}; map "
+                                  "the values with dataset.mask_values instead")
+        if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, int)):
+            raise ImgrecError(f"dataset.ignore_index={ignore_index!r} must be null or a whole number (e.g. 255)")
         if mask_values is not None:
+            if not isinstance(mask_values, dict):
+                raise ImgrecError(f"dataset.mask_values={mask_values!r} must be a map of raw value to class id, e.g. "
+                                  "'dataset.mask_values={0: 0, 255: 1}'")
+            for raw in mask_values:
+                try:
+                    int(raw)
+                except (TypeError, ValueError):
+                    raise ImgrecError(f"dataset.mask_values has the key {raw!r}; keys are raw pixel values (whole "
+                                      "numbers), e.g. {0: 0, 255: 1}") from None
             for raw, class_id in mask_values.items():
                 if class_id != "ignore" and not (isinstance(class_id, int) and 0 <= class_id < num_classes):
                     raise ImgrecError(f"dataset.mask_values maps {raw} to {class_id!r}; class ids are 0..{num_classes - 1} "
@@ -111,8 +148,8 @@ class MaskMapping:
             return lambda raw: (raw == 255).astype(np.int64)
         if len(found) == 0 or found.max() < self.num_classes:
             return lambda raw: raw
-        hint = ("; they look like a compressed binary mask: set dataset.threshold=128" if len(found) > self.num_classes
-                else "; map them with dataset.mask_values, e.g. {0: 0, 128: 1, 255: 2}")
+        hint = ("; they look like a compressed binary mask: set dataset.threshold=128"
+                if len(found) > self.num_classes and self.num_classes == 2 else "; map them with dataset.mask_values, e.g. {0: 0, 128: 1, 255: 2}")
         raise BadImage(f"it holds {len(found)} distinct values ({found[:8].tolist()}{'...' if len(found) > 8 else ''}) "
                        f"for {self.num_classes} classes{hint}")
 
@@ -156,10 +193,17 @@ def read_pair(image_path: Path, mask_path: Path, roi_path: Path | None, channels
 
 
 def _files(folder: Path, extensions) -> dict[str, Path]:
+    """stem -> file of the folder's images; hidden files (macOS's ._name resource forks) are not images."""
     if not folder.is_dir():
         return {}
-    return {p.stem: p for p in sorted(folder.iterdir())
-            if p.suffix.lower() in extensions and (p.is_file() or p.is_symlink())}
+    files = {}
+    for path in sorted(folder.iterdir()):
+        if path.suffix.lower() in extensions and (path.is_file() or path.is_symlink()) and not path.name.startswith("."):
+            if path.stem in files:
+                raise ImgrecError(f"'{files[path.stem]}' and '{path}' have the same name: images and masks are "
+                                  "paired by name; remove or rename one")
+            files[path.stem] = path
+    return files
 
 
 def paired_files(folder: Path, images: str, masks: str, mask_suffix: str) -> list[tuple[Path, Path]]:
@@ -202,13 +246,19 @@ def csv_pairs(file: Path, root: Path, image_column: str, mask_column: str, split
                 raise ImgrecError(f"{file} row {number}: {kind} file '{path}' does not exist (paths are relative to {root})")
         split = TRAIN
         if split_column:
-            value = row[split_column].strip().lower()
+            value = (row.get(split_column) or "").strip().lower()
             if value not in SPLIT_FOLDERS:
                 raise ImgrecError(f"{file} row {number}: split {value!r} is not one of train, val, test")
             split = SPLIT_FOLDERS[value]
         pairs.append((image, mask, split))
     if not pairs:
         raise ImgrecError(f"dataset.file '{file}' has no rows")
+    seen = {}
+    for number, (image, _, split) in enumerate(pairs, start=2):
+        if image.resolve() in seen:
+            raise ImgrecError(f"{file} rows {seen[image.resolve()]} and {number} both list '{image}'; an image "
+                              "listed twice (or in two splits) would be scored on what it trained on")
+        seen[image.resolve()] = number
     return pairs
 
 
@@ -263,7 +313,8 @@ def seg_folder(
         palette = PALETTES[palette][: len(names)]
     if image_size is not None and (not isinstance(image_size, int) or image_size < 8):
         raise ImgrecError(f"dataset.image_size={image_size!r} must be null (keep each image's size) or a whole number >= 8")
-    mapping = MaskMapping(len(names), dict(mask_values) if mask_values is not None else None, threshold, ignore_index,
+    check_sampling_settings(val_fraction, test_fraction, patch_size, patches_per_image)
+    mapping = MaskMapping(len(names), dict(mask_values) if isinstance(mask_values, Mapping) else mask_values, threshold, ignore_index,
                           [list(c) for c in palette] if palette is not None else None)
     entries = _entries(root, file, images, masks, mask_suffix, roi, image_column, mask_column, split_column)
     if channels == "auto":
@@ -300,7 +351,7 @@ def _entries(root, file, images, masks, mask_suffix, roi, image_column, mask_col
         return [(image, mask, None, split)
                 for image, mask, split in csv_pairs(table, base, image_column, mask_column, split_column)]
     if not root:
-        raise ImgrecError(f"dataset.root must be set: {LAYOUT}")
+        raise ImgrecError(f"dataset.root is not set: point it at your images and masks (dataset.root=/path/to/data); expected {LAYOUT}")
     root_path = Path(root).expanduser()
     if not root_path.is_dir():
         raise ImgrecError(f"dataset.root '{root}' does not exist or is not a folder; expected {LAYOUT}")
@@ -321,6 +372,18 @@ def _entries(root, file, images, masks, mask_suffix, roi, image_column, mask_col
     return entries
 
 
+def check_sampling_settings(val_fraction, test_fraction, patch_size, patches_per_image) -> None:
+    """The split and patch settings, checked before any image is read."""
+    if not isinstance(patches_per_image, int) or isinstance(patches_per_image, bool) or not 1 <= patches_per_image <= 10_000:
+        raise ImgrecError(f"dataset.patches_per_image={patches_per_image!r} must be a whole number from 1 to 10000 "
+                          "(training samples drawn from each image per epoch)")
+    if patch_size is not None and (not isinstance(patch_size, int) or isinstance(patch_size, bool) or patch_size < 8):
+        raise ImgrecError(f"dataset.patch_size={patch_size!r} must be null or a whole number from 8 to the image size")
+    for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value < 1.0:
+            raise ImgrecError(f"dataset.{name}={value!r} must be between 0 and 1 (exclusive), e.g. 0.15")
+
+
 def segmentation_splits(images: torch.Tensor, masks: torch.Tensor, class_names: list[str], assignment: np.ndarray,
                         val_fraction: float, test_fraction: float, split_seed: int, normalize: str, mean=None,
                         std=None, paths: list[str] | None = None, patch_size: int | None = None,
@@ -329,15 +392,10 @@ def segmentation_splits(images: torch.Tensor, masks: torch.Tensor, class_names: 
     the normalisation fixed on the train images; a warning for a class no training mask holds.
     `patch_size`: training batches are random crops of that size (validation and test stay whole);
     `patches_per_image`: how many of them (or augmented copies of the whole image) each epoch draws per image."""
-    if not isinstance(patches_per_image, int) or isinstance(patches_per_image, bool) or not 1 <= patches_per_image <= 10_000:
-        raise ImgrecError(f"dataset.patches_per_image={patches_per_image!r} must be a whole number from 1 to 10000 "
-                          "(training samples drawn from each image per epoch)")
-    if patch_size is not None and (not isinstance(patch_size, int) or not 8 <= patch_size <= min(images.shape[-2:])):
+    check_sampling_settings(val_fraction, test_fraction, patch_size, patches_per_image)
+    if patch_size is not None and patch_size > min(images.shape[-2:]):
         raise ImgrecError(f"dataset.patch_size={patch_size!r} must be null or a whole number from 8 to the image size "
                           f"({min(images.shape[-2:])} px)")
-    for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
-        if not 0.0 < value < 1.0:
-            raise ImgrecError(f"dataset.{name}={value} must be between 0 and 1 (exclusive), e.g. 0.15")
     rng = np.random.default_rng(split_seed)
     train = np.flatnonzero(assignment == TRAIN)
     val, test = np.flatnonzero(assignment == VAL), np.flatnonzero(assignment == TEST)

@@ -46,6 +46,18 @@ def _mean(values: np.ndarray) -> float:
     return float(values.mean()) if len(values) else float("nan")
 
 
+def foreground_dice(dice: np.ndarray) -> float:
+    """The mean Dice of the foreground classes present in the truth or the prediction; 1.0 when none is
+    (nothing to find, nothing found), as each image's Dice is scored, so a split without foreground
+    still has a monitor value."""
+    present = dice[1:][~np.isnan(dice[1:])]
+    return float(present.mean()) if len(present) else 1.0
+
+
+def shown(value) -> str:
+    return "n/a" if value is None or np.isnan(value) else f"{value:.4f}"
+
+
 def image_dice(true: torch.Tensor, predicted: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Each image's mean Dice over the foreground classes in its truth or prediction (1.0 for an image with
     none in either: nothing to find, nothing found)."""
@@ -76,7 +88,7 @@ class SegmentationEvaluation(Evaluation):
         return {f"{prefix}/loss": self.loss_sum / max(self.pixels, 1),
                 f"{prefix}/pixel_acc": float(np.trace(self.matrix) / total) if total else float("nan"),
                 f"{prefix}/miou": _mean(per_class["iou"]),
-                f"{prefix}/dice": _mean(per_class["dice"][1:])}
+                f"{prefix}/dice": foreground_dice(per_class["dice"])}
 
 
 class SegmentationEvaluator(Evaluator):
@@ -225,7 +237,7 @@ class SegmentationTask(Task):
             "pixel_accuracy": number(np.trace(evaluation.matrix) / max(evaluation.matrix.sum(), 1)),
             "mean_iou": number(_mean(per_class["iou"])),
             "mean_iou_foreground": number(_mean(per_class["iou"][1:])),
-            "mean_dice": number(_mean(per_class["dice"][1:])),
+            "mean_dice": foreground_dice(per_class["dice"]),
             "mean_dice_with_background": number(_mean(per_class["dice"])),
             "per_class": {name: {key: number(per_class[key][i]) for key in ("iou", "dice", "precision", "recall")}
                           | {"support": int(per_class["support"][i])} for i, name in enumerate(names)},
@@ -246,12 +258,12 @@ class SegmentationTask(Task):
         width = max(12, *(len(n) for n in names))
         lines = [f"{'':>{width}} {'iou':>9} {'dice':>9} {'precision':>9} {'recall':>9} {'pixels':>11}"]
         for i, name in enumerate(names):
-            lines.append(f"{name:>{width}} " + " ".join(f"{per_class[key][i]:>9.4f}" for key in
+            lines.append(f"{name:>{width}} " + " ".join(f"{shown(per_class[key][i]):>9}" for key in
                                                         ("iou", "dice", "precision", "recall"))
                          + f" {int(per_class['support'][i]):>11d}")
-        lines.append(f"pixel accuracy {summary['pixel_accuracy']:.4f}; mean IoU {summary['mean_iou']:.4f}; "
-                     f"mean Dice (foreground) {summary['mean_dice']:.4f}; per-image Dice median "
-                     f"{summary['per_image_dice']['median'] or 0:.4f}, worst {dice.min() if len(dice) else 0:.4f}")
+        lines.append(f"pixel accuracy {shown(summary['pixel_accuracy'])}; mean IoU {shown(summary['mean_iou'])}; "
+                     f"mean Dice (foreground) {shown(summary['mean_dice'])}; per-image Dice median "
+                     f"{shown(summary['per_image_dice']['median'])}, worst {shown(dice.min() if len(dice) else None)}")
         return Report(summary, tables, "\n".join(lines))
 
     def test_report(self, evaluation: SegmentationEvaluation, sample_ids: list[str] | None) -> Report:
