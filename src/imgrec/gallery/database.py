@@ -1,0 +1,237 @@
+"""A gallery of enrolled people: their embeddings in one SQLite file, and the matching against it.
+
+Faces are personal data, so the file holds embeddings, person ids and display names only (no images),
+is created readable and writable by its owner alone, and `remove` leaves nothing of the person in it:
+SQLite's secure_delete overwrites freed pages with zeros and VACUUM rebuilds the file without them.
+Every gallery records the fingerprint of the model that made its embeddings; a different model's
+embeddings are refused, never compared. Writes are transactions, so two processes enrolling and
+identifying at once lose nothing.
+"""
+
+import os
+import sqlite3
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from imgrec.errors import ImgrecError
+
+FORMAT = "imgrec-gallery"
+SCHEMA_VERSION = 1
+SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE people (id INTEGER PRIMARY KEY, person TEXT NOT NULL UNIQUE, display_name TEXT,
+                     enrolled_at TEXT NOT NULL);
+CREATE TABLE embeddings (id INTEGER PRIMARY KEY,
+                         person_id INTEGER NOT NULL REFERENCES people(id) ON DELETE CASCADE,
+                         vector BLOB NOT NULL);
+CREATE INDEX embeddings_by_person ON embeddings (person_id);
+"""
+UNKNOWN = "unknown"
+
+
+@dataclass
+class Match:
+    """One query's answer: the best people by cosine score, and who it is (or `unknown`)."""
+
+    person: str
+    score: float
+    candidates: list[tuple[str, float]]
+
+
+@dataclass
+class Enrolled:
+    person: str
+    display_name: str | None
+    embeddings: int
+
+
+class Gallery:
+    """`Gallery.open(path, fingerprint, dimension)` creates the file or opens one made by the same model."""
+
+    def __init__(self, connection: sqlite3.Connection, path: Path, fingerprint: str, dimension: int):
+        self.connection, self.path, self.fingerprint, self.dimension = connection, path, fingerprint, dimension
+
+    # ---- opening ------------------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, path, fingerprint: str, dimension: int) -> "Gallery":
+        path = Path(path).expanduser()
+        if path.is_dir():
+            raise ImgrecError(f"gallery '{path}' is a folder; give a file name, e.g. {path / 'gallery.db'}")
+        if not path.parent.is_dir():
+            raise ImgrecError(f"gallery '{path}': its folder '{path.parent}' does not exist")
+        new = not path.exists()
+        if new:  # created owner-only before SQLite writes anything into it (its journals take the same mode)
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        connection = sqlite3.connect(path, timeout=60, isolation_level=None)
+        try:
+            connection.execute("PRAGMA foreign_keys = ON")
+            connection.execute("PRAGMA secure_delete = ON")
+            if new:
+                with transaction(connection):
+                    for statement in filter(str.strip, SCHEMA.split(";")):
+                        connection.execute(statement)
+                    connection.executemany("INSERT INTO meta VALUES (?, ?)", [
+                        ("format", FORMAT), ("schema_version", str(SCHEMA_VERSION)), ("fingerprint", fingerprint),
+                        ("dimension", str(dimension))])
+            meta = read_meta(connection, path)
+        except sqlite3.DatabaseError as error:
+            connection.close()
+            raise ImgrecError(f"gallery '{path}' is not an imgrec gallery or is damaged ({error}); give the file "
+                              "imgrec-gallery created, or a new file name") from None
+        except ImgrecError:
+            connection.close()
+            raise
+        if meta["fingerprint"] != fingerprint or int(meta["dimension"]) != dimension:
+            connection.close()
+            raise ImgrecError(f"gallery '{path}' holds embeddings of model {meta['fingerprint']} ({meta['dimension']} "
+                              f"values each) and this model is {fingerprint} ({dimension}): embeddings of different "
+                              "models cannot be compared; enrol the people again into a new gallery with this model")
+        return cls(connection, path, fingerprint, dimension)
+
+    def close(self) -> None:
+        self.connection.close()
+
+    def __enter__(self) -> "Gallery":  # noqa: PYI034
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ---- changing it --------------------------------------------------------------------------------
+
+    def enroll(self, person: str, vectors: np.ndarray, display_name: str | None = None) -> int:
+        """Add a person's embeddings (N, dimension), the person too when new; returns how many they now have."""
+        person = check_person(person)
+        vectors = self._checked(vectors, f"the embeddings of '{person}'")
+        with transaction(self.connection):
+            row = self.connection.execute("SELECT id FROM people WHERE person = ?", (person,)).fetchone()
+            if row is None:
+                cursor = self.connection.execute(
+                    "INSERT INTO people (person, display_name, enrolled_at) VALUES (?, ?, ?)",
+                    (person, display_name, datetime.now(timezone.utc).isoformat(timespec="seconds")))
+                person_id = cursor.lastrowid
+            else:
+                person_id = row[0]
+                if display_name is not None:
+                    self.connection.execute("UPDATE people SET display_name = ? WHERE id = ?", (display_name, person_id))
+            self.connection.executemany("INSERT INTO embeddings (person_id, vector) VALUES (?, ?)",
+                                        [(person_id, vector.tobytes()) for vector in vectors])
+            return self.connection.execute("SELECT COUNT(*) FROM embeddings WHERE person_id = ?", (person_id,)).fetchone()[0]
+
+    def remove(self, person: str) -> int:
+        """Delete a person and every embedding of theirs, and rebuild the file so no byte of them remains."""
+        with transaction(self.connection):
+            row = self.connection.execute("SELECT id FROM people WHERE person = ?", (person,)).fetchone()
+            if row is None:
+                raise ImgrecError(f"'{person}' is not in gallery '{self.path}'; `imgrec-gallery list` shows who is")
+            removed = self.connection.execute("DELETE FROM embeddings WHERE person_id = ?", (row[0],)).rowcount
+            self.connection.execute("DELETE FROM people WHERE id = ?", (row[0],))
+        self.connection.execute("VACUUM")  # outside the transaction: rewrites the file without the freed pages
+        return removed
+
+    def set_threshold(self, threshold: float, far: float, frr: float) -> None:
+        """The acceptance threshold on cosine scores, with the false-accept / false-reject rates it was chosen at."""
+        if not -1.0 <= threshold <= 1.0:
+            raise ImgrecError(f"threshold={threshold} must be a cosine score between -1 and 1")
+        with transaction(self.connection):
+            self.connection.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", [
+                ("threshold", repr(float(threshold))), ("threshold_far", repr(float(far))), ("threshold_frr", repr(float(frr)))])
+
+    # ---- reading it ---------------------------------------------------------------------------------
+
+    @property
+    def threshold(self) -> float | None:
+        value = read_meta(self.connection, self.path).get("threshold")
+        return None if value is None else float(value)
+
+    def people(self) -> list[Enrolled]:
+        rows = self.connection.execute(
+            "SELECT p.person, p.display_name, COUNT(e.id) FROM people p LEFT JOIN embeddings e ON e.person_id = p.id "
+            "GROUP BY p.id ORDER BY p.person").fetchall()
+        return [Enrolled(person, name, count) for person, name, count in rows]
+
+    def embeddings(self) -> tuple[np.ndarray, list[str]]:
+        """Every enrolled embedding (M, dimension) and whose it is, read in one consistent snapshot."""
+        rows = self.connection.execute(
+            "SELECT p.person, e.vector FROM embeddings e JOIN people p ON p.id = e.person_id ORDER BY e.id").fetchall()
+        if not rows:
+            return np.zeros((0, self.dimension), np.float32), []
+        vectors = np.frombuffer(b"".join(vector for _, vector in rows), dtype=np.float32).reshape(len(rows), -1)
+        return vectors, [person for person, _ in rows]
+
+    def identify(self, queries: np.ndarray, top_k: int = 5, threshold: float | None = None) -> list[Match]:
+        """Each query's top_k people by cosine score (a person scores their best-matching embedding), and who it
+        is: the best person when their score reaches the threshold (given, else the gallery's), else unknown."""
+        queries = self._checked(queries, "the query embeddings")
+        threshold = self.threshold if threshold is None else threshold
+        vectors, owners = self.embeddings()
+        if not owners:
+            raise ImgrecError(f"gallery '{self.path}' has nobody enrolled yet; `imgrec-gallery enroll` first")
+        names = sorted(set(owners))
+        column_of = {name: index for index, name in enumerate(names)}
+        scores = queries @ vectors.T  # cosine: both sides are unit vectors
+        per_person = np.full((len(queries), len(names)), -np.inf, dtype=np.float32)
+        best_per_person(per_person, scores, np.array([column_of[owner] for owner in owners]))
+        matches = []
+        for row in per_person:
+            order = np.argsort(-row, kind="stable")[:top_k]
+            candidates = [(names[i], float(row[i])) for i in order]
+            best, score = candidates[0]
+            accepted = threshold is None or score >= threshold
+            matches.append(Match(best if accepted else UNKNOWN, score, candidates))
+        return matches
+
+    def _checked(self, vectors, what: str) -> np.ndarray:
+        vectors = np.asarray(vectors, dtype=np.float32)
+        vectors = vectors[None] if vectors.ndim == 1 else vectors
+        if vectors.ndim != 2 or vectors.shape[1] != self.dimension or len(vectors) == 0:
+            raise ImgrecError(f"{what} have shape {list(vectors.shape)}; this gallery takes (N, {self.dimension})")
+        if not np.isfinite(vectors).all():
+            raise ImgrecError(f"{what} hold NaN or Inf values")
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        if (norms == 0).any():
+            raise ImgrecError(f"{what} include an all-zero vector, which matches nobody")
+        return np.ascontiguousarray(vectors / norms, dtype=np.float32)
+
+
+def best_per_person(per_person: np.ndarray, scores: np.ndarray, columns: np.ndarray) -> None:
+    """per_person[q, c] = the highest score of query q against any embedding of person c (in place)."""
+    order = np.argsort(columns, kind="stable")
+    starts = np.flatnonzero(np.r_[True, np.diff(columns[order]) != 0])
+    per_person[:, columns[order][starts]] = np.maximum.reduceat(scores[:, order], starts, axis=1)
+
+
+def check_person(person) -> str:
+    if not isinstance(person, str) or not person.strip() or person != person.strip() or person == UNKNOWN:
+        raise ImgrecError(f"person id {person!r} must be a non-empty name without surrounding spaces (and not "
+                          f"'{UNKNOWN}', which means no match)")
+    return person
+
+
+def read_meta(connection: sqlite3.Connection, path: Path) -> dict[str, str]:
+    meta = dict(connection.execute("SELECT key, value FROM meta").fetchall())
+    if meta.get("format") != FORMAT:
+        raise ImgrecError(f"gallery '{path}' is a SQLite file but not an imgrec gallery")
+    if int(meta.get("schema_version", 0)) > SCHEMA_VERSION:
+        raise ImgrecError(f"gallery '{path}' was written by a newer imgrec (schema {meta['schema_version']}); upgrade imgrec")
+    return meta
+
+
+class transaction:
+    """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on an error): a writer holds the lock from its first statement,
+    so concurrent writers queue (up to the connection's timeout) instead of failing half-way."""
+
+    def __init__(self, connection: sqlite3.Connection):
+        self.connection = connection
+
+    def __enter__(self):
+        self.connection.execute("BEGIN IMMEDIATE")
+        return self.connection
+
+    def __exit__(self, kind, value, traceback):
+        self.connection.execute("COMMIT" if kind is None else "ROLLBACK")
+        return False
