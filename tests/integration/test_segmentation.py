@@ -522,3 +522,20 @@ def test_eval_on_a_new_folder_reads_it_at_the_size_the_model_was_trained_at(tmp_
     report = evaluate_checkpoint(tool_cfg("eval", tmp_path / "eval", f"ckpt_path={tmp_path / 'run' / 'checkpoints' / 'best.pt'}",
                                           "dataset=seg_folder", f"dataset.root={other}"))
     assert report["pixels"] == 4 * 16 * 16  # seg_folder's default 256 px would be 4 * 256 * 256
+
+
+def test_a_run_on_a_relative_folder_is_evaluated_from_another_working_directory(tmp_path, monkeypatch):
+    from imgrec.commands.eval import evaluate_checkpoint
+    from imgrec.evaluation.inference import load_trained
+
+    folder(tmp_path / "project" / "scans", 12)
+    monkeypatch.chdir(tmp_path / "project")
+    train(tool_cfg("train", tmp_path / "run", "task=segmentation", "dataset=seg_folder", "dataset.root=scans",
+                   "dataset.image_size=16", "model.depth=2", "model.base_width=4", "trainer.max_epochs=1",
+                   "trainer.progress=false", "~logger"))
+    checkpoint = tmp_path / "run" / "checkpoints" / "best.pt"
+    assert load_trained(str(checkpoint), torch.device("cpu")).state["config"]["dataset"]["root"] == str(
+        tmp_path / "project" / "scans")
+    monkeypatch.chdir(tmp_path)  # elsewhere: "scans" is not here
+    report = evaluate_checkpoint(tool_cfg("eval", tmp_path / "eval", f"ckpt_path={checkpoint}"))
+    assert report["num_images"] == 2

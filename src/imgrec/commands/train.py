@@ -138,6 +138,11 @@ def checkpoint_extras(cfg: DictConfig, splits, task) -> dict:
     stored_config = OmegaConf.to_container(cfg, resolve=True)
     # the sizes the model was built with (the config may leave them to the dataset: num_classes null)
     stored_config["model"].update(in_channels=splits.channels, num_classes=task.num_outputs(len(splits.class_names)))
+    # the data's folder and CSV as absolute paths: eval and predict may run from another working directory
+    dataset = stored_config.get("dataset") or {}
+    for key in ("root", "file"):
+        if isinstance(dataset.get(key), str) and "://" not in dataset[key]:
+            dataset[key] = str(Path(dataset[key]).expanduser().absolute())
     return {
         "config": stored_config,
         "class_names": splits.class_names,
