@@ -19,7 +19,7 @@ class FixedDetector:
     def __init__(self, boxes):
         self.boxes, self.calls = np.array(boxes).reshape(-1, 4), []
 
-    def detectMultiScale(self, grey, scaleFactor, minNeighbors, minSize):  # noqa: N802, N803 (OpenCV's names)
+    def detectMultiScale(self, grey, scaleFactor, minNeighbors, minSize):
         self.calls.append((grey.shape, minSize))
         return self.boxes
 
