@@ -45,3 +45,12 @@ def test_missing_pairs_and_bad_targets_are_named():
         threshold_for_far([], IMPOSTOR, 0.01)
     with pytest.raises(ImgrecError, match=r"target FAR 1.5 must be in \[0, 1\)"):
         threshold_for_far(GENUINE, IMPOSTOR, 1.5)
+
+
+def test_pairs_and_rank1_count_what_they_say():
+    from imgrec.evaluation.verification import pair_scores, rank1
+
+    embeddings = np.array([[1, 0], [1, 0], [0, 1], [0.6, 0.8]])
+    genuine, impostor = pair_scores(embeddings, ["a", "a", "b", "b"])
+    assert sorted(genuine) == [pytest.approx(0.8), 1.0] and sorted(impostor) == [0.0, 0.0, pytest.approx(0.6), pytest.approx(0.6)]
+    assert rank1(embeddings[:3], ["a", "a", "b"], np.array([[0.9, 0.1], [0.1, 0.9], [0.8, 0.6]]), ["a", "b", "b"]) == 2 / 3

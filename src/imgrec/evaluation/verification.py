@@ -67,3 +67,18 @@ def roc_auc(genuine, impostor) -> float:
     genuine, impostor = _scores(genuine, impostor)
     labels = np.r_[np.ones(len(genuine)), np.zeros(len(impostor))]
     return float(roc_auc_score(labels, np.r_[genuine, impostor]))
+
+
+def pair_scores(embeddings, labels) -> tuple[np.ndarray, np.ndarray]:
+    """Cosine scores of every pair of unit embeddings: (genuine: same label, impostor: different labels)."""
+    embeddings, labels = np.asarray(embeddings, np.float64), np.asarray(labels)
+    scores = embeddings @ embeddings.T
+    upper = np.triu_indices(len(labels), k=1)
+    same = labels[upper[0]] == labels[upper[1]]
+    return scores[upper][same], scores[upper][~same]
+
+
+def rank1(gallery, gallery_labels, probes, probe_labels) -> float:
+    """Closed-set identification: the share of probes whose most similar gallery embedding is their own person's."""
+    nearest = np.argmax(np.asarray(probes) @ np.asarray(gallery).T, axis=1)
+    return float((np.asarray(gallery_labels)[nearest] == np.asarray(probe_labels)).mean())
