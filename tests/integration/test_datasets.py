@@ -184,7 +184,7 @@ def test_fashion_mnist_from_the_debian_package():
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_files_read_each_epoch_give_the_same_batches_as_the_in_memory_copy(tmp_path, workers):
-    from imgrec.data.files import FileSplit
+    from imgrec.data.splits import FileSplit
     from imgrec.data.loaders import make_loader
 
     root = tmp_path / "pets"

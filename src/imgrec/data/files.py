@@ -3,14 +3,21 @@
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from imgrec.data.images import BadImage, decode_image, detect_channels
-from imgrec.data.splits import TEST, ImageTensors, Splits, assign_indices, check_labels, normalization_stats
+from imgrec.data.splits import (
+    TEST,
+    FileSplit,
+    ImageTensors,
+    Splits,
+    assign_indices,
+    check_labels,
+    normalization_stats,
+)
 from imgrec.errors import ImgrecError
 
 log = logging.getLogger("imgrec")
@@ -18,19 +25,6 @@ ON_BAD_IMAGE_CHOICES = ("error", "skip")
 IN_MEMORY_CHOICES = ("auto", True, False)
 # decoded images may take at most this share of the free memory (they live in RAM or on the GPU)
 MAX_MEMORY_SHARE = 0.5
-
-
-@dataclass
-class FileSplit:
-    """A split read from its files batch by batch, for datasets too big to hold decoded."""
-
-    paths: list[Path]
-    labels: torch.Tensor
-    channels: int
-    image_size: int
-
-    def __len__(self) -> int:
-        return len(self.labels)
 
 
 def _available_memory_bytes() -> int | None:

@@ -1,6 +1,7 @@
 """Image tensors, the train/val/test split of them, and the normalisation stats that go with it."""
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -31,6 +32,19 @@ class ImageTensors:
     @property
     def image_size(self) -> int:
         return self.images.shape[-1]
+
+
+@dataclass
+class FileSplit:
+    """A split read from its files batch by batch, for datasets too big to hold decoded."""
+
+    paths: list[Path]
+    labels: torch.Tensor
+    channels: int
+    image_size: int
+
+    def __len__(self) -> int:
+        return len(self.labels)
 
 
 @dataclass
@@ -74,8 +88,6 @@ class Splits:
         if all(isinstance(part, ImageTensors) for part in parts):
             paths = None if any(part.paths is None for part in parts) else [p for part in parts for p in part.paths]
             return ImageTensors(torch.cat([part.images for part in parts]), labels, paths)
-        from imgrec.data.files import FileSplit
-
         return FileSplit([p for part in parts for p in part.paths], labels, self.channels, self.image_size)
 
 
