@@ -1,6 +1,5 @@
 """Checkpoint files: atomic writes and safe loads."""
 
-import math
 import os
 import pickle
 import re
@@ -12,6 +11,7 @@ from pathlib import Path
 import torch
 
 from imgrec.errors import ImgrecError
+from imgrec.values import is_number, is_whole
 
 FORMAT = "imgrec-checkpoint"
 FORMAT_VERSION = 1
@@ -160,7 +160,7 @@ def load_checkpoint(path: str | Path, purpose: str | None = None) -> dict:
             f"'{path}' is not an imgrec checkpoint (it has no format='{FORMAT}' marker); "
             "ckpt_path takes files imgrec wrote, e.g. <run_dir>/checkpoints/last.pt"
         )
-    if not _is_count(state.get("format_version", 0)):
+    if not is_whole(state.get("format_version", 0)):
         raise CheckpointError(f"'{path}' is damaged: its format_version is {state.get('format_version')!r}, not a whole "
                               "number; use another checkpoint imgrec wrote")
     if state.get("format_version", 0) > FORMAT_VERSION:
@@ -188,13 +188,9 @@ def upgrade(state: dict) -> None:
                           "loss": trainer.pop("loss", {}) or {}, "mixup": trainer.pop("mixup", {}) or {}}
 
 
-def _is_count(value, minimum: int = 0) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
-
-
 def _is_numbers(value, length: int) -> bool:
     return (isinstance(value, (list, tuple)) and len(value) == length
-            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value))
+            and all(is_number(v) for v in value))
 
 
 def check_contents(state: dict, path: Path, purpose: str) -> None:
@@ -226,7 +222,7 @@ def check_contents(state: dict, path: Path, purpose: str) -> None:
     if not isinstance(names, list) or len(names) < 2 or not all(isinstance(n, str) for n in names):
         raise bad("'class_names' is missing or not a list of at least two names")
     shape = state.get("input_shape")
-    if not (isinstance(shape, (list, tuple)) and len(shape) == 3 and all(_is_count(v, 1) for v in shape)
+    if not (isinstance(shape, (list, tuple)) and len(shape) == 3 and all(is_whole(v, 1) for v in shape)
             and shape[0] <= MAX_CHANNELS and max(shape[1:]) <= MAX_SIDE):
         raise bad(f"'input_shape' is {shape!r}, not [channels, height, width] with at most {MAX_CHANNELS} channels "
                   f"and sides of at most {MAX_SIDE} px")
@@ -236,11 +232,11 @@ def check_contents(state: dict, path: Path, purpose: str) -> None:
             and all(1e-6 <= s <= 1e3 for s in normalization["std"]) and all(abs(m) <= 1e3 for m in normalization["mean"])):
         raise bad(f"'normalization' is {normalization!r}, not {shape[0]} mean and {shape[0]} std values "
                   "(in [0, 1] pixel units: std between 1e-6 and 1000)")
-    if not _is_count(state.get("epoch")):
+    if not is_whole(state.get("epoch")):
         raise bad(f"'epoch' is {state.get('epoch')!r}, not a whole number >= 0")
     if purpose != "resume":
         return
-    if not _is_count(state.get("step")):
+    if not is_whole(state.get("step")):
         raise bad(f"'step' is {state.get('step')!r}, not a whole number >= 0")
     for key in ("optimizer", "scheduler", "callbacks", "rng"):
         if not isinstance(state.get(key), dict):
@@ -253,7 +249,7 @@ def check_contents(state: dict, path: Path, purpose: str) -> None:
         raise bad("'rng' does not hold the python, numpy and torch generator states imgrec saves")
     progress = state.get("epoch_progress")
     if progress is not None and not (
-        isinstance(progress, dict) and _is_count(progress.get("batches"), 1) and _is_count(progress.get("seen"), 1)
+        isinstance(progress, dict) and is_whole(progress.get("batches"), 1) and is_whole(progress.get("seen"), 1)
         and isinstance(progress.get("sums"), dict) and all(isinstance(v, torch.Tensor) for v in progress["sums"].values())
     ):
         raise bad(f"'epoch_progress' (where in an epoch it stopped) is {progress!r}, not batches >= 1, seen >= 1 "

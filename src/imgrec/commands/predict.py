@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 from imgrec.commands.entry import hydra_command, run_command
 from imgrec.config import check_tool_config, resolve_checkpoint_shortcut
 from imgrec.errors import ImgrecError
+from imgrec.values import is_number
 
 log = logging.getLogger("imgrec")
 
@@ -153,7 +154,7 @@ def predict_masks(cfg: DictConfig, trained, paths: list[Path], device) -> dict:
 
     if cfg.tile is not None and (not isinstance(cfg.tile, int) or cfg.tile < 16):
         raise ImgrecError(f"tile={cfg.tile!r} must be null (resize to the model's input) or a whole number >= 16")
-    if isinstance(cfg.overlap, bool) or not isinstance(cfg.overlap, (int, float)) or not 0.0 <= cfg.overlap < 0.95:
+    if not is_number(cfg.overlap) or not 0.0 <= cfg.overlap < 0.95:
         raise ImgrecError(f"overlap={cfg.overlap!r} must be a number in [0, 0.95), e.g. 0.25")
     run_dir = Path(cfg.paths.output_dir)
     for folder in ("masks", "overlays"):

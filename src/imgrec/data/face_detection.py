@@ -15,6 +15,7 @@ import numpy as np
 
 from imgrec.data.images import BadImage
 from imgrec.errors import ImgrecError
+from imgrec.values import is_number
 
 log = logging.getLogger("imgrec")
 DETECTORS = ("none", "haar")
@@ -44,9 +45,9 @@ class FaceCropper:
                  detector=None):
         if detect not in DETECTORS:
             raise ImgrecError(f"dataset.detect={detect!r} must be one of {', '.join(DETECTORS)}")
-        if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0 <= margin <= 1:
+        if not is_number(margin) or not 0 <= margin <= 1:
             raise ImgrecError(f"dataset.crop_margin={margin!r} must be between 0 and 1 (a share of the face's side)")
-        if isinstance(min_face, bool) or not isinstance(min_face, (int, float)) or not 0 < min_face <= 1:
+        if not is_number(min_face) or not 0 < min_face <= 1:
             raise ImgrecError(f"dataset.min_face={min_face!r} must be in (0, 1] (a share of the image's shorter side)")
         if on_no_face not in ON_NO_FACE:
             raise ImgrecError(f"dataset.on_no_face={on_no_face!r} must be skip or error")

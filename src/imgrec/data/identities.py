@@ -16,6 +16,7 @@ import numpy as np
 
 from imgrec.data.splits import TEST, TRAIN, VAL
 from imgrec.errors import ImgrecError
+from imgrec.values import is_number, is_whole
 
 SPLIT_BY = ("identity", "image")
 
@@ -96,9 +97,9 @@ def identity_assignment(persons: list[str], split_by: str, val_fraction: float, 
         raise ImgrecError(f"dataset.split_by={split_by!r} must be identity (people split: open set) or image "
                           "(every person in every split: closed set)")
     for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+        if not is_number(value) or not 0 < value < 1:
             raise ImgrecError(f"dataset.{name}={value!r} must be between 0 and 1 (exclusive), e.g. 0.2")
-    if isinstance(min_images, bool) or not isinstance(min_images, int) or min_images < 2:
+    if not is_whole(min_images, 2):
         raise ImgrecError(f"dataset.min_images={min_images!r} must be a whole number >= 2 (a genuine pair needs two)")
     names, person_of = np.unique(np.asarray(persons), return_inverse=True)
     counts = np.bincount(person_of, minlength=len(names))

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from imgrec.data.images import IMAGE_EXTENSIONS, BadImage, load_pil, to_channels
 from imgrec.data.splits import IGNORE, TEST, TRAIN, VAL, ImageTensors, Splits, normalization_stats
 from imgrec.errors import ImgrecError
+from imgrec.values import is_number, is_whole
 
 log = logging.getLogger("imgrec")
 SPLIT_FOLDERS = {"train": TRAIN, "val": VAL, "valid": VAL, "validation": VAL, "test": TEST}
@@ -86,13 +87,13 @@ class MaskMapping:
             raise ImgrecError(f"dataset.{' and dataset.'.join(given)} are both set; they are alternative ways to read "
                               "masks: keep one")
         if threshold is not None:
-            if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold <= 65535:
+            if not is_number(threshold) or not 0 < threshold <= 65535:
                 raise ImgrecError(f"dataset.threshold={threshold!r} must be a number above 0 (e.g. 128): raw >= "
                                   "threshold is class 1")
             if num_classes != 2:
                 raise ImgrecError(f"dataset.threshold={threshold} makes two classes but there are {num_classes}; map "
                                   "the values with dataset.mask_values instead")
-        if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, int)):
+        if ignore_index is not None and not is_whole(ignore_index, -(2**31)):
             raise ImgrecError(f"dataset.ignore_index={ignore_index!r} must be null or a whole number (e.g. 255)")
         if mask_values is not None:
             if not isinstance(mask_values, dict):
@@ -149,7 +150,8 @@ class MaskMapping:
         if len(found) == 0 or found.max() < self.num_classes:
             return lambda raw: raw
         hint = ("; they look like a compressed binary mask: set dataset.threshold=128"
-                if len(found) > self.num_classes and self.num_classes == 2 else "; map them with dataset.mask_values, e.g. {0: 0, 128: 1, 255: 2}")
+                if len(found) > self.num_classes and self.num_classes == 2
+                else "; map them with dataset.mask_values, e.g. {0: 0, 128: 1, 255: 2}")
         raise BadImage(f"it holds {len(found)} distinct values ({found[:8].tolist()}{'...' if len(found) > 8 else ''}) "
                        f"for {self.num_classes} classes{hint}")
 
@@ -314,7 +316,8 @@ def seg_folder(
     if image_size is not None and (not isinstance(image_size, int) or image_size < 8):
         raise ImgrecError(f"dataset.image_size={image_size!r} must be null (keep each image's size) or a whole number >= 8")
     check_sampling_settings(val_fraction, test_fraction, patch_size, patches_per_image)
-    mapping = MaskMapping(len(names), dict(mask_values) if isinstance(mask_values, Mapping) else mask_values, threshold, ignore_index,
+    mask_values = dict(mask_values) if isinstance(mask_values, Mapping) else mask_values
+    mapping = MaskMapping(len(names), mask_values, threshold, ignore_index,
                           [list(c) for c in palette] if palette is not None else None)
     entries = _entries(root, file, images, masks, mask_suffix, roi, image_column, mask_column, split_column)
     if channels == "auto":
@@ -351,7 +354,8 @@ def _entries(root, file, images, masks, mask_suffix, roi, image_column, mask_col
         return [(image, mask, None, split)
                 for image, mask, split in csv_pairs(table, base, image_column, mask_column, split_column)]
     if not root:
-        raise ImgrecError(f"dataset.root is not set: point it at your images and masks (dataset.root=/path/to/data); expected {LAYOUT}")
+        raise ImgrecError("dataset.root is not set: point it at your images and masks (dataset.root=/path/to/data); "
+                          f"expected {LAYOUT}")
     root_path = Path(root).expanduser()
     if not root_path.is_dir():
         raise ImgrecError(f"dataset.root '{root}' does not exist or is not a folder; expected {LAYOUT}")
@@ -374,13 +378,13 @@ def _entries(root, file, images, masks, mask_suffix, roi, image_column, mask_col
 
 def check_sampling_settings(val_fraction, test_fraction, patch_size, patches_per_image) -> None:
     """The split and patch settings, checked before any image is read."""
-    if not isinstance(patches_per_image, int) or isinstance(patches_per_image, bool) or not 1 <= patches_per_image <= 10_000:
+    if not is_whole(patches_per_image, 1) or patches_per_image > 10_000:
         raise ImgrecError(f"dataset.patches_per_image={patches_per_image!r} must be a whole number from 1 to 10000 "
                           "(training samples drawn from each image per epoch)")
-    if patch_size is not None and (not isinstance(patch_size, int) or isinstance(patch_size, bool) or patch_size < 8):
+    if patch_size is not None and not is_whole(patch_size, 8):
         raise ImgrecError(f"dataset.patch_size={patch_size!r} must be null or a whole number from 8 to the image size")
     for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value < 1.0:
+        if not is_number(value) or not 0.0 < value < 1.0:
             raise ImgrecError(f"dataset.{name}={value!r} must be between 0 and 1 (exclusive), e.g. 0.15")
 
 

@@ -12,6 +12,7 @@ the cosine similarity a gallery matches on.
 import numpy as np
 
 from imgrec.errors import ImgrecError
+from imgrec.values import is_whole
 
 
 def _faces(images) -> np.ndarray:
@@ -28,7 +29,7 @@ def _unit(vectors: np.ndarray) -> np.ndarray:
 
 class Eigenfaces:
     def __init__(self, components: int = 50, whiten: bool = True):
-        if isinstance(components, bool) or not isinstance(components, int) or components < 1:
+        if not is_whole(components, 1):
             raise ImgrecError(f"eigenfaces components={components!r} must be a whole number >= 1")
         self.components, self.whiten, self.pca = components, whiten, None
 
@@ -54,9 +55,9 @@ class Eigenfaces:
 
 class LBPHistograms:
     def __init__(self, points: int = 8, radius: float = 1.0, grid: int = 7):
-        if isinstance(grid, bool) or not isinstance(grid, int) or grid < 1:
+        if not is_whole(grid, 1):
             raise ImgrecError(f"lbp grid={grid!r} must be a whole number >= 1 (cells per side)")
-        if isinstance(points, bool) or not isinstance(points, int) or points < 4:
+        if not is_whole(points, 4):
             raise ImgrecError(f"lbp points={points!r} must be a whole number >= 4")
         self.points, self.radius, self.grid = points, radius, grid
 

@@ -1,11 +1,11 @@
 """Building the optimizer from its config: its settings checked, parameter groups for weight-decay exemption."""
 
-import math
 
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from imgrec.errors import ImgrecError
+from imgrec.values import is_number
 
 NORM_LAYERS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)
 
@@ -42,10 +42,6 @@ def parameter_groups(model: nn.Module, lr: float, weight_decay: float, exempt_no
 NON_NEGATIVE = ("weight_decay", "momentum", "dampening", "eps", "alpha", "lr_decay", "initial_accumulator_value")
 
 
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def check_optimizer_settings(optimizer_cfg: DictConfig) -> None:
     """The `optimizer` group's values, checked before any data is loaded: lr > 0, decays and momenta >= 0,
     betas in [0, 1), and every key an argument of the optimizer class (the class's own signature)."""
@@ -60,17 +56,17 @@ def check_optimizer_settings(optimizer_cfg: DictConfig) -> None:
     if "exempt_norm_and_bias" in settings and not isinstance(settings.pop("exempt_norm_and_bias"), bool):
         raise ImgrecError(f"optimizer.exempt_norm_and_bias={optimizer_cfg.exempt_norm_and_bias!r} must be true or false")
     scale = settings.pop("backbone_lr_scale", 1.0)
-    if not _is_number(scale) or scale <= 0:
+    if not is_number(scale) or scale <= 0:
         raise ImgrecError(f"optimizer.backbone_lr_scale={scale!r} must be a number > 0 (freeze with model.freeze)")
     lr = settings.get("lr")
-    if not _is_number(lr) or lr <= 0:
+    if not is_number(lr) or lr <= 0:
         raise ImgrecError(f"optimizer.lr={lr!r} must be a number > 0, e.g. optimizer.lr=0.001")
     for key in NON_NEGATIVE:
-        if key in settings and (not _is_number(settings[key]) or settings[key] < 0):
+        if key in settings and (not is_number(settings[key]) or settings[key] < 0):
             raise ImgrecError(f"optimizer.{key}={settings[key]!r} must be a number >= 0")
     betas = settings.get("betas")
     if betas is not None and (not isinstance(betas, list) or len(betas) != 2
-                              or not all(_is_number(b) and 0 <= b < 1 for b in betas)):
+                              or not all(is_number(b) and 0 <= b < 1 for b in betas)):
         raise ImgrecError(f"optimizer.betas={betas!r} must be two numbers in [0, 1), e.g. [0.9, 0.999]")
     optimizer_class = locate(target) if isinstance(target, str) else None
     if optimizer_class is None:

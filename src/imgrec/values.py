@@ -1,0 +1,16 @@
+"""What a number read from a config or a checkpoint must be, asked the same way by every layer.
+
+YAML reads `true` as a bool, and Python counts a bool as an int: these checks say no to it.
+"""
+
+import math
+
+
+def is_number(value) -> bool:
+    """A finite int or float (not a bool)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def is_whole(value, minimum: int = 0) -> bool:
+    """An int (not a bool) of at least `minimum`."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
