@@ -130,7 +130,21 @@ def test_ctrl_c_during_start_up_is_one_line_and_exit_130(tmp_path):
 
     process = subprocess.Popen([str(Path(sys.executable).parent / "imgrec-train"), "experiment=smoke"], cwd=tmp_path,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(1.0)  # inside start-up: composing the config, importing torch
+    # inside start-up: once torch's library is being loaded (a fixed sleep landed in the interpreter's own
+    # start-up on a busy machine, before any imgrec code runs); a fixed second where /proc is missing
+    maps, deadline = Path(f"/proc/{process.pid}/maps"), time.monotonic() + 60
+
+    def torch_loading() -> bool:
+        try:
+            return "libtorch" in maps.read_text()
+        except OSError:  # the process has ended
+            return True
+
+    if maps.parent.is_dir():
+        while process.poll() is None and time.monotonic() < deadline and not torch_loading():
+            time.sleep(0.01)
+    else:
+        time.sleep(1.0)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr

@@ -18,17 +18,17 @@ INTERRUPTED_EXIT = 130  # the shell's convention for SIGINT
 def hydra_command(config_name: str, task_name: str):
     """Turn a Hydra task function into a console entry point: the command line is checked (and the run
     folder locked) by imgrec.commands.preflight before Hydra acts on it."""
-    import hydra
-
-    from imgrec.config import CONFIG_DIR
 
     def decorate(task_function: Callable):
-        hydra_main = hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name=config_name)(task_function)
-
         def main():
-            from imgrec.commands.preflight import preflight
+            try:  # the imports too: a Ctrl-C while they run is the same one line, not a traceback
+                import hydra
 
-            try:
+                from imgrec.commands.preflight import preflight
+                from imgrec.config import CONFIG_DIR
+
+                hydra_main = hydra.main(version_base="1.3", config_path=str(CONFIG_DIR),
+                                        config_name=config_name)(task_function)
                 sys.argv[1:] = preflight(config_name, sys.argv[1:], task_name)
                 return hydra_main()
             except ImgrecError as error:  # raised before Hydra set up logging: print it ourselves
