@@ -14,7 +14,7 @@ from PIL import Image
 from imgrec.data.face_detection import FaceCropper
 from imgrec.data.identities import identity_assignment, named_files
 from imgrec.data.splits import TRAIN
-from imgrec.evaluation.verification import equal_error_rate, pair_scores, rank1, roc_auc
+from imgrec.tasks.embedding_scores import equal_error_rate, pair_scores, rank1, roc_auc
 from imgrec.models.classical_faces import Eigenfaces, LBPHistograms
 
 

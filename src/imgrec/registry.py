@@ -30,13 +30,16 @@ REGISTERED: dict[str, frozenset[str]] = {
         "imgrec.data.folders.csv_table",
         "imgrec.data.segmentation.seg_folder",
         "imgrec.data.segmentation.shapes",
+        "imgrec.data.faces.face_images",
+        "imgrec.data.faces.digits_people",
     }),
     "scheduler": frozenset({
         f"imgrec.training.schedulers.{name}"
         for name in ("constant", "warmup_cosine", "step_decay", "multistep", "exponential", "onecycle", "plateau")
     }),
     "task": frozenset({"imgrec.tasks.classification.ClassificationTask",
-                       "imgrec.tasks.segmentation.SegmentationTask"}),
+                       "imgrec.tasks.segmentation.SegmentationTask",
+                       "imgrec.tasks.embedding.EmbeddingTask"}),
     "trainer": frozenset({"imgrec.training.settings.TrainerSettings"}),
     "callback": frozenset({
         "imgrec.training.callbacks.EarlyStopping",

@@ -36,6 +36,10 @@ def dataset_overrides(name: str, tmp_path) -> list[str]:
         from tests.integration.test_segmentation import folder
 
         return [f"dataset.root={folder(tmp_path / 'scans', 8)}", "dataset.image_size=8"]
+    if name == "faces":
+        from tests.integration.test_faces import make_people
+
+        return [f"dataset.root={make_people(tmp_path / 'faces')}", "dataset.image_size=24", "dataset.detect=none"]
     if name == "fashion_mnist" and not DEBIAN_FASHION_MNIST.is_dir():
         pytest.skip("apt-get install dataset-fashion-mnist (.ci/run installs it)")
     return []

@@ -5,7 +5,7 @@ import pytest
 from sklearn.metrics import roc_curve
 
 from imgrec.errors import ImgrecError
-from imgrec.evaluation.verification import (
+from imgrec.tasks.embedding_scores import (
     equal_error_rate,
     operating_point,
     roc_auc,
@@ -48,7 +48,7 @@ def test_missing_pairs_and_bad_targets_are_named():
 
 
 def test_pairs_and_rank1_count_what_they_say():
-    from imgrec.evaluation.verification import pair_scores, rank1
+    from imgrec.tasks.embedding_scores import pair_scores, rank1
 
     embeddings = np.array([[1, 0], [1, 0], [0, 1], [0.6, 0.8]])
     genuine, impostor = pair_scores(embeddings, ["a", "a", "b", "b"])

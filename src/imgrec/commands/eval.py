@@ -74,7 +74,8 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
                 log.info(f"dataset.{key}={dataset_cfg.get(key)} -> {value}: images are read the way the model takes them")
             dataset_cfg[key] = value
     splits = build_dataset(dataset_cfg, task.name)
-    check_same_classes(trained.class_names, splits.class_names, f"dataset ({dataset_cfg._target_})")
+    if not task.open_set:  # an embedding is scored on people it never saw
+        check_same_classes(trained.class_names, splits.class_names, f"dataset ({dataset_cfg._target_})")
     if splits.channels != trained.channels or (not own_size and splits.image_size != trained.image_size):
         raise ImgrecError(f"the model takes {trained.channels}-channel {trained.image_size}px images and the dataset "
                           f"gives {splits.channels}-channel {splits.image_size}px; set dataset.channels="
@@ -93,7 +94,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
     evaluation = evaluated(split)
     threshold = resolve_threshold(cfg, task, split_name, evaluation, lambda: evaluated(splits.val))
     report, figures = task.eval_report(evaluation, sample_ids(split), lambda indices: images_at(split, indices),
-                                       split_name, threshold, cfg.errors_shown)
+                                       split_name, threshold, cfg)
     report.summary.update(split=split_name, checkpoint=str(cfg.ckpt_path), checkpoint_epoch=trained.state.get("epoch"),
                           headline=task.headline)
 

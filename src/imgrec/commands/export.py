@@ -26,7 +26,7 @@ def write_safetensors(trained, example, path: Path):
     save_file(state, str(path), metadata={"format": "imgrec", "class_names": json.dumps(trained.class_names)})
     # a fresh model from the architecture config, as a user would rebuild it
     reloaded = rebuild_model(trained.state["config"]["model"], trained.channels,
-                             trained.task.num_outputs(len(trained.class_names)), load_file(str(path))).eval()
+                             trained.task.num_outputs(len(trained.class_names)), load_file(str(path)), trained.task).eval()
     return reloaded(example.cpu())
 
 

@@ -75,6 +75,7 @@ def _train(cfg: DictConfig, task, settings, env, device_setting: str) -> dict:
     task.bind(splits.class_names, splits.class_counts("train"))
     augment = with_patches(augment, splits.patch_size)
     model = build(cfg.model, in_channels=splits.channels, num_classes=task.num_outputs(len(splits.class_names))).to(device)
+    model = task.complete_model(model).to(device)
     output = check_model_fits(model, cfg.model, splits.input_shape, device)
     task.check_output(output, f"model={cfg.model._target_.rsplit('.', 1)[-1]}")
     logger = build(cfg.logger) if cfg.get("logger") and env.is_main else None

@@ -59,6 +59,7 @@ class Splits:
     test_given: bool = False  # the data came with its own test split (a test/ folder, a split column, an official one)
     patch_size: int | None = None  # segmentation: train on random crops of this size
     patches_per_image: int = 1  # segmentation: training samples drawn from each image per epoch
+    people: bool = False  # the classes are people (face sets): val and test may hold people train has not
 
     @property
     def channels(self) -> int:

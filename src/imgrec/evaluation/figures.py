@@ -4,17 +4,21 @@ PR-curve plots with matplotlib (evaluation.plots), PR curves for TensorBoard in 
 
 from pathlib import Path
 
-from imgrec.tasks.base import ConfusionMatrixFigure, ImageGridFigure, PRCurveFigure, PRPlotFigure
+from imgrec.tasks.base import ConfusionMatrixFigure, ImageGridFigure, PRCurveFigure, PRPlotFigure, ROCPlotFigure
 
 
 def picture(spec):
-    """A Pillow image of a confusion matrix or an image grid."""
+    """A Pillow image of a confusion matrix, an image grid or a ROC plot."""
     from imgrec.evaluation.rasters import confusion_matrix_image, image_grid_image
 
     if isinstance(spec, ConfusionMatrixFigure):
         return confusion_matrix_image(spec.counts, spec.class_names, spec.title)
     if isinstance(spec, ImageGridFigure):
         return image_grid_image(spec.images, spec.captions, spec.title, spec.columns, spec.max_side)
+    if isinstance(spec, ROCPlotFigure):
+        from imgrec.evaluation.plots import figure_picture, roc_figure
+
+        return figure_picture(roc_figure(spec.genuine, spec.impostor, spec.marked, spec.title))
     raise TypeError(f"{type(spec).__name__} is not drawn as a picture")
 
 
@@ -34,6 +38,10 @@ def to_file(spec, folder: Path) -> Path:
         from imgrec.evaluation.plots import pr_curves_figure, save_figure
 
         save_figure(pr_curves_figure(spec.probabilities, spec.labels, spec.class_names, spec.marked), path)
+    elif isinstance(spec, ROCPlotFigure):
+        from imgrec.evaluation.plots import roc_figure, save_figure
+
+        save_figure(roc_figure(spec.genuine, spec.impostor, spec.marked, spec.title), path)
     else:
         picture(spec).save(path)
     return path

@@ -48,7 +48,7 @@ class TrainedModel:
         return self.input_shape[1]
 
 
-def rebuild_model(model_cfg: dict, in_channels: int, num_classes: int, weights: dict) -> nn.Module:
+def rebuild_model(model_cfg: dict, in_channels: int, num_classes: int, weights: dict, task: Task) -> nn.Module:
     """The checkpoint's architecture with its trained weights. Pretrained weights it started from are
     not read again (the file may not exist here), and a frozen backbone is rebuilt as a plain network."""
     cfg = OmegaConf.create(stored_component(model_cfg, "model", "the checkpoint's config.model"))
@@ -57,7 +57,7 @@ def rebuild_model(model_cfg: dict, in_channels: int, num_classes: int, weights: 
     if cfg.get("freeze") == "backbone":
         cfg.freeze = "none"
         weights = {key.removeprefix("model."): value for key, value in weights.items()}
-    model = build(cfg, in_channels=in_channels, num_classes=num_classes)
+    model = task.complete_model(build(cfg, in_channels=in_channels, num_classes=num_classes))
     model.load_state_dict(weights)
     return model
 
@@ -90,7 +90,7 @@ def load_trained(ckpt_path: str, device: torch.device) -> TrainedModel:
     task.bind(list(state["class_names"]), None)
     try:
         model = rebuild_model(state["config"]["model"], input_shape[0], task.num_outputs(len(state["class_names"])),
-                              state["model"])
+                              state["model"], task)
     except (RuntimeError, KeyError) as error:
         raise ImgrecError(f"ckpt_path {ckpt_path}: its model could not be rebuilt: {str(error).splitlines()[0]}") from error
     normalization = state["normalization"]

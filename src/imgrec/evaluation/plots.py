@@ -1,6 +1,6 @@
-"""Precision-recall curves for `imgrec-eval`, with matplotlib's file-only Agg backend so they render on
+"""Precision-recall and verification ROC curves, with matplotlib's file-only Agg backend so they render on
 servers without a display. The confusion matrix and error grid are drawn with Pillow
-(imgrec.evaluation.rasters): no matplotlib import in a training run."""
+(imgrec.evaluation.rasters): a classification or segmentation training run imports no matplotlib."""
 
 import numpy as np
 
@@ -42,6 +42,46 @@ def pr_curves_figure(probabilities: np.ndarray, y_true: np.ndarray, class_names:
         axes.legend(loc="lower left", fontsize=8)
     figure.tight_layout()
     return figure
+
+
+def roc_figure(genuine: np.ndarray, impostor: np.ndarray, marked: list[dict], title: str):
+    """True-accept rate against false-accept rate (log scale: the low-FAR end is where access control
+    lives), from every genuine and impostor pair score; `marked` points ({label, far, tar}) drawn on it."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    plt = _pyplot()
+    labels = np.r_[np.ones(len(genuine)), np.zeros(len(impostor))]
+    scores = np.r_[genuine, impostor]
+    false_accept, true_accept, _ = roc_curve(labels, scores)
+    floor = 1.0 / max(len(impostor), 1)  # the smallest FAR these pairs can measure
+    figure, axes = plt.subplots(figsize=(7, 6))
+    axes.plot(np.maximum(false_accept, floor / 2), true_accept, linewidth=1.4,
+              label=f"AUC {roc_auc_score(labels, scores):.4f} ({len(genuine)} genuine, {len(impostor)} impostor pairs)")
+    for point in marked:
+        axes.scatter([max(point["far"], floor / 2)], [point["tar"]], zorder=3,
+                     label=f"{point['label']}: FAR {point['far']:.4f}, TAR {point['tar']:.4f}")
+    axes.set_xscale("log")
+    axes.set_xlim(floor / 2, 1.0)
+    axes.set_ylim(0, 1.01)
+    axes.set_xlabel("false-accept rate (impostor pairs accepted)")
+    axes.set_ylabel("true-accept rate (genuine pairs accepted)")
+    axes.set_title(title)
+    axes.legend(loc="lower right", fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
+def figure_picture(figure):
+    """A matplotlib figure as a Pillow image (for TensorBoard), the figure closed."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=90)
+    _pyplot().close(figure)
+    buffer.seek(0)
+    return Image.open(buffer).convert("RGB")
 
 
 def save_figure(figure, path) -> None:

@@ -30,6 +30,11 @@ def record_dataset(splits, run_dir: Path, log) -> None:
         (run_dir / "skipped_images.txt").write_text("\n".join(lines) + "\n")
         log.warning(f"{len(splits.skipped)} image(s) were skipped; the list is in {run_dir / 'skipped_images.txt'}")
     train_counts = counts["train"]
+    if splits.people:
+        in_split = {split: sum(1 for count in counts[split] if count) for split in counts}
+        log.info(f"{len(splits.class_names)} people; images train/val/test = {len(splits.train)}/{len(splits.val)}/"
+                 f"{len(splits.test)}; people train/val/test = {in_split['train']}/{in_split['val']}/{in_split['test']}")
+        return
     unit = "pixels" if splits.train.labels.ndim > 1 else "images"
     log.info(
         f"{len(splits.class_names)} classes; images train/val/test = "

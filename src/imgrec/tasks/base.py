@@ -71,7 +71,19 @@ class PRPlotFigure:
     marked: dict | None = None  # {precision, recall, threshold}
 
 
-FigureSpec = ConfusionMatrixFigure | ImageGridFigure | PRCurveFigure | PRPlotFigure
+@dataclass
+class ROCPlotFigure:
+    """A verification ROC (true-accept rate against false-accept rate, log scale) from pair scores, with
+    `marked` operating points ({label, far, tar})."""
+
+    tag: str
+    genuine: np.ndarray
+    impostor: np.ndarray
+    marked: list[dict]
+    title: str
+
+
+FigureSpec = ConfusionMatrixFigure | ImageGridFigure | PRCurveFigure | PRPlotFigure | ROCPlotFigure
 
 
 class Gather:
@@ -117,6 +129,7 @@ class Task:
     # a task predicting something else adds its writer to commands/predict.py's PREDICTORS
     predicts = "class_scores"
     spatial_output = False  # outputs per pixel at the input's size: ONNX exports take any height and width
+    open_set = False  # True: a split may hold classes the model never trained on (people), so eval takes any
     output_description = "float32 logits"  # what an exported model returns, for model.json
 
     def __init__(self, monitor: str, mode: str = "max"):
@@ -139,6 +152,11 @@ class Task:
 
     def bind(self, class_names: list[str], class_counts: list[int] | None) -> None:
         """What the data decides (class names; training counts for class weights, None for inference)."""
+
+    def complete_model(self, model):
+        """The network trained and saved: the built model, or the model wrapped with what the task adds to it
+        (an embedding's normalisation and margin head). Called after bind, for training and for inference."""
+        return model
 
     def train_batch(self, images: torch.Tensor, targets):
         """Batch-level training transforms that change targets too (mixup); none by default."""
@@ -173,8 +191,9 @@ class Task:
         raise NotImplementedError
 
     def eval_report(self, evaluation: Evaluation, sample_ids: list[str], images_at, split_name: str,
-                    threshold: dict | None, errors_shown: int) -> tuple[Report, list]:
-        """imgrec-eval's report and figures (FigureSpecs) of a split; `threshold` as check_threshold_settings allowed."""
+                    threshold: dict | None, settings) -> tuple[Report, list]:
+        """imgrec-eval's report and figures (FigureSpecs) of a split; `threshold` as check_threshold_settings
+        allowed, `settings` imgrec-eval's config (errors_shown, enrolled_per_person ...)."""
         raise NotImplementedError
 
     def check_threshold_settings(self, threshold, target_recall) -> None:

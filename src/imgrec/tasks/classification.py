@@ -169,7 +169,7 @@ class ClassificationTask(Task):
                 "val_precision": chosen["precision"], "val_recall": chosen["recall"]}
 
     def eval_report(self, evaluation: ClassificationEvaluation, sample_ids: list[str], images_at, split_name: str,
-                    threshold: dict | None, errors_shown: int) -> tuple[Report, list]:
+                    threshold: dict | None, settings) -> tuple[Report, list]:
         """imgrec-eval's files: report.json, per_class.csv, predictions.csv, confusion_matrix.csv, and the
         confusion matrix, PR curves and most confident errors as pictures."""
         probabilities, labels = evaluation.probabilities, evaluation.labels.numpy()
@@ -193,7 +193,7 @@ class ClassificationTask(Task):
                   [[name, *row] for name, row in zip(names, report["confusion_matrix"])]),
         ]
         wrong = np.flatnonzero(predicted != labels)
-        wrong = wrong[np.argsort(-probabilities[wrong, predicted[wrong]], kind="stable")][:errors_shown]
+        wrong = wrong[np.argsort(-probabilities[wrong, predicted[wrong]], kind="stable")][:settings.errors_shown]
         figures = [
             ConfusionMatrixFigure("confusion_matrix", np.array(report["confusion_matrix"]), names,
                                   f"{split_name} confusion matrix"),

@@ -297,10 +297,10 @@ class SegmentationTask(Task):
                                         f"image | truth | prediction | errors, epoch {epoch}", count)]
 
     def eval_report(self, evaluation: SegmentationEvaluation, sample_ids: list[str], images_at, split_name: str,
-                    threshold, errors_shown: int) -> tuple[Report, list]:
+                    threshold, settings) -> tuple[Report, list]:
         report = self.report(evaluation, split_name, sample_ids)
         figures = [ConfusionMatrixFigure("confusion_matrix", evaluation.matrix, self.class_names,
                                          f"{split_name} pixel confusion matrix"),
                    *self.comparison_figure(evaluation, images_at, "worst_and_best",
-                                           "image | truth | prediction | errors", max(1, min(8, errors_shown // 2)))]
+                                           "image | truth | prediction | errors", max(1, min(8, settings.errors_shown // 2)))]
         return report, figures
