@@ -92,6 +92,21 @@ class Gallery:
                               "models cannot be compared; enrol the people again into a new gallery with this model")
         return cls(connection, path, fingerprint, dimension)
 
+    @classmethod
+    def open_existing(cls, path) -> "Gallery":
+        """A gallery file that exists, with whatever model made it (to list or remove people: no model needed)."""
+        path = Path(path).expanduser()
+        if not path.is_file():
+            raise ImgrecError(f"gallery '{path}' does not exist; `imgrec-gallery action=enroll` creates it")
+        try:
+            connection = sqlite3.connect(f"file:{path}?mode=rw", uri=True, timeout=60, isolation_level=None)
+            meta = read_meta(connection, path)
+            connection.close()
+        except sqlite3.DatabaseError as error:
+            raise ImgrecError(f"gallery '{path}' is not an imgrec gallery or is damaged ({error}); give the file "
+                              "imgrec-gallery created") from None
+        return cls.open(path, meta["fingerprint"], int(meta["dimension"]))
+
     def close(self) -> None:
         self.connection.close()
 
