@@ -10,6 +10,7 @@ that are already face crops as they are.
 """
 
 import logging
+import threading
 
 import numpy as np
 
@@ -53,13 +54,24 @@ class FaceCropper:
             raise ImgrecError(f"dataset.on_no_face={on_no_face!r} must be skip or error")
         self.detect, self.margin, self.min_face, self.on_no_face = detect, margin, min_face, on_no_face
         self.detector = detector if detector is not None else (haar_detector() if detect == "haar" else None)
+        # a CascadeClassifier is not thread-safe: shared by decoding threads it returned different boxes from
+        # run to run, so each thread gets its own (loading one takes ~20 ms)
+        self.per_thread = threading.local()
+        self.own_detector = detector is None and detect == "haar"
+
+    def _detector(self):
+        if not self.own_detector:  # one given by the caller (a test's stand-in) is used as it is
+            return self.detector
+        if getattr(self.per_thread, "detector", None) is None:
+            self.per_thread.detector = haar_detector()
+        return self.per_thread.detector
 
     def crop(self, image):
         if self.detector is None:
             return image
         grey = np.asarray(image.convert("L"))
         smallest = max(8, int(self.min_face * min(grey.shape)))
-        boxes = self.detector.detectMultiScale(grey, scaleFactor=1.1, minNeighbors=5, minSize=(smallest, smallest))
+        boxes = self._detector().detectMultiScale(grey, scaleFactor=1.1, minNeighbors=5, minSize=(smallest, smallest))
         if len(boxes) == 0:
             if self.on_no_face == "error":
                 raise BadImage("no face found (dataset.on_no_face=skip leaves such images out; the Haar detector "

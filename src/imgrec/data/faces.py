@@ -77,8 +77,8 @@ def decode_faces(paths: list[Path], cropper: FaceCropper, channels: int, size: i
             else:
                 skipped.append((str(path), problem))
     if no_face:
-        log.warning(f"no face found in {no_face} of {len(paths)} image(s): left out (dataset.on_no_face=skip; the "
-                    "list is in skipped_images.txt in the run dir)")
+        log.warning(f"no face found in {no_face} of {len(paths)} image(s): left out (on_no_face=skip; each is listed "
+                    "in the run dir's skipped files)")
     if not faces:
         raise ImgrecError(f"none of the {len(paths)} images could be used (see skipped_images.txt); with "
                           "dataset.detect=haar, try detect=none for images that are already face crops")
