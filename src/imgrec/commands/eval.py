@@ -46,6 +46,55 @@ def resolve_threshold(cfg: DictConfig, task, split_name: str, evaluation, val_ev
     return threshold
 
 
+BASELINES = ("eigenfaces", "lbp")
+
+
+def evaluate_baseline(cfg: DictConfig) -> dict:
+    """A classical face baseline (eigenfaces, LBP histograms) fitted on the dataset's train split and scored
+    on a split with the report and files an embedding checkpoint gets, so the lines compare."""
+    import numpy as np
+    import torch
+
+    from imgrec.config import build_dataset
+    from imgrec.data.files import images_at
+    from imgrec.data.splits import sample_ids
+    from imgrec.evaluation.figures import to_file
+    from imgrec.evaluation.reports import write_report
+    from imgrec.models.classical_faces import Eigenfaces, LBPHistograms
+    from imgrec.tasks.embedding import EmbeddingEvaluation, EmbeddingTask
+
+    if cfg.baseline not in BASELINES:
+        raise ImgrecError(f"baseline={cfg.baseline!r} must be one of {', '.join(BASELINES)} (or null with ckpt_path=...)")
+    if cfg.ckpt_path:
+        raise ImgrecError("give baseline=... or ckpt_path=..., not both")
+    if not cfg.get("dataset") or cfg.dataset.get("task") != "embedding":
+        raise ImgrecError(f"baseline={cfg.baseline} needs a face dataset: dataset=faces dataset.root=... (the split it "
+                          "is fitted on and scored on, as a trained model's)")
+    if cfg.split not in ("auto", "test", "val"):
+        raise ImgrecError(f"split={cfg.split} with a baseline: test (auto) or val; it is fitted on train")
+    splits = build_dataset(cfg.dataset, "embedding")
+    split_name = "val" if cfg.split == "val" else "test"
+    split = getattr(splits, split_name)
+
+    def grey(images: torch.Tensor) -> np.ndarray:
+        return images.float().mean(dim=1).numpy()
+
+    method = Eigenfaces(min(50, len(splits.train) - 1)) if cfg.baseline == "eigenfaces" else LBPHistograms()
+    method.fit(grey(splits.train.images))
+    evaluation = EmbeddingEvaluation(torch.from_numpy(method.embed(grey(split.images))), split.labels)
+    report, figures = EmbeddingTask().eval_report(evaluation, sample_ids(split), lambda i: images_at(split, i),
+                                                  split_name, None, cfg)
+    report.summary.update(split=split_name, baseline=cfg.baseline, headline="roc_auc")
+    run_dir = Path(cfg.paths.output_dir)
+    report.text = f"{cfg.baseline} fitted on {len(splits.train)} train images; {split_name} split, {len(split)} images:\n" \
+        + report.text
+    write_report(report, run_dir, "report.json", log)
+    for figure in figures:
+        to_file(figure, run_dir)
+    log.info(f"evaluation saved in {run_dir.resolve()}")
+    return report.summary
+
+
 def evaluate_checkpoint(cfg: DictConfig) -> dict:
     from imgrec.data.files import images_at
     from imgrec.data.loaders import make_loader
@@ -55,6 +104,8 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
     from imgrec.evaluation.reports import write_report
 
     check_tool_config(cfg)  # before anything is built
+    if cfg.get("baseline") is not None:
+        return evaluate_baseline(cfg)
     resolve_checkpoint_shortcut(cfg)
     if cfg.split not in SPLIT_CHOICES:
         raise ImgrecError(f"split={cfg.split!r} must be one of {', '.join(SPLIT_CHOICES)}")

@@ -192,7 +192,35 @@ def predict_masks(cfg: DictConfig, trained, paths: list[Path], device) -> dict:
     return {"predictions": rows, "skipped": skipped, "output": output}
 
 
-PREDICTORS = {"class_scores": predict_class_scores, "masks": predict_masks}  # by Task.predicts
+def predict_embeddings(cfg: DictConfig, trained, paths: list[Path], device) -> dict:
+    """Each readable image's unit embedding (faces cropped as the model was trained): embeddings.npy, float32
+    (images, embedding_size), row i the i-th row of predictions.csv; skipped files in skipped.csv."""
+    import io
+
+    import numpy as np
+
+    from imgrec.evaluation.reports import write_whole
+    from imgrec.gallery.embedder import FaceEmbedder
+
+    vectors, readable, skipped = FaceEmbedder(trained, device, cfg.batch_size).embed(paths)
+    for path, reason in skipped:
+        log.warning(f"skipped {path}: {reason}")
+    if not len(vectors):
+        raise nothing_readable(paths, skipped)
+    run_dir = Path(cfg.paths.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    rows = [{"path": str(path), "row": row} for row, path in enumerate(readable)]
+    output = write_predictions(run_dir, cfg, rows, skipped, ["path", "row"], lambda row: [row["path"], row["row"]])
+    buffer = io.BytesIO()
+    np.save(buffer, vectors.astype(np.float32))
+    write_whole(run_dir / "embeddings.npy", buffer.getvalue())
+    log.info(f"{len(rows)} image(s) embedded, {len(skipped)} skipped; embeddings.npy and {output.name} in "
+             f"{run_dir.resolve()} (match them against people with imgrec-gallery)")
+    return {"predictions": rows, "skipped": skipped, "output": output, "embeddings": vectors}
+
+
+PREDICTORS = {"class_scores": predict_class_scores, "masks": predict_masks,  # by Task.predicts
+              "embeddings": predict_embeddings}
 
 
 @hydra_command("predict", task_name="predict")
