@@ -63,3 +63,19 @@ def digits_checkpoint(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("digits")
     train(tool_cfg("train", root / "run", "trainer.max_epochs=3", "trainer.progress=false"))
     return root / "run" / "checkpoints" / "best.pt"
+
+
+@pytest.fixture(scope="session")
+def embedding_run(tmp_path_factory):
+    """(result, run dir, people folder) of one short task=embedding run on synthetic people (ArcFace,
+    small_cnn): 10 people of 8 images, 5 trained on, 2 val, 3 test; shared by the face and gallery tests."""
+    from imgrec.commands.train import train
+    from tests.integration.test_faces import make_people
+
+    tmp = tmp_path_factory.mktemp("embedding")
+    root = make_people(tmp / "faces", people=10, per_person=8)
+    cfg = tool_cfg("train", tmp / "run", "task=embedding", "dataset=faces", f"dataset.root={root}",
+                   "dataset.detect=none", "dataset.image_size=24", "dataset.test_fraction=0.3", "trainer.progress=false",
+                   "trainer.max_epochs=15", "trainer.batch_size=8", "task.embedding_size=16", "model.widths=[8,16]",
+                   "task.report.enrolled_per_person=2")
+    return train(cfg), tmp / "run", root

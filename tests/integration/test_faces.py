@@ -83,21 +83,6 @@ def test_digits_people_hold_out_whole_digits():
     assert len(splits.class_names) == 10
 
 
-@pytest.fixture(scope="module")
-def embedding_run(tmp_path_factory):
-    """One short task=embedding run on synthetic people (ArcFace, small_cnn), shared by the tests below."""
-    from imgrec.commands.train import train
-    from tests.conftest import tool_cfg
-
-    tmp = tmp_path_factory.mktemp("embedding")
-    root = make_people(tmp / "faces", people=10, per_person=8)
-    cfg = tool_cfg("train", tmp / "run", "task=embedding", "dataset=faces", f"dataset.root={root}",
-                   "dataset.detect=none", "dataset.image_size=24", "dataset.test_fraction=0.3", "trainer.progress=false",
-                   "trainer.max_epochs=15", "trainer.batch_size=8", "task.embedding_size=16", "model.widths=[8,16]",
-                   "task.report.enrolled_per_person=2")
-    return train(cfg), tmp / "run", root
-
-
 def test_embedding_run_learns_unseen_people_and_writes_its_test_report(embedding_run):
     result, run_dir, _ = embedding_run
     report = json.loads((run_dir / "test_report.json").read_text())
