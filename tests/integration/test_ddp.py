@@ -108,3 +108,22 @@ def test_a_two_process_segmentation_run_reports_the_pixels_of_the_whole_split(tm
     assert report["confusion_matrix"] == alone["confusion_matrix"]
     assert sum(map(sum, report["confusion_matrix"])) == 6 * 32 * 32  # 6 test images of 32 x 32, each pixel once
     assert report["mean_dice"] == pytest.approx(alone["mean_dice"])
+
+
+def test_a_two_process_embedding_run_trains_its_margin_head_and_pairs_the_whole_split(tmp_path):
+    """The ArcFace head lives in the model DDP wraps (its gradients are averaged like the rest); each process
+    embeds half the test images, and the pairs are those of the whole split, in its order."""
+    from imgrec.commands.eval import evaluate_checkpoint
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "1"}
+    command = [TORCHRUN, "--standalone", "--nproc_per_node=2", "-m", "imgrec.commands.train", "task=embedding",
+               "trainer.max_epochs=1", "trainer.progress=false", "~callbacks.validation_figures",
+               f"hydra.run.dir={tmp_path / 'two'}"]
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    report = json.loads((tmp_path / "two" / "test_report.json").read_text())
+    best = tmp_path / "two" / "checkpoints" / "best.pt"
+    assert any(key.startswith("head.") for key in load_checkpoint(best)["model"])
+    alone = evaluate_checkpoint(tool_cfg("eval", tmp_path / "eval", f"ckpt_path={best}"))
+    assert report["images"] == alone["images"] and report["genuine_pairs"] == alone["genuine_pairs"]
+    assert report["roc_auc"] == pytest.approx(alone["roc_auc"], abs=1e-6)

@@ -170,3 +170,34 @@ def test_a_segmentation_run_is_trained_evaluated_and_predicted_through_the_comma
     [eval_dir] = (tmp_path / "outputs" / "eval" / "runs").iterdir()
     report = json.loads((eval_dir / "report.json").read_text())
     assert report["headline"] == "mean_dice" and report["split"] == "test" and "per_class" in report
+
+
+def test_face_recognition_through_the_commands(tmp_path):
+    """Train an embedding on people in folders, enrol them, identify a face, list, remove, as a user types it."""
+    from tests.integration.test_faces import make_people
+
+    make_people(tmp_path / "faces", people=8, per_person=6)
+    trained = run_cli("task=embedding", "dataset=faces", "dataset.root=faces", "dataset.detect=none",
+                      "dataset.image_size=24", "trainer.max_epochs=2", "model.widths=[8,16]", cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
+
+    def gallery(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(Path(sys.executable).parent / "imgrec-gallery"), "gallery=staff.db", *args],
+                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+
+    enrolled = gallery("action=enroll", "ckpt_path=best", "folder=faces")
+    assert enrolled.returncode == 0, enrolled.stderr
+    assert "faces/person00/0.png" not in enrolled.stdout + enrolled.stderr  # no image paths unless show_paths=true
+    identified = gallery("action=identify", "ckpt_path=best", "images=[faces/person03/5.png]", "top_k=2")
+    assert identified.returncode == 0, identified.stderr
+    [run_dir] = [d for d in (tmp_path / "outputs" / "gallery" / "runs").iterdir() if (d / "identify.csv").exists()]
+    row = (run_dir / "identify.csv").read_text().splitlines()[1].split(",")
+    assert row[0] == "faces/person03/5.png" and row[1].startswith("person")
+    removed = gallery("action=remove", "person=person00")
+    assert removed.returncode == 0, removed.stderr
+    listed = gallery("action=list")
+    assert listed.returncode == 0 and "7 people in staff.db" in listed.stdout + listed.stderr
+    bad = gallery("action=find")
+    assert bad.returncode == 2 and "action='find' must be one of" in bad.stderr + bad.stdout
+    assert "Traceback" not in bad.stderr
