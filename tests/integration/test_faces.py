@@ -121,3 +121,29 @@ def test_imgrec_eval_of_an_embedding_matches_sklearn_roc(embedding_run, tmp_path
     np.testing.assert_allclose(written[:, 1:], np.c_[far, tar], atol=1e-6)
     assert (tmp_path / "eval" / "roc.png").stat().st_size > 1000
     assert summary["headline"] == "roc_auc" and summary["split"] == "test"
+
+
+def test_an_embedding_exports_with_its_normalisation_and_without_its_head(embedding_run, tmp_path):
+    from safetensors.torch import load_file
+
+    from imgrec.commands.export import export_checkpoint
+    from tests.conftest import tool_cfg
+
+    _, run_dir, _ = embedding_run
+    export_checkpoint(tool_cfg("export", tmp_path / "export", f"ckpt_path={run_dir / 'checkpoints' / 'best.pt'}",
+                               "format=safetensors"))
+    described = json.loads((tmp_path / "export" / "model.json").read_text())
+    assert described["task"] == "embedding" and "unit-length embeddings" in described["output"]
+    weights = load_file(str(tmp_path / "export" / "model.safetensors"))
+    assert weights and not any(name.startswith("head.") for name in weights)
+
+
+YALE = Path(__file__).resolve().parents[3] / "shared" / "data" / "yalefaces"  # beside the checkout, when present
+
+
+@pytest.mark.skipif(not YALE.is_dir(), reason="needs ../shared/data/yalefaces (not shipped with imgrec)")
+def test_haar_crops_of_real_faces_are_the_same_every_run():
+    first = face_images(str(YALE), pattern=r"subject(\d+)", detect="haar")
+    second = face_images(str(YALE), pattern=r"subject(\d+)", detect="haar")
+    assert len(first.train) + len(first.val) + len(first.test) == 164  # a face in every image
+    assert all(bool((a.images == b.images).all()) for a, b in ((first.train, second.train), (first.test, second.test)))
