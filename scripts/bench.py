@@ -5,6 +5,7 @@ process; it reports medians, per-pair ratios of medians, and each process's peak
 Results are appended to BENCHMARKS.md with the date, CPU, core count and torch version.
 
     python scripts/bench.py              # the full suite (about 30 minutes on 2 cores)
+    python scripts/bench.py --tasks gallery_speed   # one task
     python scripts/bench.py --quick      # every task at toy size (about a minute); not appended
 """
 
@@ -142,6 +143,19 @@ def step_overhead_table(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def gallery_speed(quick: bool, work: Path) -> dict:
+    """scripts/bench/gallery_speed.py: Gallery.identify with index=matrix against index=faiss, and the gallery
+    size past which FAISS answers faster; its own Markdown table comes back under "markdown"."""
+    size = (["--embeddings", "5000", "--sizes", "1000,5000", "--queries", "100", "--single", "50", "--calls", "3",
+             "--one-by-one", "100"] if quick else [])
+    output = run([PYTHON, str(BENCH / "gallery_speed.py"), *size], work)["output"]
+    result = json.loads([line for line in output.splitlines() if line.startswith("{")][-1])
+    result["markdown"] = output[output.index("### gallery_speed"):]
+    print(f"  faiss (inverted lists) answers one query faster from {result['approximate_search_faster_from']} "
+          "embeddings", flush=True)
+    return result
+
+
 def measure(contenders: dict, repeats: int) -> dict[str, list[dict]]:
     results: dict[str, list[dict]] = {name: [] for name in contenders}
     for repeat in range(repeats):  # A B C A B C: drift in the machine's speed hits every contender alike
@@ -204,7 +218,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="toy sizes, one repeat; not appended to BENCHMARKS.md")
     parser.add_argument("--repeats", type=int, default=None, help="runs per contender (default 3; 1 with --quick)")
     parser.add_argument("--tasks", default="digits,fashion_mnist_epoch,step_overhead,startup,fashion_mnist_to_92.5,"
-                                           "segmentation_epoch")
+                                           "segmentation_epoch,gallery_speed")
     parser.add_argument("--out", default=None, help="also write the markdown report here")
     parser.add_argument("--json", default=None, help="write every measurement as JSON here")
     parser.add_argument("--no-append", action="store_true", help="do not append the report to BENCHMARKS.md")
@@ -227,6 +241,9 @@ def main() -> None:
             elif task == "step_overhead":
                 results = step_overhead(args.quick, work)
                 report.append(step_overhead_table(results))
+            elif task == "gallery_speed":
+                results = gallery_speed(args.quick, work)
+                report.append(results["markdown"])
             elif task == "segmentation_epoch":
                 results = measure(segmentation_contenders(args.quick, work, seed=0), repeats)
                 report.append(table("segmentation_epoch: U-Net (base width 16) on shapes, 192 train images of 96 px, "

@@ -21,16 +21,23 @@ def test_quick_bench_writes_a_report_with_every_task_and_contender(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     data = json.loads((tmp_path / "report.json").read_text())
     assert set(data["tasks"]) == {"digits", "fashion_mnist_epoch", "step_overhead", "startup", "fashion_mnist_to_92.5",
-                                  "segmentation_epoch"}
+                                  "segmentation_epoch", "gallery_speed"}
     for dataset in ("digits", "fashion_mnist"):
         steps = data["tasks"]["step_overhead"][dataset]
         assert set(steps["per_step_us"]) == {"plain", "imgrec", "imgrec_guard_off"}
         assert all(value > 0 for value in steps["per_step_us"].values())
         assert steps["overhead_us"]["imgrec"] == pytest.approx(steps["per_step_us"]["imgrec"] - steps["per_step_us"]["plain"])
     assert {"imgrec", "plain loop"} <= set(data["tasks"]["digits"]) and {"imgrec", "plain loop"} <= set(data["tasks"]["segmentation_epoch"])
+    gallery = data["tasks"]["gallery_speed"]
+    assert gallery["setup"]["embeddings"] == 5000
+    assert [row["embeddings"] for row in gallery["crossover"]] == [1000, 5000]
+    for index in ("matrix", "faiss"):
+        figures = gallery["indexes"][index]
+        assert figures["search_single_ms"] > 0 and figures["identify_batch_s"] > 0 and figures["peak_rss_mib"] > 10
+    assert 0.9 <= gallery["top1_agreement"] <= 1 and gallery["top1_right"]["matrix"] > 0.9
     for task, contenders in data["tasks"].items():
-        if task == "step_overhead":
-            continue  # per-step figures, checked above
+        if task in ("step_overhead", "gallery_speed"):
+            continue  # their own figures, checked above
         for name, runs in contenders.items():
             assert runs and all(r["wall_s"] > 0 and r["peak_rss_mib"] > 10 for r in runs), (task, name)
     digits = data["tasks"]["digits"]
@@ -38,7 +45,7 @@ def test_quick_bench_writes_a_report_with_every_task_and_contender(tmp_path):
     assert len(digits["plain loop"][0]["epoch_s"]) == 2
     report = (tmp_path / "report.md").read_text()
     for heading in ("### digits", "### fashion_mnist_epoch", "### step_overhead", "### startup",
-                    "### fashion_mnist_to_92.5", "### segmentation_epoch"):
+                    "### fashion_mnist_to_92.5", "### segmentation_epoch", "### gallery_speed"):
         assert heading in report
     assert "- imgrec / plain loop: wall s " in report
     assert "BENCHMARKS" not in result.stdout  # quick mode appends nothing

@@ -125,3 +125,112 @@ def test_two_processes_enrolling_and_identifying_at_once_lose_nothing(tmp_path):
     with Gallery.open(path, "m", DIMENSION) as gallery:
         enrolled = {p.person: p.embeddings for p in gallery.people()}
     assert len(enrolled) == 81 and set(enrolled.values()) == {2}  # 40 + 40 + the identifier's one
+
+
+def random_gallery(path, count=200, per_person=25, dimension=64, seed=0):
+    """`count` people of `per_person` independent random unit embeddings: no structure for IVF's k-means to
+    find (its hardest case), 5,000 in all by default, past faiss_index.IVF_FROM, so index=faiss searches lists."""
+    rng = np.random.default_rng(seed)
+    vectors = unit(rng.normal(size=(count, per_person, dimension)))
+    gallery = Gallery.open(path, "model-a", dimension)
+    gallery.enroll_many((f"p{i:03d}", vectors[i], None) for i in range(count))
+    return gallery, vectors.reshape(-1, dimension), rng
+
+
+def test_faiss_names_the_same_best_person_as_the_matrix_for_noisy_copies_of_enrolled_faces(tmp_path):
+    pytest.importorskip("faiss")
+    from imgrec.gallery.faiss_index import FaissIndex
+
+    gallery, vectors, rng = random_gallery(tmp_path / "g.db")
+    with gallery:
+        assert "IVF" in type(FaissIndex(*gallery.embeddings()).index).__name__
+        # a new photo's noise: the true person scores ~0.78 (a stranger ~0.0 +- 0.13)
+        queries = unit(vectors[rng.choice(len(vectors), 500)] + 0.1 * rng.normal(size=(500, vectors.shape[1])))
+        exact = gallery.identify(queries, top_k=3, index="matrix")
+        approximate = gallery.identify(queries, top_k=3, index="faiss")
+    same = [a.person == b.person for a, b in zip(exact, approximate)]
+    assert np.mean(same) >= 0.95  # measured: 495 of 500 (32 of 128 lists searched; 485 with 16, 250 with 1)
+    for a, b in zip(exact, approximate):
+        if a.person == b.person:  # here FAISS found the same best embedding too, scored by its own inner product
+            assert b.score == pytest.approx(a.score, abs=1e-5) and len(b.candidates) == 3
+
+
+def test_faiss_gives_the_same_unknowns_threshold_and_candidates_as_the_matrix(tmp_path):
+    pytest.importorskip("faiss")
+    enrolled, centres = people(count=6, per_person=4)
+    with Gallery.open(tmp_path / "g.db", "model-a", DIMENSION) as gallery:
+        for person, vectors in enrolled.items():
+            gallery.enroll(person, vectors)
+        gallery.set_threshold(0.8, far=0.001, frr=0.05)
+        strangers = unit(np.random.default_rng(9).normal(size=(3, DIMENSION)))
+        queries = np.vstack([centres, strangers])
+        for top_k, threshold in ((1, None), (3, None), (6, 0.5), (10, 0.95)):  # 10 > people: everyone listed
+            exact = gallery.identify(queries, top_k, threshold, index="matrix")
+            approximate = gallery.identify(queries, top_k, threshold, index="faiss")
+            assert [m.person for m in approximate] == [m.person for m in exact]
+            for a, b in zip(exact, approximate):  # below IVF_FROM a flat index: the same answer exactly
+                assert [name for name, _ in b.candidates] == [name for name, _ in a.candidates]
+                assert [s for _, s in b.candidates] == pytest.approx([s for _, s in a.candidates], abs=1e-5)
+        assert [m.person for m in gallery.identify(queries, index="faiss")][-3:] == [UNKNOWN] * 3  # gallery's 0.8
+
+
+def test_faiss_completes_a_query_whose_searched_lists_hold_too_few_people(tmp_path):
+    pytest.importorskip("faiss")
+    gallery, vectors, _ = random_gallery(tmp_path / "g.db")
+    with gallery:
+        # one list of 128 searched holds ~40 embeddings, not 200 people: those queries are scored exactly
+        approximate = gallery.identify(vectors[:3], top_k=200, index="faiss", nprobe=1)
+        exact = gallery.identify(vectors[:3], top_k=200, index="matrix")
+    assert [[name for name, _ in m.candidates] for m in approximate] == [
+        [name for name, _ in m.candidates] for m in exact]
+
+
+def test_matrix_search_in_blocks_matches_a_full_sort_with_ties_by_name(tmp_path, monkeypatch):
+    from imgrec.gallery import database
+
+    monkeypatch.setattr(database, "SCORES_BLOCK_BYTES", 4 * 18 * 3)  # blocks of 3 queries x 18 embeddings
+    enrolled, centres = people(count=5, per_person=3)
+    enrolled["twin"] = enrolled["person_2"]  # ties: the same vectors under two names
+    with Gallery.open(tmp_path / "g.db", "model-a", DIMENSION) as gallery:
+        gallery.enroll_many((person, vectors, None) for person, vectors in enrolled.items())
+        queries = np.vstack([centres, unit(np.random.default_rng(3).normal(size=(4, DIMENSION)))])
+        matches = gallery.identify(queries, top_k=4)
+        vectors, owners = gallery.embeddings()
+    names = sorted(set(owners))
+    scores = queries @ vectors.T
+    for row, match in zip(scores, matches):
+        best = np.array([max(s for s, o in zip(row, owners) if o == name) for name in names])
+        order = np.argsort(-best, kind="stable")[:4]
+        assert [name for name, _ in match.candidates] == [names[i] for i in order]
+        assert [score for _, score in match.candidates] == pytest.approx(best[order].tolist(), abs=1e-6)
+    assert [name for name, _ in matches[2].candidates][:2] == ["person_2", "twin"]
+
+
+def test_a_bad_index_top_k_or_nprobe_and_a_missing_faiss_are_named(tmp_path, monkeypatch):
+    enrolled, centres = people()
+    with Gallery.open(tmp_path / "g.db", "model-a", DIMENSION) as gallery:
+        gallery.enroll("person_0", enrolled["person_0"])
+        with pytest.raises(ImgrecError, match=r"index='annoy' is not one of matrix \| faiss"):
+            gallery.identify(centres, index="annoy")
+        with pytest.raises(ImgrecError, match=r"top_k=0 must be a whole number >= 1"):
+            gallery.identify(centres, top_k=0)
+        with pytest.raises(ImgrecError, match=r"nprobe=0 must be a whole number >= 1"):
+            gallery.identify(centres, index="faiss", nprobe=0)
+        monkeypatch.setitem(sys.modules, "faiss", None)  # what `import faiss` meets without faiss-cpu
+        with pytest.raises(ImgrecError, match=r"index=faiss needs faiss-cpu: pip install 'imgrec\[faiss\]' "
+                                              r"\(or index=matrix\)"):
+            gallery.identify(centres, index="faiss")
+        assert gallery.identify(centres[:1])[0].person == "person_0"  # index=matrix needs no faiss
+
+
+def test_enroll_many_is_one_transaction_all_or_none(tmp_path):
+    enrolled, _ = people(count=3)
+    with Gallery.open(tmp_path / "g.db", "model-a", DIMENSION) as gallery:
+        totals = gallery.enroll_many([("person_0", enrolled["person_0"], "Zero"),
+                                      ("person_1", enrolled["person_1"], None),
+                                      ("person_0", enrolled["person_0"][:1], None)])  # someone twice: counts add up
+        assert totals == {"person_0": 4, "person_1": 3}
+        with pytest.raises(ImgrecError, match=r"the embeddings of 'bad' have shape \[2, 8\]"):
+            gallery.enroll_many([("person_2", enrolled["person_2"], None), ("bad", np.ones((2, 8)), None)])
+        assert [(p.person, p.display_name, p.embeddings) for p in gallery.people()] == [
+            ("person_0", "Zero", 4), ("person_1", None, 3)]  # person_2 was not written either

@@ -10,6 +10,7 @@ identifying at once lose nothing.
 
 import os
 import sqlite3
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -17,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from imgrec.errors import ImgrecError
+from imgrec.gallery.faiss_index import NPROBE, FaissIndex, check_nprobe, load_faiss
 
 FORMAT = "imgrec-gallery"
 SCHEMA_VERSION = 1
@@ -30,6 +32,10 @@ CREATE TABLE embeddings (id INTEGER PRIMARY KEY,
 CREATE INDEX embeddings_by_person ON embeddings (person_id);
 """
 UNKNOWN = "unknown"
+INDEXES = ("matrix", "faiss")
+# the matrix path scores this many bytes of queries x embeddings at a time: 1,000 queries against
+# 100,000 embeddings would otherwise hold 400 MB of scores at once
+SCORES_BLOCK_BYTES = 64 * 2**20
 
 
 @dataclass
@@ -120,22 +126,36 @@ class Gallery:
 
     def enroll(self, person: str, vectors: np.ndarray, display_name: str | None = None) -> int:
         """Add a person's embeddings (N, dimension), the person too when new; returns how many they now have."""
-        person = check_person(person)
-        vectors = self._checked(vectors, f"the embeddings of '{person}'")
+        return self.enroll_many([(person, vectors, display_name)])[person]
+
+    def enroll_many(self, entries: Iterable[tuple[str, np.ndarray, str | None]]) -> dict[str, int]:
+        """`enroll` for many (person, vectors, display_name) at once, in one transaction: all are enrolled or none.
+        Returns how many embeddings each person now has. One commit instead of one per person: on a 2-core
+        machine one enroll call took 1.4-18 ms (the commit's fsync, by how busy the disk was), so 20,000 people
+        half a minute to six minutes; enroll_many took 0.04 ms a person (scripts/bench/gallery_speed.py)."""
+        checked = []
+        for person, vectors, display_name in entries:  # every entry checked before anything is written
+            person = check_person(person)
+            checked.append((person, self._checked(vectors, f"the embeddings of '{person}'"), display_name))
+        totals = {}
         with transaction(self.connection):
-            row = self.connection.execute("SELECT id FROM people WHERE person = ?", (person,)).fetchone()
-            if row is None:
-                cursor = self.connection.execute(
-                    "INSERT INTO people (person, display_name, enrolled_at) VALUES (?, ?, ?)",
-                    (person, display_name, datetime.now(timezone.utc).isoformat(timespec="seconds")))
-                person_id = cursor.lastrowid
-            else:
-                person_id = row[0]
-                if display_name is not None:
-                    self.connection.execute("UPDATE people SET display_name = ? WHERE id = ?", (display_name, person_id))
-            self.connection.executemany("INSERT INTO embeddings (person_id, vector) VALUES (?, ?)",
-                                        [(person_id, vector.tobytes()) for vector in vectors])
-            return self.connection.execute("SELECT COUNT(*) FROM embeddings WHERE person_id = ?", (person_id,)).fetchone()[0]
+            for person, vectors, display_name in checked:
+                row = self.connection.execute("SELECT id FROM people WHERE person = ?", (person,)).fetchone()
+                if row is None:
+                    cursor = self.connection.execute(
+                        "INSERT INTO people (person, display_name, enrolled_at) VALUES (?, ?, ?)",
+                        (person, display_name, datetime.now(timezone.utc).isoformat(timespec="seconds")))
+                    person_id = cursor.lastrowid
+                else:
+                    person_id = row[0]
+                    if display_name is not None:
+                        self.connection.execute("UPDATE people SET display_name = ? WHERE id = ?",
+                                                (display_name, person_id))
+                self.connection.executemany("INSERT INTO embeddings (person_id, vector) VALUES (?, ?)",
+                                            [(person_id, vector.tobytes()) for vector in vectors])
+                totals[person] = self.connection.execute(
+                    "SELECT COUNT(*) FROM embeddings WHERE person_id = ?", (person_id,)).fetchone()[0]
+        return totals
 
     def remove(self, person: str) -> int:
         """Delete a person and every embedding of theirs, and rebuild the file so no byte of them remains."""
@@ -178,27 +198,40 @@ class Gallery:
         vectors = np.frombuffer(b"".join(vector for _, vector in rows), dtype=np.float32).reshape(len(rows), -1)
         return vectors, [person for person, _ in rows]
 
-    def identify(self, queries: np.ndarray, top_k: int = 5, threshold: float | None = None) -> list[Match]:
+    def identify(self, queries: np.ndarray, top_k: int = 5, threshold: float | None = None, index: str = "matrix",
+                 nprobe: int = NPROBE) -> list[Match]:
         """Each query's top_k people by cosine score (a person scores their best-matching embedding), and who it
-        is: the best person when their score reaches the threshold (given, else the gallery's), else unknown."""
+        is: the best person when their score reaches the threshold (given, else the gallery's), else unknown.
+
+        index=matrix scores every enrolled embedding (exact). index=faiss (pip install 'imgrec[faiss]') searches
+        a FAISS inverted-file index built for this call, `nprobe` lists per query: approximate, and only faster
+        when one call holds many queries on a large gallery, since every call builds the index again
+        (scripts/bench/gallery_speed.py measures where). Pass every query in one call: they share one read and
+        one build."""
+        if index not in INDEXES:
+            raise ImgrecError(f"index={index!r} is not one of {' | '.join(INDEXES)}: matrix is exact, faiss is an "
+                              "approximate index for large galleries (pip install 'imgrec[faiss]')")
+        if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
+            raise ImgrecError(f"top_k={top_k!r} must be a whole number >= 1: how many people to list per query")
+        nprobe = check_nprobe(nprobe)
+        if index == "faiss":
+            load_faiss()  # a missing faiss-cpu is named before the gallery is read
         queries = self._checked(queries, "the query embeddings")
         threshold = self.threshold if threshold is None else threshold
         vectors, owners = self.embeddings()
         if not owners:
             raise ImgrecError(f"gallery '{self.path}' has nobody enrolled yet; `imgrec-gallery enroll` first")
-        names = sorted(set(owners))
-        column_of = {name: index for index, name in enumerate(names)}
-        scores = queries @ vectors.T  # cosine: both sides are unit vectors
-        per_person = np.full((len(queries), len(names)), -np.inf, dtype=np.float32)
-        best_per_person(per_person, scores, np.array([column_of[owner] for owner in owners]))
-        matches = []
-        for row in per_person:
-            order = np.argsort(-row, kind="stable")[:top_k]
-            candidates = [(names[i], float(row[i])) for i in order]
-            best, score = candidates[0]
-            accepted = threshold is None or score >= threshold
-            matches.append(Match(best if accepted else UNKNOWN, score, candidates))
-        return matches
+        if index == "matrix":
+            answers = MatrixIndex(vectors, owners).best_people(queries, top_k)
+        else:
+            answers = FaissIndex(vectors, owners, nprobe).best_people(queries, top_k)
+            expected = min(top_k, len(set(owners)))
+            short = [row for row, people in enumerate(answers) if len(people) < expected]
+            if short:  # the searched lists held too few people: those queries are scored exactly, so every Match
+                # lists as many candidates as index=matrix would
+                for row, people in zip(short, MatrixIndex(vectors, owners).best_people(queries[short], top_k)):
+                    answers[row] = people
+        return [decided(people, threshold) for people in answers]
 
     def _checked(self, vectors, what: str) -> np.ndarray:
         vectors = np.asarray(vectors, dtype=np.float32)
@@ -213,11 +246,50 @@ class Gallery:
         return np.ascontiguousarray(vectors / norms, dtype=np.float32)
 
 
-def best_per_person(per_person: np.ndarray, scores: np.ndarray, columns: np.ndarray) -> None:
-    """per_person[q, c] = the highest score of query q against any embedding of person c (in place)."""
-    order = np.argsort(columns, kind="stable")
-    starts = np.flatnonzero(np.r_[True, np.diff(columns[order]) != 0])
-    per_person[:, columns[order][starts]] = np.maximum.reduceat(scores[:, order], starts, axis=1)
+class MatrixIndex:
+    """Exact search: every query against every embedding in one matrix product (cosine: both are unit vectors)."""
+
+    def __init__(self, vectors: np.ndarray, owners: list[str]):
+        self.names = sorted(set(owners))
+        column_of = {name: column for column, name in enumerate(self.names)}
+        columns = np.fromiter((column_of[owner] for owner in owners), np.int64, len(owners))
+        order = np.argsort(columns, kind="stable")
+        # each person's embeddings side by side, in name order: one maximum.reduceat then takes every person's best
+        # (reordering the vectors once is cheaper than reordering each block of scores)
+        self.grouped = np.ascontiguousarray(vectors[order], dtype=np.float32)
+        self.starts = np.flatnonzero(np.r_[True, np.diff(columns[order]) != 0])
+
+    def best_people(self, queries: np.ndarray, top_k: int) -> list[list[tuple[str, float]]]:
+        """Each query's top_k people, best first (ties: by name), each scored by their best-matching embedding."""
+        queries = np.asarray(queries, dtype=np.float32)  # float64 queries would copy every embedding to float64
+        top_k = min(top_k, len(self.names))
+        block = max(1, SCORES_BLOCK_BYTES // (4 * len(self.grouped)))  # bounds memory: queries x embeddings scores
+        answers = []
+        for begin in range(0, len(queries), block):
+            per_person = best_per_person(queries[begin:begin + block] @ self.grouped.T, self.starts)
+            for row in per_person:
+                answers.append([(self.names[column], float(row[column])) for column in top_columns(row, top_k)])
+        return answers
+
+
+def best_per_person(scores: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """(queries, people): each query's highest score over each person's columns, people's columns being
+    contiguous runs beginning at `starts`."""
+    return np.maximum.reduceat(scores, starts, axis=1)
+
+
+def top_columns(row: np.ndarray, top_k: int) -> np.ndarray:
+    """The top_k highest columns of `row`, highest first, ties in column order (a stable sort's answer), without
+    sorting every person: only those scoring at least the top_k-th score are sorted."""
+    kth = np.partition(row, len(row) - top_k)[len(row) - top_k]
+    contenders = np.flatnonzero(row >= kth)
+    return contenders[np.argsort(-row[contenders], kind="stable")[:top_k]]
+
+
+def decided(people: list[tuple[str, float]], threshold: float | None) -> Match:
+    best, score = people[0]
+    accepted = threshold is None or score >= threshold
+    return Match(best if accepted else UNKNOWN, score, people)
 
 
 def check_person(person) -> str:
