@@ -175,8 +175,13 @@ def test_every_experiment_runs_one_limited_epoch_on_fake_data(compose_cfg, name,
     text = (CONFIG_DIR / "experiment" / f"{name}.yaml").read_text()
     as_shipped = compose_cfg(f"experiment={name}")
     segmentation = as_shipped.task._target_.endswith(".SegmentationTask")
+    embedding = as_shipped.task._target_.endswith(".EmbeddingTask")
     if as_shipped.dataset._target_.endswith(".seg_folder"):
         data = []
+    elif embedding:  # faces in person folders, made here
+        from tests.integration.test_faces import make_people
+
+        data = [f"dataset.root={make_people(tmp_path / 'faces')}", "dataset.detect=none", "dataset.image_size=24"]
     elif segmentation:
         data = ["dataset=shapes", "dataset.size=20", "dataset.image_size=32", "dataset.patch_size=null",
                 "model.depth=2", "model.base_width=4"]
@@ -187,7 +192,8 @@ def test_every_experiment_runs_one_limited_epoch_on_fake_data(compose_cfg, name,
     header = text.splitlines()[1]
     assert header.startswith("# ") and len(header) > 20, "each experiment file starts by saying what it does"
     result = train(cfg)
-    assert set(result["metrics"]) >= {"train/loss", "val/dice" if segmentation else "val/acc"} and result["epochs"] == 1
+    monitored = "val/dice" if segmentation else "val/roc_auc" if embedding else "val/acc"
+    assert set(result["metrics"]) >= {"train/loss", monitored} and result["epochs"] == 1
     assert (tmp_path / "run" / "checkpoints" / "last.pt").is_file()
     if name == "transfer_linear_probe":
         assert result["best_metrics"]["val/acc"] == result["best_score"]
