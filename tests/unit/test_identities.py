@@ -72,9 +72,9 @@ def test_split_by_image_puts_every_person_in_every_split_with_enough_for_pairs()
 
 
 def test_too_few_people_or_bad_settings_say_what_to_change():
-    with pytest.raises(ImgrecError, match=r"3 people, 3 of them with at least 2 images: too few for 1 validation and "
-                                          r"1 test people and 2 to train on"):
-        identity_assignment(["a", "a", "b", "b", "c", "c"], "identity", 0.2, 0.2, seed=0, min_images=2)
+    with pytest.raises(ImgrecError, match=r"5 people, 5 of them with at least 2 images: too few for 2 validation and "
+                                          r"2 test people and 2 to train on"):
+        identity_assignment([p for p in "abcde" for _ in range(2)], "identity", 0.2, 0.2, seed=0, min_images=2)
     with pytest.raises(ImgrecError, match=r"dataset.split_by='person' must be identity"):
         identity_assignment(["a"], "person", 0.2, 0.2, seed=0, min_images=2)
     with pytest.raises(ImgrecError, match=r"dataset.min_images=1 must be a whole number >= 2"):
@@ -87,3 +87,14 @@ def test_the_yale_faces_are_15_people_named_in_their_file_names():
     assert len(paths) == 164 and len(set(persons)) == 15
     assignment = identity_assignment(persons, "identity", 0.2, 0.2, seed=0, min_images=2)
     assert [len({p for p, c in zip(persons, assignment) if c == code}) for code in (TRAIN, VAL, TEST)] == [9, 3, 3]
+
+
+def test_fractions_are_of_the_pairable_people_so_a_set_of_mostly_single_images_splits():
+    # LFW-like: 100 people with one image, 20 with four; the fractions take 4 of the 20 pairable people each
+    persons = [f"single{i}" for i in range(100)] + [f"p{i}" for i in range(20) for _ in range(4)]
+    assignment = identity_assignment(persons, "identity", 0.2, 0.2, seed=0, min_images=2)
+    people_in = {code: {p for p, c in zip(persons, assignment) if c == code} for code in (TRAIN, VAL, TEST)}
+    assert len(people_in[VAL]) == len(people_in[TEST]) == 4
+    assert all(p.startswith("single") for p in people_in[TRAIN] - {f"p{i}" for i in range(20)})
+    assert len(people_in[TRAIN]) == 112
+

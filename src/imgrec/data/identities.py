@@ -89,8 +89,10 @@ def listed_files(file: Path, root: Path, path_column: str, person_column: str) -
 
 def identity_assignment(persons: list[str], split_by: str, val_fraction: float, test_fraction: float, seed: int,
                         min_images: int) -> np.ndarray:
-    """TRAIN / VAL / TEST per image. By identity: round(fraction x people) people each for val and test,
-    drawn among those with at least min_images images (pairs need them), the rest train. By image: each
+    """TRAIN / VAL / TEST per image. By identity: round(fraction x pairable people) people each for val and
+    test (at least 2, for impostor pairs), drawn among those with at least min_images images (pairs need
+    them), the rest train, people with fewer images too (sets like LFW, where most people have one image,
+    keep them for training). By image: each
     person's images spread over the three splits, so every person needs min_images in val and test
     each plus one to train on."""
     if split_by not in SPLIT_BY:
@@ -107,7 +109,7 @@ def identity_assignment(persons: list[str], split_by: str, val_fraction: float, 
     assignment = np.full(len(persons), TRAIN)
     if split_by == "identity":
         eligible = rng.permutation(np.flatnonzero(counts >= min_images))
-        n_test, n_val = max(1, round(test_fraction * len(names))), max(1, round(val_fraction * len(names)))
+        n_test, n_val = max(2, round(test_fraction * len(eligible))), max(2, round(val_fraction * len(eligible)))
         if len(eligible) < n_test + n_val or len(names) - n_test - n_val < 2:
             raise ImgrecError(f"{len(names)} people, {len(eligible)} of them with at least {min_images} images: too few "
                               f"for {n_val} validation and {n_test} test people and 2 to train on; add people, lower "
