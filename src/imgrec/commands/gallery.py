@@ -104,6 +104,10 @@ def enroll(cfg: DictConfig, embedder, gallery) -> dict:
     for person, paths in groups.items():
         vectors, kept, left_out = embedder.embed(paths)
         skipped += left_out
+        if left_out and not cfg.show_paths:  # which files: only when asked (their names may name the person)
+            reasons = sorted({reason for _, reason in left_out})
+            log.warning(f"'{person}': {len(left_out)} image(s) left out ({'; '.join(reasons)}); show_paths=true "
+                        "names them")
         if not len(vectors):
             log.warning(f"'{person}': no usable face in {len(paths)} image(s); not enrolled")
             continue
@@ -111,8 +115,8 @@ def enroll(cfg: DictConfig, embedder, gallery) -> dict:
         enrolled[person] = total
         detail = f" ({', '.join(map(str, kept))})" if cfg.show_paths else ""
         log.info(f"enrolled '{person}': {len(kept)} image(s){detail}; {total} embedding(s) in the gallery")
-    for path, reason in skipped:
-        log.warning(f"left out {path if cfg.show_paths else Path(path).name}: {reason}")
+    for path, reason in skipped if cfg.show_paths else []:
+        log.warning(f"left out {path}: {reason}")
     if not enrolled:
         raise ImgrecError(f"nobody was enrolled: no usable face in any of the images ({len(skipped)} left out)")
     return {"enrolled": enrolled, "skipped": len(skipped)}
