@@ -25,21 +25,26 @@ def digits(
     std=None,
 ) -> Splits:
     """scikit-learn's 8x8 digits (pixel values 0..16), scaled to uint8 and resized to image_size."""
+    _check_declared("digits", "num_classes", num_classes, 10)
+    images, digit = digits_images(image_size, channels)
+    labels = torch.from_numpy(digit.astype(np.int64))
+    class_names = [str(d) for d in range(10)]
+    return make_splits(images, labels, class_names, val_fraction, test_fraction, split_seed, normalize, mean, std)
+
+
+def digits_images(image_size: int, channels: int) -> tuple[torch.Tensor, np.ndarray]:
+    """The 1,797 digits as uint8 (N, channels, image_size, image_size) and the digit each shows."""
     from sklearn.datasets import load_digits
 
-    _check_declared("digits", "num_classes", num_classes, 10)
     if channels not in (1, 3):
         raise ImgrecError(f"dataset.channels={channels} must be 1 or 3")
-    if image_size < 8:
-        raise ImgrecError(f"dataset.image_size={image_size} must be at least 8 (the digits are 8x8)")
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 8:
+        raise ImgrecError(f"dataset.image_size={image_size} must be a whole number >= 8 (the digits are 8x8)")
     bunch = load_digits()
     pixels = torch.from_numpy(bunch.images.astype(np.float32) * (255.0 / 16.0)).unsqueeze(1)
     if image_size != 8:
         pixels = F.interpolate(pixels, size=(image_size, image_size), mode="bilinear", align_corners=False)
-    images = pixels.round().clamp(0, 255).to(torch.uint8).expand(-1, channels, -1, -1).contiguous()
-    labels = torch.from_numpy(bunch.target.astype(np.int64))
-    class_names = [str(d) for d in range(10)]
-    return make_splits(images, labels, class_names, val_fraction, test_fraction, split_seed, normalize, mean, std)
+    return pixels.round().clamp(0, 255).to(torch.uint8).expand(-1, channels, -1, -1).contiguous(), bunch.target
 
 
 def fake(

@@ -148,22 +148,13 @@ def people_splits(images: torch.Tensor, persons: list[str], paths: list[str] | N
     return Splits(*parts, person_names, mean, std, list(skipped), people=True)
 
 
-def digits_people(image_size: int = 16, channels: int = 1, split_by: str = "identity", min_images: int = 2, val_fraction: float = 0.2,
-                  test_fraction: float = 0.2, split_seed: int = 0, normalize: str = "standardize", mean=None,
-                  std=None, num_classes=None) -> Splits:
+def digits_people(image_size: int = 16, channels: int = 1, split_by: str = "identity", min_images: int = 2,
+                  val_fraction: float = 0.2, test_fraction: float = 0.2, split_seed: int = 0,
+                  normalize: str = "standardize", mean=None, std=None, num_classes=None) -> Splits:
     """scikit-learn's digits as ten 'people' (each digit one identity, ~180 images each): an embedding
     that has to place digits it never trained on, offline, in seconds. For smoke runs and tests."""
-    import torch.nn.functional as F
-    from sklearn.datasets import load_digits
+    from imgrec.data.datasets import digits_images
 
-    if not isinstance(image_size, int) or isinstance(image_size, bool) or image_size < 8:
-        raise ImgrecError(f"dataset.image_size={image_size!r} must be a whole number >= 8 (the digits are 8x8)")
-    if channels not in (1, 3):
-        raise ImgrecError(f"dataset.channels={channels!r} must be 1 or 3")
-    bunch = load_digits()
-    pixels = torch.from_numpy(bunch.images.astype(np.float32) * (255.0 / 16.0)).unsqueeze(1)
-    if image_size != 8:
-        pixels = F.interpolate(pixels, size=(image_size, image_size), mode="bilinear", align_corners=False)
-    images = pixels.round().clamp(0, 255).to(torch.uint8).expand(-1, channels, -1, -1).contiguous()
-    return people_splits(images, [f"digit_{d}" for d in bunch.target], None, split_by, min_images, val_fraction,
+    images, digit = digits_images(image_size, channels)
+    return people_splits(images, [f"digit_{d}" for d in digit], None, split_by, min_images, val_fraction,
                          test_fraction, split_seed, normalize, mean, std)
