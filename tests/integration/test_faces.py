@@ -73,7 +73,8 @@ def test_too_few_people_or_images_is_named(tmp_path):
 
 
 def test_haar_on_images_without_faces_skips_them_then_says_none_was_usable(tmp_path):
-    with pytest.raises(ImgrecError, match=r"none of the 48 images could be used .* try detect=none"):
+    with pytest.raises(ImgrecError,
+                       match=r"none of the 48 images could be used; first: .*0.png: no face found .* try detect=none"):
         face_images(str(make_people(tmp_path / "faces")), image_size=24, detect="haar")
 
 
@@ -112,7 +113,8 @@ def test_imgrec_eval_of_an_embedding_matches_sklearn_roc(embedding_run, tmp_path
     # the same pairs, scored here from the model's own embeddings with scikit-learn
     trained = load_trained(str(best), __import__("torch").device("cpu"))
     splits = face_images(str(root), image_size=24, test_fraction=0.3, detect="none")
-    evaluation = evaluate(trained, make_loader(splits.test, 64, trained.mean, trained.std, __import__("torch").device("cpu")))
+    cpu = __import__("torch").device("cpu")
+    evaluation = evaluate(trained, make_loader(splits.test, 64, trained.mean, trained.std, cpu))
     genuine, impostor = pair_scores(evaluation.embeddings.numpy(), evaluation.labels.numpy())
     labels, scores = np.r_[np.ones(len(genuine)), np.zeros(len(impostor))], np.r_[genuine, impostor]
     assert summary["roc_auc"] == pytest.approx(roc_auc_score(labels, scores), abs=1e-9)
@@ -147,3 +149,24 @@ def test_haar_crops_of_real_faces_are_the_same_every_run():
     second = face_images(str(YALE), pattern=r"subject(\d+)", detect="haar")
     assert len(first.train) + len(first.val) + len(first.test) == 164  # a face in every image
     assert all(bool((a.images == b.images).all()) for a, b in ((first.train, second.train), (first.test, second.test)))
+
+
+def test_on_no_face_error_stops_at_the_first_face_less_image(tmp_path):
+    with pytest.raises(ImgrecError, match=r"image '.*person00/0.png': no face found"):
+        face_images(str(make_people(tmp_path / "faces")), image_size=24, detect="haar", on_no_face="error")
+
+
+def test_a_folder_of_new_people_is_scored_whole_with_split_by_none(embedding_run, tmp_path):
+    from imgrec.commands.eval import evaluate_checkpoint
+    from imgrec.commands.train import train
+    from tests.conftest import tool_cfg
+
+    _, run_dir, _ = embedding_run
+    new_people = make_people(tmp_path / "new", people=4, per_person=5)  # too few to split 2 / 2 / 2
+    best = run_dir / "checkpoints" / "best.pt"
+    summary = evaluate_checkpoint(tool_cfg("eval", tmp_path / "eval", f"ckpt_path={best}", "dataset=faces", f"dataset.root={new_people}", "dataset.detect=none",
+                                           "dataset.split_by=none", "split=all", "enrolled_per_person=2"))
+    assert summary["images"] == 20 and summary["people"] == 4 and summary["split"] == "all"
+    with pytest.raises(ImgrecError, match=r"the dataset's val split is empty .* split_by=none is for scoring"):
+        train(tool_cfg("train", tmp_path / "run", "task=embedding", "dataset=faces", f"dataset.root={new_people}",
+                       "dataset.detect=none", "dataset.split_by=none", "dataset.image_size=24"))

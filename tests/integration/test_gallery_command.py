@@ -169,3 +169,35 @@ def test_classical_baselines_get_the_embedding_report(embedding_run, baseline, t
     assert summary["roc_auc"] > 0.85
     assert json.loads((tmp_path / baseline / "report.json").read_text())["eer"] == summary["eer"]
     assert (tmp_path / baseline / "roc.png").is_file()
+
+
+def test_person_ids_hydra_would_retype_and_an_unwritable_gallery_are_one_line_errors(enrolled, tmp_path,
+                                                                                      monkeypatch):
+    import sqlite3
+
+    from imgrec.gallery.database import Gallery
+
+    _, gallery, _, people, _ = enrolled
+    with pytest.raises(ImgrecError, match=r"person=True was read as a bool, not a name; quote it"):
+        run_gallery(tmp_path, "typed", "action=remove", f"gallery={gallery}", "person=true")
+
+    def read_only(self, person):
+        raise sqlite3.OperationalError("attempt to write a readonly database")
+
+    monkeypatch.setattr(Gallery, "remove", read_only)
+    with pytest.raises(ImgrecError, match=r"could not be used: attempt to write a readonly database; check that"):
+        run_gallery(tmp_path, "readonly", "action=remove", f"gallery={gallery}", f"person={people[0]}")
+
+
+def test_predict_reads_a_folder_of_images_without_extensions(embedding_run, tmp_path):
+    from imgrec.commands.predict import predict_images
+
+    _, run_dir, root = embedding_run
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for image in sorted((root / "person01").iterdir())[:3]:
+        (bare / image.stem).write_bytes(image.read_bytes())  # '0', '1', '2': PNG files named like Yale's
+    best = run_dir / "checkpoints" / "best.pt"
+    result = predict_images(tool_cfg("predict", tmp_path / "predict", f"ckpt_path={best}", f"inputs={bare}",
+                                     "device=cpu"))
+    assert len(result["predictions"]) == 3 and result["embeddings"].shape == (3, 16)

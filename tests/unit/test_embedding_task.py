@@ -14,6 +14,7 @@ def test_every_loss_trains_the_net_and_its_head(loss):
     task = EmbeddingTask(embedding_size=8, loss={"name": loss})
     task.bind(["p0", "p1", "p2", "held_out"], [4, 4, 4, 0])  # a held-out person gets no head row
     net = task.complete_model(torch.nn.Linear(6, 8))
+    assert isinstance(net, EmbeddingNet)
     images, labels = torch.randn(12, 6), torch.arange(3).repeat(4)
     embeddings = net(images)
     assert torch.allclose(embeddings.norm(dim=1), torch.ones(12), atol=1e-6)
@@ -74,3 +75,14 @@ def test_validation_scores_match_the_pairs():
     same = labels[upper[0]] == labels[upper[1]]
     assert scores["val/roc_auc"] == pytest.approx(roc_auc_score(same.numpy(), similarity[upper[0], upper[1]].numpy()))
     assert set(scores) == {"val/roc_auc", "val/eer", "val/rank1"}
+
+
+def test_the_monitor_direction_and_the_report_seed_are_checked_before_any_work():
+    with pytest.raises(ImgrecError,
+                       match=r"task.monitor=val/eer is better lower, but task.mode=max: set task.mode=min"):
+        EmbeddingTask(monitor="val/eer", mode="max")
+    assert EmbeddingTask(monitor="val/eer", mode="min").mode == "min"
+    with pytest.raises(ImgrecError, match=r"task.report.seed='abc' must be a whole number >= 0"):
+        EmbeddingTask(report={"seed": "abc"})
+    with pytest.raises(ImgrecError, match=r"^seed=1.5 must be a whole number >= 0"):
+        EmbeddingTask().check_eval_settings({"seed": 1.5})

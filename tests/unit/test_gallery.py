@@ -234,3 +234,37 @@ def test_enroll_many_is_one_transaction_all_or_none(tmp_path):
             gallery.enroll_many([("person_2", enrolled["person_2"], None), ("bad", np.ones((2, 8)), None)])
         assert [(p.person, p.display_name, p.embeddings) for p in gallery.people()] == [
             ("person_0", "Zero", 4), ("person_1", None, 3)]  # person_2 was not written either
+
+
+def test_damaged_contents_are_named_not_a_traceback_or_a_wrong_answer(tmp_path):
+    import sqlite3
+
+    enrolled, centres = people(count=3)
+    path = tmp_path / "g.db"
+    with Gallery.open(path, "model-a", DIMENSION) as gallery:
+        for person, vectors in enrolled.items():
+            gallery.enroll(person, vectors)
+    connection = sqlite3.connect(path)
+    connection.execute("INSERT INTO embeddings (person_id, vector) VALUES (1, ?)",
+                       (np.full(DIMENSION, np.nan, np.float32).tobytes(),))
+    connection.commit()
+    with Gallery.open(path, "model-a", DIMENSION) as gallery, \
+            pytest.raises(ImgrecError, match=r"damaged: an embedding of 'person_0' holds NaN"):
+        gallery.identify(centres[:1])
+    connection.execute("UPDATE embeddings SET vector = ? WHERE id = (SELECT MAX(id) FROM embeddings)", (b"1234567",))
+    connection.commit()
+    with Gallery.open(path, "model-a", DIMENSION) as gallery, \
+            pytest.raises(ImgrecError, match=rf"is not {DIMENSION} float32 values"):
+        gallery.embeddings()
+    connection.execute("INSERT OR REPLACE INTO meta VALUES ('threshold', 'abc')")
+    connection.commit()
+    with pytest.raises(ImgrecError, match=r"damaged: its meta table holds a value that is not a number"):
+        Gallery.open_existing(path)
+    connection.close()
+
+
+def test_person_ids_with_control_characters_are_refused(tmp_path):
+    enrolled, _ = people(count=1)
+    with Gallery.open(tmp_path / "g.db", "m", DIMENSION) as gallery, \
+            pytest.raises(ImgrecError, match=r"control characters"):
+        gallery.enroll("ann\nbob", enrolled["person_0"])

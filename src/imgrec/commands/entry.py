@@ -15,7 +15,8 @@ log = logging.getLogger("imgrec")
 INTERRUPTED_EXIT = 130  # the shell's convention for SIGINT
 
 
-def hydra_command(config_name: str, task_name: str):
+def hydra_command(config_name: str, task_name: str,
+                  interrupted_note: str = "any checkpoint already written is intact"):
     """Turn a Hydra task function into a console entry point: the command line is checked (and the run
     folder locked) by imgrec.commands.preflight before Hydra acts on it."""
 
@@ -35,7 +36,7 @@ def hydra_command(config_name: str, task_name: str):
                 sys.stderr.write(f"error: {error}\n")
                 sys.exit(2)
             except KeyboardInterrupt:
-                sys.stderr.write("\ninterrupted (Ctrl-C); any checkpoint already written is intact\n")
+                sys.stderr.write(f"\ninterrupted (Ctrl-C); {interrupted_note}\n")
                 sys.exit(INTERRUPTED_EXIT)
 
         main.task_function = task_function
@@ -44,7 +45,7 @@ def hydra_command(config_name: str, task_name: str):
     return decorate
 
 
-def run_command(work: Callable, cfg):
+def run_command(work: Callable, cfg, record_command: bool = True):
     """`work(cfg)`; bad input (an ImgrecError) is logged as one line and exits 2, without a traceback.
     The interpreter's final garbage collections are skipped (about a second after a torch import)."""
     from pathlib import Path
@@ -54,7 +55,7 @@ def run_command(work: Callable, cfg):
     skip_collection_at_exit()
     run_dir = Path(cfg.paths.output_dir)
     try:
-        record_environment(run_dir)
+        record_environment(run_dir, record_command)
         return work(cfg)
     except ImgrecError as error:
         log.error(f"error: {error}")

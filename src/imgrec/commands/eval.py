@@ -113,6 +113,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
     trained = load_trained(cfg.ckpt_path, device)
     task = trained.task
     task.check_threshold_settings(cfg.threshold, cfg.target_recall)
+    task.check_eval_settings(cfg)
     dataset_cfg = cfg.dataset if cfg.get("dataset") else stored_dataset(trained.state["config"].get("dataset"))
     # read images as the model was trained to see them: at its input size, unless a per-pixel model was
     # trained on images at their own size (dataset.image_size=null), which it then takes at theirs

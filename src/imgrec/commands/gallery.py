@@ -36,11 +36,29 @@ def check_settings(cfg: DictConfig) -> None:
     if cfg.action == "enroll" and (cfg.folder is None) == (cfg.person is None):
         raise ImgrecError("action=enroll takes person=<id> with images=[...], or folder=<root/<person>/<image>>, "
                           "not both or neither")
+    for key in ("person", "display_name"):
+        value = cfg.get(key)
+        if value is not None and not isinstance(value, str):
+            raise ImgrecError(f"{key}={value!r} was read as a {type(value).__name__}, not a name; quote it: "
+                              f"{key}='{value}' (in a shell: \"{key}='{value}'\")")
     if cfg.action == "remove" and not cfg.person:
         raise ImgrecError("action=remove needs person=<id> (`imgrec-gallery action=list` shows who is enrolled)")
 
 
 def gallery_command(cfg: DictConfig) -> dict:
+    import sqlite3
+
+    try:
+        return gallery_action(cfg)
+    except sqlite3.OperationalError as error:  # a read-only file or folder, a locked or vanished database
+        raise ImgrecError(f"gallery '{cfg.gallery}' could not be used: {error}; check that the file and its folder "
+                          "are writable (SQLite writes a journal beside the file)") from None
+    except sqlite3.DatabaseError as error:
+        raise ImgrecError(f"gallery '{cfg.gallery}' is damaged ({error}); use a backup, or a new gallery "
+                          "file") from None
+
+
+def gallery_action(cfg: DictConfig) -> dict:
     from imgrec.gallery.database import Gallery
 
     check_tool_config(cfg)
@@ -170,7 +188,8 @@ def verify(cfg: DictConfig, embedder) -> dict:
         with Gallery.open(cfg.gallery, embedder.fingerprint, embedder.dimension) as gallery:
             threshold = gallery.threshold
         if threshold is None:
-            raise ImgrecError(f"gallery {cfg.gallery} has no threshold yet: run action=calibrate, or give threshold=...")
+            raise ImgrecError(f"gallery {cfg.gallery} has no threshold yet: run action=calibrate, or give "
+                              "threshold=...")
     score = float(vectors[0] @ vectors[1])
     same = score >= threshold
     log.info(f"{'same person' if same else 'different people'}: score {score:.4f}, threshold {threshold:.4f}")
@@ -186,7 +205,10 @@ def calibrate(cfg: DictConfig, embedder, gallery) -> dict:
     from imgrec.tasks.embedding_scores import pair_scores, threshold_for_far
 
     if cfg.folder is not None:
-        paths, persons = person_folders(Path(str(cfg.folder)).expanduser())
+        root = Path(str(cfg.folder)).expanduser()
+        if not root.is_dir():
+            raise ImgrecError(f"folder={cfg.folder} is not a folder; expected root/<person>/<image>")
+        paths, persons = person_folders(root)
         vectors, kept, _ = embedder.embed(paths)
         person_of = dict(zip(paths, persons))
         labels = [person_of[path] for path in kept]
@@ -197,7 +219,11 @@ def calibrate(cfg: DictConfig, embedder, gallery) -> dict:
 
         trained = embedder.trained
         dataset_cfg = stored_dataset(trained.state["config"].get("dataset"))
-        splits = build_dataset(dataset_cfg, "embedding")
+        try:
+            splits = build_dataset(dataset_cfg, "embedding")
+        except ImgrecError as error:
+            raise ImgrecError(f"{error} (the checkpoint's own data, read to calibrate on its validation people; "
+                              "give folder=<person folders> to calibrate on others)") from None
         evaluation = evaluate(trained, make_loader(splits.val, cfg.batch_size, trained.mean, trained.std,
                                                    embedder.device, num_workers=0))
         vectors, labels = evaluation.embeddings.numpy(), evaluation.labels.numpy()
@@ -207,7 +233,8 @@ def calibrate(cfg: DictConfig, embedder, gallery) -> dict:
     gallery.set_threshold(point.threshold, point.far, point.frr)
     finest = 1 / len(impostor)
     log.info(f"threshold {point.threshold:.4f} chosen on {source} ({len(genuine)} genuine, {len(impostor)} impostor "
-             f"pairs): FAR {point.far:.5f}, FRR {point.frr:.4f} (target FAR {cfg.target_far}); stored in {gallery.path}")
+             f"pairs): FAR {point.far:.5f}, FRR {point.frr:.4f} (target FAR {cfg.target_far}); stored in "
+             f"{gallery.path}")
     if cfg.target_far < finest:
         log.warning(f"target_far={cfg.target_far} is below the finest rate {len(impostor)} impostor pairs can measure "
                     f"({finest:.2g}): the threshold sits just above the best impostor score; calibrate on more people "
@@ -216,9 +243,11 @@ def calibrate(cfg: DictConfig, embedder, gallery) -> dict:
             "impostor_pairs": len(impostor)}
 
 
-@hydra_command("gallery", task_name="gallery")
+@hydra_command("gallery", task_name="gallery",
+                interrupted_note="the gallery holds everyone enrolled before it (each person is one transaction); "
+                                 "`action=list` shows who, and enrolling a listed person again adds their images again")
 def main(cfg: DictConfig) -> None:
-    run_command(gallery_command, cfg)
+    run_command(gallery_command, cfg, record_command=False)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,10 @@ def collect_inputs(inputs: str) -> list[Path]:
         raise ImgrecError("inputs is required: an image file, a folder of images, or a glob such as 'photos/*.jpg'")
     path = Path(str(inputs)).expanduser()
     if path.is_dir():
-        found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+        found = [p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS]
+        if not found and files and not any(p.suffix for p in files):  # images without extensions (the Yale faces)
+            return files
         if not found:
             raise ImgrecError(f"inputs={inputs}: the folder has no image files ({', '.join(IMAGE_EXTENSIONS)})")
         return found

@@ -64,6 +64,11 @@ def _train(cfg: DictConfig, task, settings, env, device_setting: str) -> dict:
 
     seed_everything(cfg.seed)
     splits = build_dataset(cfg.dataset, task.name)
+    for name in ("val", "test") if cfg.test else ("val",):
+        if len(getattr(splits, name)) == 0:
+            raise ImgrecError(f"the dataset's {name} split is empty and imgrec-train scores on it: raise "
+                              f"dataset.{name}_fraction (a face set: dataset.split_by=identity or image; split_by=none "
+                              "is for scoring a folder whole with imgrec-eval)")
     if env.is_main:
         record_dataset(splits, run_dir, log)
         record_environment(run_dir)

@@ -31,7 +31,8 @@ def _listing(root: Path, file: str | None, pattern: str | None, path_column: str
     if file is not None:
         table = Path(file).expanduser()
         if not table.is_file():
-            raise ImgrecError(f"dataset.file '{file}' does not exist; expected a CSV with {path_column},{person_column} rows")
+            raise ImgrecError(f"dataset.file '{file}' does not exist; expected a CSV with {path_column},"
+                              f"{person_column} rows")
         return listed_files(table, root, path_column, person_column)
     return named_files(root, pattern) if pattern is not None else person_folders(root)
 
@@ -68,6 +69,8 @@ def decode_faces(paths: list[Path], cropper: FaceCropper, channels: int, size: i
             if face is not None:
                 faces.append(face)
                 kept.append(index)
+            elif problem.startswith("no face") and cropper.on_no_face == "error":
+                raise ImgrecError(f"image '{path}': {problem}")
             elif problem.startswith("no face"):
                 no_face += 1
                 skipped.append((str(path), problem))
@@ -77,11 +80,12 @@ def decode_faces(paths: list[Path], cropper: FaceCropper, channels: int, size: i
             else:
                 skipped.append((str(path), problem))
     if no_face:
-        log.warning(f"no face found in {no_face} of {len(paths)} image(s): left out (on_no_face=skip; each is listed "
-                    "in the run dir's skipped files)")
+        log.warning(f"no face found in {no_face} of {len(paths)} image(s): left out (on_no_face=skip; "
+                    "on_no_face=error stops at the first, naming it)")
     if not faces:
-        raise ImgrecError(f"none of the {len(paths)} images could be used (see skipped_images.txt); with "
-                          "dataset.detect=haar, try detect=none for images that are already face crops")
+        first = f"; first: {skipped[0][0]}: {skipped[0][1]}" if skipped else ""
+        raise ImgrecError(f"none of the {len(paths)} images could be used{first}; with dataset.detect=haar, try "
+                          "detect=none for images that are already face crops")
     return torch.stack(faces), np.asarray(kept, dtype=np.int64), skipped
 
 

@@ -18,21 +18,23 @@ from imgrec.data.splits import TEST, TRAIN, VAL
 from imgrec.errors import ImgrecError
 from imgrec.values import is_number, is_whole
 
-SPLIT_BY = ("identity", "image")
+SPLIT_BY = ("identity", "image", "none")
 
 
 def person_folders(root: Path) -> tuple[list[Path], list[str]]:
     """Every (non-hidden) file under root/<person>/ and its person."""
     people = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not people:
-        raise ImgrecError(f"'{root}' has no person folders; expected root/<person>/<image> (or set dataset.pattern "
-                          "for file names that carry the person, or dataset.file for a CSV)")
+        raise ImgrecError(f"'{root}' has no person folders; expected root/<person>/<image> (a face dataset also "
+                          "takes file names that carry the person, dataset.pattern, or a CSV, dataset.file)")
     paths, persons = [], []
     for folder in people:
         for path in sorted(folder.iterdir()):
             if path.is_file() and not path.name.startswith("."):
                 paths.append(path)
                 persons.append(folder.name)
+    if not paths:
+        raise ImgrecError(f"the person folders in '{root}' hold no files; expected root/<person>/<image>")
     return paths, persons
 
 
@@ -96,8 +98,10 @@ def identity_assignment(persons: list[str], split_by: str, val_fraction: float, 
     person's images spread over the three splits, so every person needs min_images in val and test
     each plus one to train on."""
     if split_by not in SPLIT_BY:
-        raise ImgrecError(f"dataset.split_by={split_by!r} must be identity (people split: open set) or image "
-                          "(every person in every split: closed set)")
+        raise ImgrecError(f"dataset.split_by={split_by!r} must be identity (people split: open set), image "
+                          "(every person in every split: closed set) or none (no split: a folder scored whole)")
+    if split_by == "none":  # imgrec-eval split=all of new people: every image in one split, nothing held out
+        return np.full(len(persons), TRAIN)
     for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
         if not is_number(value) or not 0 < value < 1:
             raise ImgrecError(f"dataset.{name}={value!r} must be between 0 and 1 (exclusive), e.g. 0.2")
@@ -113,7 +117,8 @@ def identity_assignment(persons: list[str], split_by: str, val_fraction: float, 
         if len(eligible) < n_test + n_val or len(names) - n_test - n_val < 2:
             raise ImgrecError(f"{len(names)} people, {len(eligible)} of them with at least {min_images} images: too few "
                               f"for {n_val} validation and {n_test} test people and 2 to train on; add people, lower "
-                              "dataset.min_images or the fractions, or use dataset.split_by=image")
+                              "dataset.min_images or the fractions, or use dataset.split_by=image (or split_by=none "
+                              "to score a folder whole: imgrec-eval split=all)")
         for code, chosen in ((TEST, eligible[:n_test]), (VAL, eligible[n_test:n_test + n_val])):
             assignment[np.isin(person_of, chosen)] = code
         return assignment

@@ -82,7 +82,7 @@ RECORDED_PACKAGES = ("imgrec", "torch", "torchvision", "hydra-core", "omegaconf"
                      "albumentations", "tensorboard", "timm", "onnx", "onnxruntime")
 
 
-def record_environment(run_dir: Path) -> dict:
+def record_environment(run_dir: Path, record_command: bool = True) -> dict:
     """environment.json: the imgrec source commit (and whether its tree had uncommitted changes), the command
     line, Python, the versions of the packages a result depends on, and the accelerator, so that a run can
     be reproduced or its difference from another explained."""
@@ -115,7 +115,8 @@ def record_environment(run_dir: Path) -> dict:
     info = {
         "git_commit": commit,
         "git_dirty": None if status is None else bool(status),
-        "command": sys.orig_argv[1:],  # as typed (sys.argv holds the run folder imgrec pinned)
+        # as typed (sys.argv holds the run folder imgrec pinned); a gallery's names people and their images
+        "command": sys.orig_argv[1:] if record_command else "not recorded (it may name people)",
         "python": platform.python_version(),
         "platform": platform.platform(),
         "packages": versions,

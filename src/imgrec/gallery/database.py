@@ -71,7 +71,11 @@ class Gallery:
             raise ImgrecError(f"gallery '{path}': its folder '{path.parent}' does not exist")
         new = not path.exists()
         if new:  # created owner-only before SQLite writes anything into it (its journals take the same mode)
-            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+            try:
+                os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+            except OSError as error:
+                raise ImgrecError(f"gallery '{path}' cannot be created: {error.strerror}; choose a folder you can "
+                                  "write to") from None
         connection = sqlite3.connect(path, timeout=60, isolation_level=None)
         try:
             connection.execute("PRAGMA foreign_keys = ON")
@@ -181,7 +185,7 @@ class Gallery:
     @property
     def threshold(self) -> float | None:
         value = read_meta(self.connection, self.path).get("threshold")
-        return None if value is None else float(value)
+        return None if value is None else float(value)  # read_meta checked it is a number
 
     def people(self) -> list[Enrolled]:
         rows = self.connection.execute(
@@ -195,7 +199,16 @@ class Gallery:
             "SELECT p.person, e.vector FROM embeddings e JOIN people p ON p.id = e.person_id ORDER BY e.id").fetchall()
         if not rows:
             return np.zeros((0, self.dimension), np.float32), []
+        size = 4 * self.dimension
+        damaged = [person for person, vector in rows if not isinstance(vector, bytes) or len(vector) != size]
+        if damaged:
+            raise ImgrecError(f"gallery '{self.path}' is damaged: an embedding of '{damaged[0]}' is not "
+                              f"{self.dimension} float32 values; remove that person (action=remove person=...) and enrol them again")
         vectors = np.frombuffer(b"".join(vector for _, vector in rows), dtype=np.float32).reshape(len(rows), -1)
+        if not np.isfinite(vectors).all():
+            person = rows[int(np.flatnonzero(~np.isfinite(vectors).all(axis=1))[0])][0]
+            raise ImgrecError(f"gallery '{self.path}' is damaged: an embedding of '{person}' holds NaN or Inf values; "
+                              "remove that person (action=remove person=...) and enrol them again")
         return vectors, [person for person, _ in rows]
 
     def identify(self, queries: np.ndarray, top_k: int = 5, threshold: float | None = None, index: str = "matrix",
@@ -296,6 +309,8 @@ def check_person(person) -> str:
     if not isinstance(person, str) or not person.strip() or person != person.strip() or person == UNKNOWN:
         raise ImgrecError(f"person id {person!r} must be a non-empty name without surrounding spaces (and not "
                           f"'{UNKNOWN}', which means no match)")
+    if any(ord(char) < 32 or ord(char) == 127 for char in person):
+        raise ImgrecError(f"person id {person!r} holds control characters (a newline, a tab ...); use a plain name")
     return person
 
 
@@ -303,8 +318,18 @@ def read_meta(connection: sqlite3.Connection, path: Path) -> dict[str, str]:
     meta = dict(connection.execute("SELECT key, value FROM meta").fetchall())
     if meta.get("format") != FORMAT:
         raise ImgrecError(f"gallery '{path}' is a SQLite file but not an imgrec gallery")
-    if int(meta.get("schema_version", 0)) > SCHEMA_VERSION:
+    try:
+        schema, dimension = int(meta.get("schema_version", 0)), int(meta.get("dimension", ""))
+        for key in ("threshold", "threshold_far", "threshold_frr"):
+            if key in meta and not np.isfinite(float(meta[key])):
+                raise ValueError(key)
+    except ValueError:
+        raise ImgrecError(f"gallery '{path}' is damaged: its meta table holds a value that is not a number (schema, "
+                          "dimension or threshold); use a backup, or a new gallery file") from None
+    if schema > SCHEMA_VERSION:
         raise ImgrecError(f"gallery '{path}' was written by a newer imgrec (schema {meta['schema_version']}); upgrade imgrec")
+    if dimension < 1 or not meta.get("fingerprint"):
+        raise ImgrecError(f"gallery '{path}' is damaged: no model fingerprint or embedding size in its meta table")
     return meta
 
 

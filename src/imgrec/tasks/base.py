@@ -202,6 +202,9 @@ class Task:
             raise ImgrecError(f"threshold={threshold} / target_recall={target_recall} apply to binary classification; "
                               f"this checkpoint is a {self.name} model. Leave them null")
 
+    def check_eval_settings(self, settings) -> None:
+        """imgrec-eval's own settings for this task (checked before the data is read); none by default."""
+
     def predicted_classes(self, outputs: torch.Tensor) -> torch.Tensor:
         """Class ids from a batch of raw model outputs (one per image, or one per pixel)."""
         raise NotImplementedError

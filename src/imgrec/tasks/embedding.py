@@ -18,20 +18,24 @@ from imgrec.values import is_number, is_whole
 
 MAX_PAIR_IMAGES = 6000  # above this many images a split's pairs come from a fixed random subset (36M pairs)
 REPORT_DEFAULTS = {"enrolled_per_person": 3, "far_levels": [0.01, 0.001], "seed": 0}
+LOWER_IS_BETTER = ("eer",)  # of eval_metrics; the others are better higher
 
 
 def check_report_settings(settings: dict, owner: str) -> dict:
     settings = {**REPORT_DEFAULTS, **{key: value for key, value in settings.items() if value is not None}}
     unknown = sorted(set(settings) - set(REPORT_DEFAULTS))
     if unknown:
-        raise ImgrecError(f"{owner} has unknown key(s) {unknown}; it takes {sorted(REPORT_DEFAULTS)}")
+        raise ImgrecError(f"{owner.rstrip('.') or 'imgrec-eval'} has unknown key(s) {unknown}; it takes "
+                          f"{sorted(REPORT_DEFAULTS)}")
     if not is_whole(settings["enrolled_per_person"], 1):
-        raise ImgrecError(f"{owner}.enrolled_per_person={settings['enrolled_per_person']!r} must be a whole number >= 1")
+        raise ImgrecError(f"{owner}enrolled_per_person={settings['enrolled_per_person']!r} must be a whole number >= 1")
+    if not is_whole(settings["seed"], 0):
+        raise ImgrecError(f"{owner}seed={settings['seed']!r} must be a whole number >= 0")
     levels = settings["far_levels"]
     if not isinstance(levels, (str, bytes, dict)) and hasattr(levels, "__len__"):  # a list, or Hydra's ListConfig
         levels = settings["far_levels"] = [value for value in levels]
     if not isinstance(levels, list) or not levels or not all(is_number(v) and 0 < v < 1 for v in levels):
-        raise ImgrecError(f"{owner}.far_levels={levels!r} must be a list of false-accept rates in (0, 1), "
+        raise ImgrecError(f"{owner}far_levels={levels!r} must be a list of false-accept rates in (0, 1), "
                           "e.g. [0.01, 0.001]")
     return settings
 
@@ -55,7 +59,8 @@ class EmbeddingEvaluation(Evaluation):
 
     def scores(self, prefix: str) -> dict[str, float]:
         genuine, impostor = self.pairs()
-        return {f"{prefix}/roc_auc": roc_auc(genuine, impostor), f"{prefix}/eer": equal_error_rate(genuine, impostor).far,
+        return {f"{prefix}/roc_auc": roc_auc(genuine, impostor),
+                f"{prefix}/eer": equal_error_rate(genuine, impostor).far,
                 f"{prefix}/rank1": leave_one_out_rank1(*self.paired())}
 
 
@@ -84,12 +89,16 @@ class EmbeddingTask(Task):
     def __init__(self, monitor: str = "val/roc_auc", mode: str = "max", embedding_size: int = 128,
                  loss: dict | None = None, report: dict | None = None):
         super().__init__(monitor, mode)
+        better = "min" if str(monitor).rsplit("/", 1)[-1] in LOWER_IS_BETTER else "max"
+        if str(monitor).startswith("val/") and mode != better:
+            raise ImgrecError(f"task.monitor={monitor} is better {'lower' if better == 'min' else 'higher'}, but "
+                              f"task.mode={mode}: set task.mode={better}")
         if not is_whole(embedding_size, 2):
             raise ImgrecError(f"task.embedding_size={embedding_size!r} must be a whole number >= 2 (64-512 is usual)")
         self.embedding_size = embedding_size
         self.loss_settings = dict(loss or {})
         EmbeddingLoss.check(self.loss_settings)
-        self.report_settings = check_report_settings(dict(report or {}), "task.report")
+        self.report_settings = check_report_settings(dict(report or {}), "task.report.")
         self.criterion: EmbeddingLoss | None = None
         self.class_names: list[str] = []
 
@@ -141,6 +150,14 @@ class EmbeddingTask(Task):
         genuine, impostor = evaluation.pairs()
         return [ROCPlotFigure("val/roc", genuine, impostor, [], f"val verification ROC, epoch {epoch}")]
 
+    def check_threshold_settings(self, threshold, target_recall) -> None:
+        if threshold is not None or target_recall is not None:
+            raise ImgrecError(f"threshold={threshold} / target_recall={target_recall} apply to two-class classifiers; "
+                              "an embedding's acceptance threshold is chosen with imgrec-gallery action=calibrate")
+
+    def check_eval_settings(self, settings) -> None:
+        check_report_settings({key: settings.get(key) for key in REPORT_DEFAULTS}, "")
+
     def predicted_classes(self, outputs: torch.Tensor) -> torch.Tensor:
         raise ImgrecError("an embedding model does not predict classes; match its embeddings against enrolled "
                           "people with imgrec-gallery (enroll, identify, verify)")
@@ -177,7 +194,7 @@ class EmbeddingTask(Task):
         """report.json, roc.csv (the curve's points), and roc.png with the EER and each FAR marked."""
         from sklearn.metrics import roc_curve
 
-        chosen = check_report_settings({key: settings.get(key) for key in REPORT_DEFAULTS}, "imgrec-eval")
+        chosen = check_report_settings({key: settings.get(key) for key in REPORT_DEFAULTS}, "")
         summary, genuine, impostor = self.report(evaluation, chosen)
         labels = np.r_[np.ones(len(genuine)), np.zeros(len(impostor))]
         false_accept, true_accept, thresholds = roc_curve(labels, np.r_[genuine, impostor])
