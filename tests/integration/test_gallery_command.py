@@ -65,6 +65,10 @@ def test_calibrated_threshold_gives_the_target_far_on_the_calibration_pairs(enro
     assert float((impostor >= np.max(impostor[impostor < result["threshold"]])).mean()) > 0.05
     listed = run_gallery(tmp_path, "list", "action=list", f"gallery={gallery}")
     assert listed["threshold"] == pytest.approx(result["threshold"])
+    from imgrec.gallery.database import Gallery
+
+    with Gallery.open_existing(gallery) as opened:
+        assert opened.threshold_rates == pytest.approx((result["far"], result["frr"]))
 
 
 def test_identify_names_enrolled_people_and_rejects_strangers(enrolled, tmp_path):
@@ -130,6 +134,8 @@ def test_bad_gallery_settings_are_one_line_errors(embedding_run, digits_checkpoi
     best = embedding_run[1] / "checkpoints" / "best.pt"
     with pytest.raises(ImgrecError, match=r"action='find' must be one of enroll, identify"):
         run_gallery(tmp_path, "a", "action=find")
+    with pytest.raises(ImgrecError, match=r"action= is required: one of enroll, identify"):
+        run_gallery(tmp_path, "a2")
     with pytest.raises(ImgrecError, match=r"takes person=<id> with images=\[...\], or folder="):
         run_gallery(tmp_path, "b", "action=enroll", f"ckpt_path={best}")
     with pytest.raises(ImgrecError, match=r"is a classification model; imgrec-gallery needs an embedding model"):

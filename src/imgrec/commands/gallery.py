@@ -17,6 +17,8 @@ NEEDS_MODEL = ("enroll", "identify", "verify", "calibrate")
 
 
 def check_settings(cfg: DictConfig) -> None:
+    if cfg.action is None:
+        raise ImgrecError(f"action= is required: one of {', '.join(ACTIONS)} (imgrec-gallery --help shows examples)")
     if cfg.action not in ACTIONS:
         raise ImgrecError(f"action={cfg.action!r} must be one of {', '.join(ACTIONS)}")
     if cfg.action in NEEDS_MODEL and not cfg.ckpt_path:
@@ -92,9 +94,10 @@ def gallery_action(cfg: DictConfig) -> dict:
 
 def list_people(gallery) -> dict:
     people = gallery.people()
-    threshold = gallery.threshold
-    lines = [f"{len(people)} people in {gallery.path}"
-             + (f"; threshold {threshold:.4f}" if threshold is not None else "; no threshold yet (action=calibrate)")]
+    threshold, rates = gallery.threshold, gallery.threshold_rates
+    chosen = f" (chosen at FAR {rates[0]:.5f}, FRR {rates[1]:.4f})" if rates else ""
+    shown = f"; threshold {threshold:.4f}{chosen}" if threshold is not None else "; no threshold yet (action=calibrate)"
+    lines = [f"{len(people)} people in {gallery.path}{shown}"]
     lines += [f"  {p.person}" + (f" ({p.display_name})" if p.display_name else "") + f": {p.embeddings} embedding(s)"
               for p in people]
     log.info("\n".join(lines))

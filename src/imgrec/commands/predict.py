@@ -218,7 +218,7 @@ def predict_embeddings(cfg: DictConfig, trained, paths: list[Path], device) -> d
     np.save(buffer, vectors.astype(np.float32))
     write_whole(run_dir / "embeddings.npy", buffer.getvalue())
     log.info(f"{len(rows)} image(s) embedded, {len(skipped)} skipped; embeddings.npy and {output.name} in "
-             f"{run_dir.resolve()} (match them against people with imgrec-gallery)")
+             f"{run_dir.resolve()} (cosine = dot product; imgrec-gallery matches images against enrolled people)")
     return {"predictions": rows, "skipped": skipped, "output": output, "embeddings": vectors}
 
 

@@ -187,6 +187,14 @@ class Gallery:
         value = read_meta(self.connection, self.path).get("threshold")
         return None if value is None else float(value)  # read_meta checked it is a number
 
+    @property
+    def threshold_rates(self) -> tuple[float, float] | None:
+        """The false-accept and false-reject rates the threshold was chosen at, when it was calibrated."""
+        meta = read_meta(self.connection, self.path)
+        if "threshold_far" not in meta:
+            return None
+        return float(meta["threshold_far"]), float(meta["threshold_frr"])
+
     def people(self) -> list[Enrolled]:
         rows = self.connection.execute(
             "SELECT p.person, p.display_name, COUNT(e.id) FROM people p LEFT JOIN embeddings e ON e.person_id = p.id "

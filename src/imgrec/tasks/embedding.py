@@ -255,7 +255,8 @@ def describe(summary: dict) -> str:
     opened = summary.get("open_set", {})
     if "dir_at_far" in opened:
         rates = ", ".join(f"DIR {rate['dir']:.4f} at false-alarm rate {rate['false_alarm_rate']:.4f} (target "
-                          f"{rate['far']})" for rate in opened["dir_at_far"])
+                          f"{rate['far']}{'' if rate['measurable'] else ': too few stranger probes to measure'})"
+                          for rate in opened["dir_at_far"])
         lines.append(f"open-set identification, {opened['enrolled_people']} people enrolled, "
                      f"{opened['stranger_probes']} probes of {opened['stranger_people']} strangers: {rates}")
     elif opened:

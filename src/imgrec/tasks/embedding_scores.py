@@ -145,5 +145,6 @@ def open_set_rates(gallery, gallery_labels, probes, probe_labels, far_levels) ->
     for far in far_levels:
         point = threshold_for_far(best[enrolled], best[~enrolled], far)
         rates.append({"far": float(far), "threshold": point.threshold, "false_alarm_rate": point.far,
-                      "dir": float((correct & (best[enrolled] >= point.threshold)).mean())})
+                      "dir": float((correct & (best[enrolled] >= point.threshold)).mean()),
+                      "measurable": far * int((~enrolled).sum()) >= 1})
     return rates
