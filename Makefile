@@ -14,6 +14,9 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
 	$(BIN)/python -m pip install -c constraints.txt -e ".[dev]"
+	# torchattacks is the tests' reference for the attacks (never imported by imgrec). It pins requests~=2.25,
+	# which conflicts with mkdocs-material; it runs on torch, numpy and scipy alone, so it comes without its pins.
+	$(BIN)/python -m pip install --no-deps "torchattacks>=3.5,<4"
 	touch $(STAMP)
 
 train: install

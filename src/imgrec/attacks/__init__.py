@@ -1,0 +1,1 @@
+"""Adversarial attacks on trained models (issue #19)."""
