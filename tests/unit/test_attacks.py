@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from imgrec.attacks.gradient import PixelModel, fgsm, pgd
+from imgrec.robustness.attacks import PixelModel, fgsm, pgd
 from imgrec.errors import ImgrecError
 
 torchattacks = pytest.importorskip("torchattacks")

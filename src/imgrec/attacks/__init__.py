@@ -1,1 +1,0 @@
-"""Adversarial attacks on trained models (issue #19)."""
