@@ -1,0 +1,160 @@
+"""imgrec-robustness: a classifier's accuracy under FGSM and PGD at each budget, and under the common
+corruptions at each severity, on a fixed sample of its test split."""
+
+import json
+import logging
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from imgrec.commands.entry import hydra_command, run_command
+from imgrec.config import check_tool_config, resolve_checkpoint_shortcut
+from imgrec.errors import ImgrecError
+from imgrec.values import is_whole
+
+log = logging.getLogger("imgrec")
+ATTACKS = ("fgsm", "pgd")
+
+
+def check_settings(cfg: DictConfig) -> tuple[list[str], list[str]]:
+    """The attacks and corruptions asked for, every budget and severity checked before anything is loaded."""
+    from imgrec.robustness.attacks import check_budget
+    from imgrec.robustness.corruptions import CORRUPTIONS
+
+    attacks = list(cfg.attacks or [])
+    unknown = [name for name in attacks if name not in ATTACKS]
+    if unknown:
+        raise ImgrecError(f"attacks={attacks} has {unknown}; choose among {', '.join(ATTACKS)} (or [] for none)")
+    for eps in cfg.eps:
+        check_budget(eps, cfg.pgd.norm if "pgd" in attacks else "linf", cfg.pgd.steps, cfg.pgd.step_size)
+    corruptions = list(CORRUPTIONS) if cfg.corruptions == "all" else list(cfg.corruptions or [])
+    unknown = [name for name in corruptions if name not in CORRUPTIONS]
+    if unknown:
+        raise ImgrecError(f"corruptions has {unknown}; choose all, [] or among {', '.join(CORRUPTIONS)}")
+    if any(isinstance(s, bool) or s not in (1, 2, 3, 4, 5) for s in cfg.severities):
+        raise ImgrecError(f"severities={list(cfg.severities)} must each be 1, 2, 3, 4 or 5")
+    if cfg.max_images is not None and not is_whole(cfg.max_images, 1):
+        raise ImgrecError(f"max_images={cfg.max_images!r} must be a whole number >= 1, or null for the whole split")
+    if not is_whole(cfg.seed, 0):
+        raise ImgrecError(f"seed={cfg.seed!r} must be a whole number >= 0")
+    if cfg.split not in ("test", "val", "all"):
+        raise ImgrecError(f"split={cfg.split!r} must be test, val or all")
+    return attacks, corruptions
+
+
+def accuracy_of(model, pixels, labels, batch_size: int, change=None) -> float:
+    """Accuracy on [0, 1] pixels, each batch first passed through `change(batch, labels)` (an attack)."""
+    import torch
+
+    correct = 0
+    for start in range(0, len(labels), batch_size):
+        batch, truth = pixels[start:start + batch_size], labels[start:start + batch_size]
+        if change is not None:
+            batch = change(batch, truth)
+        with torch.no_grad():
+            correct += int((model(batch).argmax(1) == truth).sum())
+    return correct / len(labels)
+
+
+def robustness_report(cfg: DictConfig) -> dict:
+    import numpy as np
+    import torch
+
+    from imgrec.commands.eval import stored_dataset
+    from imgrec.config import build_dataset
+    from imgrec.data.files import images_at
+    from imgrec.evaluation.inference import inference_device, load_trained
+    from imgrec.evaluation.reports import csv_text, write_whole
+    from imgrec.robustness.attacks import PixelModel, fgsm, pgd
+    from imgrec.robustness.corruptions import corrupt, corruption_errors
+
+    check_tool_config(cfg)
+    resolve_checkpoint_shortcut(cfg)
+    attacks, corruptions = check_settings(cfg)
+    device = inference_device(cfg)
+    trained = load_trained(cfg.ckpt_path, device)
+    if trained.task.name != "classification":
+        raise ImgrecError(f"ckpt_path {cfg.ckpt_path} was trained for the {trained.task.name} task; "
+                          "imgrec-robustness scores classifiers (one class per image)")
+    dataset_cfg = cfg.dataset if cfg.get("dataset") else stored_dataset(trained.state["config"].get("dataset"))
+    if "image_size" in dataset_cfg:
+        dataset_cfg.image_size, dataset_cfg.channels = trained.image_size, trained.channels
+    splits = build_dataset(dataset_cfg, "classification")
+    split = splits.everything() if cfg.split == "all" else getattr(splits, cfg.split)
+    order = np.random.default_rng(cfg.seed).permutation(len(split))
+    chosen = np.sort(order[: cfg.max_images] if cfg.max_images else order)
+    pixels = torch.from_numpy(images_at(split, chosen)).float().div(255).to(device)
+    labels = split.labels[torch.as_tensor(chosen)].to(device)
+    model = PixelModel(trained.model, trained.mean, trained.std).to(device).eval()
+    clean = accuracy_of(model, pixels, labels, cfg.batch_size)
+    log.info(f"{len(labels)} {cfg.split} images; clean accuracy {clean:.4f}")
+
+    attack_rows = []
+    generator = torch.Generator().manual_seed(cfg.seed)
+    pgd_settings = OmegaConf.to_container(cfg.pgd)
+    for name in attacks:
+        for eps in cfg.eps:
+            def attack(batch, truth, name=name, eps=eps):
+                if name == "fgsm":
+                    return fgsm(model, batch, truth, eps)
+                return pgd(model, batch, truth, eps, generator=generator, **pgd_settings)
+            robust = accuracy_of(model, pixels, labels, cfg.batch_size, attack)
+            norm = "linf" if name == "fgsm" else cfg.pgd.norm
+            attack_rows.append({"attack": name, "norm": norm, "eps": float(eps), "accuracy": robust})
+            log.info(f"{name} ({norm}) eps {eps:.5f}: accuracy {robust:.4f}")
+    corruption_accuracy: dict[str, dict[int, float]] = {}
+    rng = np.random.default_rng(cfg.seed)
+    host_pixels = pixels.cpu().numpy()
+    for name in corruptions:
+        for severity in cfg.severities:
+            corrupted = torch.from_numpy(corrupt(host_pixels, name, severity, rng)).to(device)
+            corruption_accuracy.setdefault(name, {})[int(severity)] = accuracy_of(model, corrupted, labels,
+                                                                                 cfg.batch_size)
+        log.info(f"{name}: accuracy by severity " + ", ".join(f"{s}: {a:.4f}" for s, a in
+                                                              corruption_accuracy[name].items()))
+    summary = {"checkpoint": str(cfg.ckpt_path), "split": cfg.split, "images": len(labels), "clean_accuracy": clean,
+               "attacks": attack_rows, "pgd": pgd_settings, "corruptions": corruption_accuracy,
+               **(corruption_errors(clean, corruption_accuracy) if corruption_accuracy else {})}
+    run_dir = Path(cfg.paths.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_whole(run_dir / "robustness.json", json.dumps(summary, indent=2))
+    attack_table = [[row["attack"], row["norm"], row["eps"], row["accuracy"]] for row in attack_rows]
+    write_whole(run_dir / "attacks.csv", csv_text(["attack", "norm", "eps", "accuracy"], attack_table))
+    write_whole(run_dir / "corruptions.csv", csv_text(
+        ["corruption", "severity", "accuracy"],
+        [[name, severity, value] for name, by in corruption_accuracy.items() for severity, value in by.items()]))
+    draw_curves(run_dir, clean, attack_rows, corruption_accuracy)
+    if corruption_accuracy:
+        log.info(f"mean corruption accuracy {summary['mean_corruption_accuracy']:.4f} (clean {clean:.4f})")
+    log.info(f"robustness report saved in {run_dir.resolve()}")
+    return summary
+
+
+def draw_curves(run_dir: Path, clean: float, attack_rows: list[dict], corruption_accuracy: dict) -> None:
+    from imgrec.evaluation.plots import _pyplot, save_figure
+
+    plt = _pyplot()
+    if attack_rows:
+        figure, axes = plt.subplots(figsize=(6, 4.5))
+        for name in dict.fromkeys(row["attack"] for row in attack_rows):
+            rows = [row for row in attack_rows if row["attack"] == name]
+            axes.plot([0] + [r["eps"] for r in rows], [clean] + [r["accuracy"] for r in rows], marker="o", label=name)
+        axes.set(xlabel="eps ([0, 1] pixels)", ylabel="accuracy", ylim=(0, 1.01), title="accuracy under attack")
+        axes.legend()
+        save_figure(figure, run_dir / "accuracy_vs_eps.png")
+    if corruption_accuracy:
+        figure, axes = plt.subplots(figsize=(6, 4.5))
+        for name, by in corruption_accuracy.items():
+            axes.plot([0, *by], [clean, *by.values()], marker=".", label=name)
+        axes.set(xlabel="severity", ylabel="accuracy", ylim=(0, 1.01), title="accuracy under corruptions")
+        axes.legend(fontsize=7)
+        save_figure(figure, run_dir / "accuracy_vs_severity.png")
+
+
+@hydra_command("robustness", task_name="robustness")
+def main(cfg: DictConfig) -> None:
+    run_command(robustness_report, cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+"""imgrec-robustness on a digits checkpoint: accuracy under attack and corruption, written as files."""
+
+import csv
+import json
+
+import pytest
+
+from imgrec.errors import ImgrecError
+from tests.conftest import tool_cfg
+
+
+def report(tmp_path, name, *overrides):
+    from imgrec.commands.robustness import robustness_report
+
+    return robustness_report(tool_cfg("robustness", tmp_path / name, "device=cpu", *overrides))
+
+
+def test_attacks_and_corruptions_lower_accuracy_and_are_written(digits_checkpoint, tmp_path):
+    summary = report(tmp_path, "run", f"ckpt_path={digits_checkpoint}", "max_images=128", "eps=[0.05,0.15]",
+                     "pgd.steps=5", "corruptions=[contrast,gaussian_noise]", "severities=[1,5]")
+    clean = summary["clean_accuracy"]
+    assert summary["images"] == 128 and clean > 0.8
+    by = {(row["attack"], row["eps"]): row["accuracy"] for row in summary["attacks"]}
+    assert by[("fgsm", 0.15)] < by[("fgsm", 0.05)] <= clean
+    assert by[("pgd", 0.15)] <= by[("fgsm", 0.15)]  # five steps find at least what one step finds
+    contrast = summary["corruptions"]["contrast"]
+    assert contrast[5] < contrast[1] <= clean + 1 / 128
+    assert summary["mean_corruption_accuracy"] == pytest.approx(
+        (contrast[1] + contrast[5] + sum(summary["corruptions"]["gaussian_noise"].values())) / 4)
+    written = json.loads((tmp_path / "run" / "robustness.json").read_text())
+    assert written["clean_accuracy"] == clean and len(written["attacks"]) == 4
+    with open(tmp_path / "run" / "corruptions.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert {(r["corruption"], r["severity"]) for r in rows} == {(c, s) for c in ("contrast", "gaussian_noise")
+                                                                 for s in ("1", "5")}
+    for picture in ("accuracy_vs_eps.png", "accuracy_vs_severity.png"):
+        assert (tmp_path / "run" / picture).stat().st_size > 1000
+
+
+def test_the_same_seed_gives_the_same_report(digits_checkpoint, tmp_path):
+    settings = (f"ckpt_path={digits_checkpoint}", "max_images=64", "eps=[0.1]", "attacks=[pgd]", "pgd.steps=3",
+                "corruptions=[shot_noise]", "severities=[3]")
+    first, second = report(tmp_path, "a", *settings), report(tmp_path, "b", *settings)
+    assert first["attacks"] == second["attacks"] and first["corruptions"] == second["corruptions"]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["attacks=[cw]"], r"attacks=\['cw'\] has \['cw'\]; choose among fgsm, pgd"),
+    (["eps=[2.0]"], r"attack eps=2.0 must be in \[0, 1\]"),
+    (["corruptions=[fog]"], r"corruptions has \['fog'\]; choose all"),
+    (["severities=[0]"], r"severities=\[0\] must each be 1, 2, 3, 4 or 5"),
+    (["max_images=0"], r"max_images=0 must be a whole number >= 1"),
+])
+def test_bad_settings_are_named_before_the_checkpoint_is_read(tmp_path, overrides, message):
+    with pytest.raises(ImgrecError, match=message):
+        report(tmp_path, "bad", "ckpt_path=/nonexistent.pt", *overrides)
+
+
+def test_an_embedding_checkpoint_is_refused(embedding_run, tmp_path):
+    with pytest.raises(ImgrecError, match=r"was trained for the embedding task; imgrec-robustness scores classifiers"):
+        report(tmp_path, "emb", f"ckpt_path={embedding_run[1] / 'checkpoints' / 'best.pt'}")
