@@ -33,8 +33,17 @@ def test_attacks_and_corruptions_lower_accuracy_and_are_written(digits_checkpoin
         rows = list(csv.DictReader(handle))
     assert {(r["corruption"], r["severity"]) for r in rows} == {(c, s) for c in ("contrast", "gaussian_noise")
                                                                  for s in ("1", "5")}
-    for picture in ("accuracy_vs_eps.png", "accuracy_vs_severity.png"):
+    for picture in ("accuracy_vs_eps.png", "accuracy_vs_severity.png", "adversarial_examples.png"):
         assert (tmp_path / "run" / picture).stat().st_size > 1000
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    [events] = (tmp_path / "run" / "tensorboard" / "robustness").glob("events.out.tfevents.*")
+    accumulator = EventAccumulator(str(events))
+    accumulator.Reload()
+    curve = [(e.step, e.value) for e in accumulator.Scalars("robustness/pgd_linf")]
+    assert curve == [(0, pytest.approx(clean)), (50, pytest.approx(by[("pgd", 0.05)])),
+                     (150, pytest.approx(by[("pgd", 0.15)]))]
+    assert "adversarial_examples" in accumulator.Tags()["images"]
 
 
 def test_the_same_seed_gives_the_same_report(digits_checkpoint, tmp_path):
@@ -50,6 +59,7 @@ def test_the_same_seed_gives_the_same_report(digits_checkpoint, tmp_path):
     (["corruptions=[fog]"], r"corruptions has \['fog'\]; choose all"),
     (["severities=[0]"], r"severities=\[0\] must each be 1, 2, 3, 4 or 5"),
     (["max_images=0"], r"max_images=0 must be a whole number >= 1"),
+    (["shown_images=-1"], r"shown_images=-1 must be a whole number >= 0"),
 ])
 def test_bad_settings_are_named_before_the_checkpoint_is_read(tmp_path, overrides, message):
     with pytest.raises(ImgrecError, match=message):

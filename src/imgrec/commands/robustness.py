@@ -35,6 +35,8 @@ def check_settings(cfg: DictConfig) -> tuple[list[str], list[str]]:
         raise ImgrecError(f"severities={list(cfg.severities)} must each be 1, 2, 3, 4 or 5")
     if cfg.max_images is not None and not is_whole(cfg.max_images, 1):
         raise ImgrecError(f"max_images={cfg.max_images!r} must be a whole number >= 1, or null for the whole split")
+    if not is_whole(cfg.shown_images, 0):
+        raise ImgrecError(f"shown_images={cfg.shown_images!r} must be a whole number >= 0")
     if not is_whole(cfg.seed, 0):
         raise ImgrecError(f"seed={cfg.seed!r} must be a whole number >= 0")
     if cfg.split not in ("test", "val", "all"):
@@ -124,6 +126,10 @@ def robustness_report(cfg: DictConfig) -> dict:
         ["corruption", "severity", "accuracy"],
         [[name, severity, value] for name, by in corruption_accuracy.items() for severity, value in by.items()]))
     draw_curves(run_dir, clean, attack_rows, corruption_accuracy)
+    if attacks and cfg.shown_images:
+        draw_examples(run_dir, model, pixels[: cfg.shown_images], labels[: cfg.shown_images], trained.class_names,
+                      attacks[-1], max(cfg.eps), pgd_settings, generator)
+    log_to_tensorboard(run_dir, clean, attack_rows, corruption_accuracy)
     if corruption_accuracy:
         log.info(f"mean corruption accuracy {summary['mean_corruption_accuracy']:.4f} (clean {clean:.4f})")
     log.info(f"robustness report saved in {run_dir.resolve()}")
@@ -149,6 +155,57 @@ def draw_curves(run_dir: Path, clean: float, attack_rows: list[dict], corruption
         axes.set(xlabel="severity", ylabel="accuracy", ylim=(0, 1.01), title="accuracy under corruptions")
         axes.legend(fontsize=7)
         save_figure(figure, run_dir / "accuracy_vs_severity.png")
+
+
+def draw_examples(run_dir: Path, model, pixels, labels, class_names, attack: str, eps: float, pgd_settings: dict,
+                  generator) -> None:
+    """adversarial_examples.png: rows of clean image, adversarial image and the perturbation (amplified to the
+    full grey range), each captioned with the model's prediction."""
+    import numpy as np
+    import torch
+
+    from imgrec.evaluation.figures import to_file
+    from imgrec.robustness.attacks import fgsm, pgd
+    from imgrec.tasks.base import ImageGridFigure
+
+    adversarial = fgsm(model, pixels, labels, eps) if attack == "fgsm" else \
+        pgd(model, pixels, labels, eps, generator=generator, **pgd_settings)
+    with torch.no_grad():
+        clean_guess, adversarial_guess = model(pixels).argmax(1), model(adversarial).argmax(1)
+    change = adversarial - pixels
+    amplified = 0.5 + change / (2 * change.abs().amax(dim=(1, 2, 3), keepdim=True).clamp_min(1e-12))
+    tiles, captions = [], []
+    for index in range(len(labels)):
+        tiles += [pixels[index], adversarial[index], amplified[index]]
+        captions += [f"true {class_names[labels[index]]}\npred {class_names[clean_guess[index]]}",
+                     f"{attack} eps {eps:.3g}\npred {class_names[adversarial_guess[index]]}", "perturbation"]
+    images = (torch.stack(tiles).clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy().astype(np.uint8)
+    to_file(ImageGridFigure("adversarial_examples", images, captions, f"clean | {attack} eps {eps:.3g} | "
+                            "perturbation (amplified)", columns=6), run_dir)
+
+
+def log_to_tensorboard(run_dir: Path, clean: float, attack_rows: list[dict], corruption_accuracy: dict) -> None:
+    """The curves as TensorBoard scalars: robustness/<attack> by eps in thousandths, corruption/<name> by
+    severity (0: clean), and the two PNG curves as images."""
+    from PIL import Image
+
+    from imgrec.training.loggers import TensorBoardLogger
+
+    logger = TensorBoardLogger(str(run_dir / "tensorboard"), run_name="robustness")
+    for row in attack_rows:
+        tag = f"robustness/{row['attack']}_{row['norm']}"
+        if row is next(r for r in attack_rows if r["attack"] == row["attack"]):
+            logger.log_metrics({tag: clean}, step=0)  # every curve starts at the clean accuracy
+        logger.log_metrics({tag: row["accuracy"]}, step=round(row["eps"] * 1000))
+    for name, by in corruption_accuracy.items():
+        logger.log_metrics({f"corruption/{name}": clean}, step=0)
+        for severity, value in by.items():
+            logger.log_metrics({f"corruption/{name}": value}, step=int(severity))
+    for picture in ("accuracy_vs_eps.png", "accuracy_vs_severity.png", "adversarial_examples.png"):
+        if (run_dir / picture).is_file():
+            with Image.open(run_dir / picture) as image:
+                logger.log_image(picture.removesuffix(".png"), image.copy(), step=0)
+    logger.close()
 
 
 @hydra_command("robustness", task_name="robustness")
