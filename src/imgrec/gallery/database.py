@@ -166,7 +166,8 @@ class Gallery:
         with transaction(self.connection):
             row = self.connection.execute("SELECT id FROM people WHERE person = ?", (person,)).fetchone()
             if row is None:
-                raise ImgrecError(f"'{person}' is not in gallery '{self.path}'; `imgrec-gallery list` shows who is")
+                raise ImgrecError(f"'{person}' is not in gallery '{self.path}'; `imgrec-gallery action=list` shows "
+                                  "who is")
             removed = self.connection.execute("DELETE FROM embeddings WHERE person_id = ?", (row[0],)).rowcount
             self.connection.execute("DELETE FROM people WHERE id = ?", (row[0],))
         self.connection.execute("VACUUM")  # outside the transaction: rewrites the file without the freed pages
@@ -241,7 +242,7 @@ class Gallery:
         threshold = self.threshold if threshold is None else threshold
         vectors, owners = self.embeddings()
         if not owners:
-            raise ImgrecError(f"gallery '{self.path}' has nobody enrolled yet; `imgrec-gallery enroll` first")
+            raise ImgrecError(f"gallery '{self.path}' has nobody enrolled yet; `imgrec-gallery action=enroll` first")
         if index == "matrix":
             answers = MatrixIndex(vectors, owners).best_people(queries, top_k)
         else:
