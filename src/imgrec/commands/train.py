@@ -31,7 +31,11 @@ def train(cfg: DictConfig) -> dict:
     check_schedule_settings(build(cfg.scheduler), settings.max_epochs)
     env, device_setting = distributed.setup(settings.device)
     try:
-        return _train(cfg, task, settings, env, device_setting)
+        result = _train(cfg, task, settings, env, device_setting)
+        # every process leaves together: a rank that tore its process group down while rank 0 was still writing
+        # the test report aborted in gloo's teardown now and then ("terminate called without an active exception")
+        distributed.barrier()
+        return result
     finally:
         distributed.teardown(env)
 
