@@ -25,8 +25,13 @@ def train(cfg: DictConfig) -> dict:
     # everything that can be checked without data is checked before data is loaded or a model is built
     check_tool_config(cfg)
     task = build(cfg.task)  # its loss and mixing settings are checked as it is built
-    check_top_level(cfg, task)
     settings = build(cfg.trainer)  # a TrainerSettings: every loop setting checked
+    task.loop_metrics = tuple(settings.loop_metrics)  # optimized_metric may name them (val/robust_acc)
+    if settings.adversarial is not None:
+        from imgrec.training.adversarial import check_adversarial
+
+        check_adversarial(settings.adversarial, task.name)
+    check_top_level(cfg, task)
     check_optimizer_settings(cfg.optimizer)
     check_schedule_settings(build(cfg.scheduler), settings.max_epochs)
     env, device_setting = distributed.setup(settings.device)
@@ -106,6 +111,10 @@ def _train(cfg: DictConfig, task, settings, env, device_setting: str) -> dict:
     log.info(f"training {type(model).__name__} ({sum(p.numel() for p in model.parameters()):,} parameters) "
              f"on {device}{processes} ({threads} CPU thread{'s' if threads != 1 else ''}) for up to "
              f"{settings.max_epochs} epochs; run dir {run_dir}")
+    if settings.adversarial is not None:
+        adversarial = settings.adversarial
+        validated = f"; val/robust_acc under PGD-{adversarial.val_steps}" if adversarial.val_steps else ""
+        log.info(f"adversarial training: {adversarial.describe()} on {adversarial.ratio:.0%} of each batch{validated}")
     with setup_objects_frozen():
         metrics = trainer.fit(loaders["train"], loaders["val"], resume_state, cfg.ckpt_path)
     checkpoint = callbacks.get("model_checkpoint")

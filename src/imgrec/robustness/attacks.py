@@ -57,17 +57,21 @@ def check_budget(eps, norm: str = "linf", steps: int = 1, step_size=None) -> Non
         raise ImgrecError(f"attack step_size={step_size!r} must be a number > 0 (null: 2.5 x eps / steps)")
 
 
-def _loss_gradient(model: nn.Module, pixels: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def _loss_gradient(model: nn.Module, pixels: torch.Tensor, labels, loss_fn=F.cross_entropy,
+                   loss_scale: float = 1.0) -> torch.Tensor:
+    """The loss's gradient with respect to the pixels only (the weights' .grad is never touched). A loss scale
+    keeps float16 gradients from underflowing to zero; sign and direction do not depend on it."""
     pixels = pixels.detach().requires_grad_(True)
-    loss = F.cross_entropy(model(pixels).float(), labels)
-    return torch.autograd.grad(loss, pixels)[0]
+    loss = loss_fn(model(pixels).float(), labels)
+    gradient = torch.autograd.grad(loss * loss_scale if loss_scale != 1.0 else loss, pixels)[0]
+    return gradient if loss_scale == 1.0 else torch.nan_to_num(gradient, nan=0.0, posinf=1.0, neginf=-1.0)
 
 
-def fgsm(model: nn.Module, pixels: torch.Tensor, labels: torch.Tensor, eps: float) -> torch.Tensor:
+def fgsm(model: nn.Module, pixels: torch.Tensor, labels, eps: float, loss_fn=F.cross_entropy) -> torch.Tensor:
     """One signed-gradient step of size eps (Goodfellow et al., 2015)."""
     check_budget(eps)
     with evaluating(model):
-        gradient = _loss_gradient(model, pixels, labels)
+        gradient = _loss_gradient(model, pixels, labels, loss_fn)
     return (pixels + eps * gradient.sign()).clamp(0, 1).detach()
 
 
@@ -78,12 +82,14 @@ def _project(delta: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
     return delta * torch.clamp(eps / lengths, max=1.0)
 
 
-def pgd(model: nn.Module, pixels: torch.Tensor, labels: torch.Tensor, eps: float, steps: int = 10,
+def pgd(model: nn.Module, pixels: torch.Tensor, labels, eps: float, steps: int = 10,
         step_size: float | None = None, norm: str = "linf", random_start: bool = True,
-        generator: torch.Generator | None = None) -> torch.Tensor:
+        generator: torch.Generator | None = None, loss_fn=F.cross_entropy, loss_scale: float = 1.0) -> torch.Tensor:
     """Projected gradient descent (Madry et al., 2018): `steps` steps of `step_size` (default 2.5 eps / steps)
     up the loss, each projected back into the eps-ball around the image and into [0, 1]; from a random point
-    of the ball when random_start (uniform for L-inf, a random direction and radius for L2)."""
+    of the ball when random_start (uniform for L-inf, a random direction and radius for L2). `labels` is
+    whatever `loss_fn` takes (class indices, or mixup's class probabilities); the random start draws from
+    `generator`, or from torch's global generator (which a checkpoint saves) when None."""
     check_budget(eps, norm, steps, step_size)
     step_size = 2.5 * eps / steps if step_size is None else step_size
     original = pixels.detach()
@@ -99,7 +105,7 @@ def pgd(model: nn.Module, pixels: torch.Tensor, labels: torch.Tensor, eps: float
         adversarial = (original + delta).clamp(0, 1)
     with evaluating(model):
         for _ in range(steps):
-            gradient = _loss_gradient(model, adversarial, labels)
+            gradient = _loss_gradient(model, adversarial, labels, loss_fn, loss_scale)
             if norm == "linf":
                 step = gradient.sign()
             else:

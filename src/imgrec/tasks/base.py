@@ -131,6 +131,9 @@ class Task:
     spatial_output = False  # outputs per pixel at the input's size: ONNX exports take any height and width
     open_set = False  # True: a split may hold classes the model never trained on (people), so eval takes any
     output_description = "float32 logits"  # what an exported model returns, for model.json
+    # metrics the training loop adds to the task's own (trainer.adversarial's train/adv_loss, val/robust_acc);
+    # the Trainer sets them from its settings
+    loop_metrics: tuple[str, ...] = ()
 
     def __init__(self, monitor: str, mode: str = "max"):
         # the metric this task's runs optimise by default (optimized_metric follows it unless set)
@@ -139,7 +142,7 @@ class Task:
     def metric_names(self) -> list[str]:
         """Every key fit logs each epoch: what `monitor`, `optimized_metric` and schedules may name."""
         return [*(f"train/{name}" for name in self.train_metrics), "train/lr",
-                *(f"val/{name}" for name in self.eval_metrics)]
+                *(f"val/{name}" for name in self.eval_metrics), *self.loop_metrics]
 
     def check_metric(self, owner: str, name: str) -> None:
         if name not in self.metric_names():

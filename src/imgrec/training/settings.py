@@ -34,6 +34,7 @@ class TrainerSettings:
     max_bad_steps: int | None = 3  # non-finite steps in a row before stopping; None: no check (no per-step sync)
     sync_batchnorm: bool = False  # under torchrun: batch-norm statistics over every process's batch
     log_every_n_steps: int | None = 50  # train/loss_step to the logger every N optimizer steps (one sync)
+    adversarial: dict | None = None  # training on adversarial images (training.adversarial.AdversarialSettings)
 
     def __post_init__(self):
         for name in ("max_epochs", "batch_size", "eval_batch_size", "accumulate_batches"):
@@ -56,10 +57,38 @@ class TrainerSettings:
             raise ImgrecError(f"trainer.ema_decay={self.ema_decay!r} must be null or between 0 and 1, e.g. 0.999")
         check_precision(self.precision)
         check_compile(self.compile)
+        if self.adversarial is not None:
+            self.adversarial = adversarial_settings(self.adversarial)
         for name in ("channels_last", "sync_batchnorm"):
             if not isinstance(getattr(self, name), bool):
                 raise ImgrecError(f"trainer.{name}={getattr(self, name)!r} must be true or false")
 
+    @property
+    def loop_metrics(self) -> list[str]:
+        """Metrics the loop itself adds to the task's (what optimized_metric and the callbacks may also name)."""
+        return self.adversarial.metric_names if self.adversarial is not None else []
+
     def autocast_dtype(self, device: torch.device, warn: bool = True) -> torch.dtype | None:
         """The dtype forward passes run in on `device` (None: float32); raises for one the device lacks."""
         return autocast_dtype(self.precision, device, warn=warn)
+
+
+def adversarial_settings(values):
+    from dataclasses import fields
+
+    from omegaconf import DictConfig, OmegaConf
+
+    from imgrec.training.adversarial import AdversarialSettings
+
+    if isinstance(values, AdversarialSettings):
+        return values
+    if isinstance(values, DictConfig):
+        values = OmegaConf.to_container(values, resolve=True)
+    if not isinstance(values, dict):
+        raise ImgrecError(f"trainer.adversarial={values!r} must be null or a mapping, e.g. "
+                          "trainer.adversarial={method:pgd,eps:0.1}")
+    known = [field.name for field in fields(AdversarialSettings)]
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ImgrecError(f"trainer.adversarial has unknown key(s) {unknown}; the keys are {', '.join(known)}")
+    return AdversarialSettings(**values)

@@ -44,6 +44,7 @@ class Trainer:
         set_cpu_threads(settings.num_threads)
         self.model = model.to(self.device)  # a no-op when train.py built it there (before the optimizer)
         self.task = task
+        task.loop_metrics = tuple(settings.loop_metrics)
         self.optimizer, self.scheduler_factory, self.scheduler = optimizer, scheduler, None
         self.schedule_per_step = True
         self.callbacks = dict(sorted((callbacks or {}).items(), key=lambda item: item[1].order))
@@ -74,6 +75,7 @@ class Trainer:
         self.eval_forward = self.train_forward if self.ddp is None and self.ema is None else compiled(evaluated, settings.compile)
         self.show_bar = settings.progress is True or (settings.progress == "auto" and sys.stderr.isatty())
         self.checkpoint_extras = checkpoint_extras or {}
+        self.adversarial = self._adversarial_batches(settings.adversarial)
         self.epoch, self.step, self.should_stop = 0, 0, False
         self.resume_path = None  # the checkpoint file fit() resumed from, if any
         self.val_loader = None
@@ -83,6 +85,19 @@ class Trainer:
         self.last_evaluations: dict[str, Evaluation] = {}  # prefix (val) -> the split's last evaluation
         self.first_batch_loss: float | None = None  # of the first batch this process trained (divergence warning)
         self.epochs_this_run = 0
+
+    def _adversarial_batches(self, adversarial):
+        if adversarial is None:
+            return None
+        from imgrec.training.adversarial import AdversarialBatches, check_adversarial
+
+        check_adversarial(adversarial, self.task.name)
+        normalization = self.checkpoint_extras.get("normalization")
+        if normalization is None:
+            raise ImgrecError("trainer.adversarial needs the loader's normalisation to attack [0, 1] pixels: pass "
+                              "checkpoint_extras={'normalization': {'mean': [...], 'std': [...]}} to the Trainer")
+        return AdversarialBatches(adversarial, normalization["mean"], normalization["std"], self.task.loss,
+                                  self.amp_dtype)
 
     @property
     def eval_model(self) -> nn.Module:
@@ -181,6 +196,8 @@ class Trainer:
         loader.set_epoch(self.epoch, skip=first)
         # running sums stay on the device: no host sync per step
         sums, seen = self.task.new_sums(self.device), 0
+        if self.adversarial is not None:  # train/adv_loss: the loss on the adversarial share of each batch
+            sums.update(adv_loss_sum=torch.zeros((), device=self.device), adv_seen=torch.zeros((), device=self.device))
         if progress:
             sums.update({name: value.to(self.device) for name, value in progress["sums"].items()})
             seen = progress["seen"]
@@ -191,6 +208,9 @@ class Trainer:
             # with accumulation, the optimizer steps every k batches and after the epoch's last one
             update = (batch + 1) % self.settings.accumulate_batches == 0 or batch == last_batch
             images, targets = self.task.train_batch(images, targets)
+            attacked = 0
+            if self.adversarial is not None:  # against the weights as they are now, before this step moves them
+                images, attacked = self.adversarial.perturb(self.model, images, targets)
             step_before = self.step
             loss, outputs = self.train_step(images, targets, update=update)
             if self.first_batch_loss is None:
@@ -198,6 +218,11 @@ class Trainer:
             every = self.settings.log_every_n_steps
             if self.logger is not None and every and self.step != step_before and self.step % every == 0:
                 self.logger.log_metrics({"train/loss_step": loss.item()}, step=self.step, flush=False)
+            if attacked:
+                adversarial_loss = loss if attacked == len(images) else \
+                    self.task.loss(outputs[:attacked].detach(), targets[:attacked])
+                sums["adv_loss_sum"] += adversarial_loss.detach() * attacked
+                sums["adv_seen"] += attacked
             count = self.task.add_to_sums(sums, loss, outputs, targets)
             seen += count
             if bar is not None:
@@ -221,8 +246,12 @@ class Trainer:
             sums, seen = dict(zip(sums, totals)), int(seen_total.item())
         if self.guard.skipped:
             log.warning(f"{self.guard.skipped} optimizer step(s) skipped so far for a non-finite loss or gradient")
-        return {**self.task.train_scores({name: value.item() for name, value in sums.items()}, seen),
-                "train/lr": self.scheduled_lr()}
+        totals = {name: value.item() for name, value in sums.items()}
+        adversarial = {}
+        if self.adversarial is not None:
+            adversarial_seen = totals.pop("adv_seen")
+            adversarial = {"train/adv_loss": totals.pop("adv_loss_sum") / max(adversarial_seen, 1)}
+        return {**self.task.train_scores(totals, seen), **adversarial, "train/lr": self.scheduled_lr()}
 
     def scheduled_lr(self) -> float:
         """optimizer.lr as the schedule has moved it (a backbone group's scaled rate divided back)."""
@@ -305,7 +334,18 @@ class Trainer:
     def evaluate(self, loader, prefix: str) -> dict[str, float]:
         evaluation = self.predict(loader)
         self.last_evaluations[prefix] = evaluation
-        return evaluation.scores(prefix)
+        scores = evaluation.scores(prefix)
+        if prefix == "val" and self.adversarial is not None and self.settings.adversarial.val_steps is not None:
+            scores[f"{prefix}/robust_acc"] = self.robust_accuracy(loader)
+        return scores
+
+    def robust_accuracy(self, loader) -> float:
+        """Accuracy of the validated weights under PGD at the training eps, over every process's share."""
+        correct, seen = self.adversarial.robust_accuracy(self.eval_model, loader)
+        if self.dist.enabled:
+            correct, seen = (int(total.item()) for total in distributed.all_sum(
+                torch.tensor(correct, device=self.device), torch.tensor(seen, device=self.device)))
+        return correct / max(seen, 1)
 
     def log(self, metrics: dict[str, float]) -> None:
         if self.logger is not None:
@@ -395,6 +435,8 @@ class Trainer:
         self.resume_progress = state.get("epoch_progress")  # train_epoch continues from that batch
         if self.resume_progress is not None:
             expected = set(self.task.new_sums(torch.device("cpu")))
+            if self.adversarial is not None:
+                expected |= {"adv_loss_sum", "adv_seen"}
             if set(self.resume_progress["sums"]) != expected:
                 raise ImgrecError(f"the checkpoint's epoch_progress holds the sums {sorted(self.resume_progress['sums'])}, "
                                   f"but the {self.task.name} task keeps {sorted(expected)}; it is damaged or from "
