@@ -1,4 +1,4 @@
-"""imgrec-robustness: a classifier's accuracy under FGSM and PGD at each budget, and under the common
+"""imgrec-robustness: a classifier's accuracy under FGSM, PGD and APGD-CE at each budget, and under the common
 corruptions at each severity, on a fixed sample of its test split."""
 
 import json
@@ -13,7 +13,7 @@ from imgrec.errors import ImgrecError
 from imgrec.values import is_whole
 
 log = logging.getLogger("imgrec")
-ATTACKS = ("fgsm", "pgd")
+ATTACKS = ("fgsm", "pgd", "apgd")
 
 
 def check_settings(cfg: DictConfig) -> tuple[list[str], list[str]]:
@@ -25,8 +25,16 @@ def check_settings(cfg: DictConfig) -> tuple[list[str], list[str]]:
     unknown = [name for name in attacks if name not in ATTACKS]
     if unknown:
         raise ImgrecError(f"attacks={attacks} has {unknown}; choose among {', '.join(ATTACKS)} (or [] for none)")
+    iterative = "pgd" in attacks or "apgd" in attacks  # both attack in pgd.norm: one eps list, one norm
     for eps in cfg.eps:
-        check_budget(eps, cfg.pgd.norm if "pgd" in attacks else "linf", cfg.pgd.steps, cfg.pgd.step_size)
+        check_budget(eps, cfg.pgd.norm if iterative else "linf", cfg.pgd.steps, cfg.pgd.step_size)
+        if "fgsm" in attacks:
+            check_budget(eps)  # FGSM is L-inf whatever pgd.norm says: an L2 eps above 1 would stop it mid-run
+    if not is_whole(cfg.apgd.steps, 1):
+        raise ImgrecError(f"apgd.steps={cfg.apgd.steps!r} must be a whole number >= 1 (AutoAttack runs 100)")
+    if not is_whole(cfg.apgd.restarts, 1):
+        raise ImgrecError(f"apgd.restarts={cfg.apgd.restarts!r} must be a whole number >= 1 (AutoAttack's "
+                          "standard version runs 1)")
     corruptions = list(CORRUPTIONS) if cfg.corruptions == "all" else list(cfg.corruptions or [])
     unknown = [name for name in corruptions if name not in CORRUPTIONS]
     if unknown:
@@ -67,7 +75,7 @@ def robustness_report(cfg: DictConfig) -> dict:
     from imgrec.data.files import images_at
     from imgrec.evaluation.inference import inference_device, load_trained
     from imgrec.evaluation.reports import csv_text, write_whole
-    from imgrec.robustness.attacks import PixelModel, fgsm, pgd
+    from imgrec.robustness.attacks import PixelModel
     from imgrec.robustness.corruptions import corrupt, corruption_errors
 
     check_tool_config(cfg)
@@ -93,13 +101,12 @@ def robustness_report(cfg: DictConfig) -> dict:
 
     attack_rows = []
     generator = torch.Generator().manual_seed(cfg.seed)
-    pgd_settings = OmegaConf.to_container(cfg.pgd)
+    apgd_settings = {**OmegaConf.to_container(cfg.apgd), "norm": cfg.pgd.norm}  # one norm for the one eps list
+    settings = {"pgd": OmegaConf.to_container(cfg.pgd), "apgd": apgd_settings}
     for name in attacks:
         for eps in cfg.eps:
             def attack(batch, truth, name=name, eps=eps):
-                if name == "fgsm":
-                    return fgsm(model, batch, truth, eps)
-                return pgd(model, batch, truth, eps, generator=generator, **pgd_settings)
+                return run_attack(name, model, batch, truth, eps, settings, generator)
             robust = accuracy_of(model, pixels, labels, cfg.batch_size, attack)
             norm = "linf" if name == "fgsm" else cfg.pgd.norm
             attack_rows.append({"attack": name, "norm": norm, "eps": float(eps), "accuracy": robust})
@@ -115,7 +122,7 @@ def robustness_report(cfg: DictConfig) -> dict:
         log.info(f"{name}: accuracy by severity " + ", ".join(f"{s}: {a:.4f}" for s, a in
                                                               corruption_accuracy[name].items()))
     summary = {"checkpoint": str(cfg.ckpt_path), "split": cfg.split, "images": len(labels), "clean_accuracy": clean,
-               "attacks": attack_rows, "pgd": pgd_settings, "corruptions": corruption_accuracy,
+               "attacks": attack_rows, **settings, "corruptions": corruption_accuracy,
                **(corruption_errors(clean, corruption_accuracy) if corruption_accuracy else {})}
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -128,12 +135,24 @@ def robustness_report(cfg: DictConfig) -> dict:
     draw_curves(run_dir, clean, attack_rows, corruption_accuracy)
     if attacks and cfg.shown_images:
         draw_examples(run_dir, model, pixels[: cfg.shown_images], labels[: cfg.shown_images], trained.class_names,
-                      attacks[-1], max(cfg.eps), pgd_settings, generator)
+                      attacks[-1], max(cfg.eps), settings, generator)
     log_to_tensorboard(run_dir, clean, attack_rows, corruption_accuracy)
     if corruption_accuracy:
         log.info(f"mean corruption accuracy {summary['mean_corruption_accuracy']:.4f} (clean {clean:.4f})")
     log.info(f"robustness report saved in {run_dir.resolve()}")
     return summary
+
+
+def run_attack(name: str, model, batch, truth, eps: float, settings: dict, generator):
+    """The named attack's adversarial batch; `settings` holds the pgd and apgd config groups (apgd with pgd.norm)."""
+    from imgrec.robustness.apgd import apgd
+    from imgrec.robustness.attacks import fgsm, pgd
+
+    if name == "fgsm":
+        return fgsm(model, batch, truth, eps)
+    if name == "pgd":
+        return pgd(model, batch, truth, eps, generator=generator, **settings["pgd"])
+    return apgd(model, batch, truth, eps, generator=generator, **settings["apgd"])
 
 
 def draw_curves(run_dir: Path, clean: float, attack_rows: list[dict], corruption_accuracy: dict) -> None:
@@ -157,7 +176,7 @@ def draw_curves(run_dir: Path, clean: float, attack_rows: list[dict], corruption
         save_figure(figure, run_dir / "accuracy_vs_severity.png")
 
 
-def draw_examples(run_dir: Path, model, pixels, labels, class_names, attack: str, eps: float, pgd_settings: dict,
+def draw_examples(run_dir: Path, model, pixels, labels, class_names, attack: str, eps: float, settings: dict,
                   generator) -> None:
     """adversarial_examples.png: rows of clean image, adversarial image and the perturbation (amplified to the
     full grey range), each captioned with the model's prediction."""
@@ -165,11 +184,9 @@ def draw_examples(run_dir: Path, model, pixels, labels, class_names, attack: str
     import torch
 
     from imgrec.evaluation.figures import to_file
-    from imgrec.robustness.attacks import fgsm, pgd
     from imgrec.tasks.base import ImageGridFigure
 
-    adversarial = fgsm(model, pixels, labels, eps) if attack == "fgsm" else \
-        pgd(model, pixels, labels, eps, generator=generator, **pgd_settings)
+    adversarial = run_attack(attack, model, pixels, labels, eps, settings, generator)
     with torch.no_grad():
         clean_guess, adversarial_guess = model(pixels).argmax(1), model(adversarial).argmax(1)
     change = adversarial - pixels
