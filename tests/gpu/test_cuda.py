@@ -78,3 +78,24 @@ def test_full_run_on_cuda_and_resume(compose_cfg, tmp_path, precision):
     train(compose_cfg(*overrides, "trainer.max_epochs=3", f"ckpt_path={tmp_path / 'first' / 'checkpoints' / 'last.pt'}",
                       run_dir=tmp_path / "resumed"))
     assert load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.pt")["epoch"] == 3
+
+
+@pytest.mark.parametrize("precision", ["16-mixed", "bf16-mixed"])
+def test_adversarial_training_on_cuda_moves_images_under_mixed_precision(compose_cfg, tmp_path, precision):
+    """The attack's input gradients under float16 autocast are loss-scaled: without that they underflow to zero
+    for confident images and the 'adversarial' batch would be the random start alone."""
+    from imgrec.training.adversarial import AdversarialBatches, AdversarialSettings
+
+    trainer = cuda_trainer(precision=precision)
+    images, labels = batch()
+    for _ in range(20):  # confident enough that unscaled float16 gradients would vanish
+        trainer.train_step(images, labels)
+    batches = AdversarialBatches(AdversarialSettings(eps=0.05, steps=5, step_size=0.02), [0.0], [1.0],
+                                 trainer.task.loss, trainer.amp_dtype)
+    attacked, _ = batches.perturb(trainer.model, images.clamp(0, 1), labels)
+    change = (attacked - images.clamp(0, 1)).abs()
+    assert change.max() <= 0.05 + 1e-3 and (change > 0.049).float().mean() > 0.5  # most pixels at the budget
+    result = train(compose_cfg("dataset=fake", "trainer.device=cuda", f"trainer.precision={precision}",
+                               "trainer.max_epochs=1", "trainer.adversarial={method:pgd,eps:0.05,steps:2}",
+                               run_dir=tmp_path))
+    assert "val/robust_acc" in result["metrics"]
