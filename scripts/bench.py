@@ -156,6 +156,31 @@ def gallery_speed(quick: bool, work: Path) -> dict:
     return result
 
 
+def attack_speed(quick: bool, work: Path) -> dict:
+    """scripts/bench/attack_speed.py: PGD-10 and APGD-CE-100 images per second, imgrec's attacks against
+    torchattacks' on the same model and batch, in turns."""
+    results = {}
+    for attack in ("pgd", "apgd"):
+        size = ["--batch", "32", "--repeats", "1"] if quick else ["--batch", "256" if attack == "pgd" else "64"]
+        output = run([PYTHON, str(BENCH / "attack_speed.py"), "--attack", attack, *size], work)["output"]
+        results[attack] = json.loads([line for line in output.splitlines() if line.startswith("{")][-1])
+        rates = results[attack]["images_per_second"]
+        print(f"  {attack}: imgrec {rates['imgrec']:.1f} img/s, torchattacks {rates['torchattacks']:.1f} img/s",
+              flush=True)
+    return results
+
+
+def attack_speed_table(results: dict) -> str:
+    lines = ["### attack_speed: images per second on 1x28x28 images, SmallCNN, L-inf eps 0.1, median of the turns",
+             "", "| attack | batch | imgrec img/s | torchattacks img/s | imgrec / torchattacks |",
+             "|---|---|---|---|---|"]
+    for attack, name in (("pgd", "PGD-10"), ("apgd", "APGD-CE-100")):
+        r = results[attack]
+        lines.append(f"| {name} | {r['batch']} | {r['images_per_second']['imgrec']:.1f} | "
+                     f"{r['images_per_second']['torchattacks']:.1f} | {r['ratio_imgrec_over_torchattacks']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
 def measure(contenders: dict, repeats: int) -> dict[str, list[dict]]:
     results: dict[str, list[dict]] = {name: [] for name in contenders}
     for repeat in range(repeats):  # A B C A B C: drift in the machine's speed hits every contender alike
@@ -218,7 +243,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="toy sizes, one repeat; not appended to BENCHMARKS.md")
     parser.add_argument("--repeats", type=int, default=None, help="runs per contender (default 3; 1 with --quick)")
     parser.add_argument("--tasks", default="digits,fashion_mnist_epoch,step_overhead,startup,fashion_mnist_to_92.5,"
-                                           "segmentation_epoch,gallery_speed")
+                                           "segmentation_epoch,gallery_speed,attack_speed")
     parser.add_argument("--out", default=None, help="also write the markdown report here")
     parser.add_argument("--json", default=None, help="write every measurement as JSON here")
     parser.add_argument("--no-append", action="store_true", help="do not append the report to BENCHMARKS.md")
@@ -244,6 +269,9 @@ def main() -> None:
             elif task == "gallery_speed":
                 results = gallery_speed(args.quick, work)
                 report.append(results["markdown"])
+            elif task == "attack_speed":
+                results = attack_speed(args.quick, work)
+                report.append(attack_speed_table(results))
             elif task == "segmentation_epoch":
                 results = measure(segmentation_contenders(args.quick, work, seed=0), repeats)
                 report.append(table("segmentation_epoch: U-Net (base width 16) on shapes, 192 train images of 96 px, "

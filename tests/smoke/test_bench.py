@@ -21,7 +21,7 @@ def test_quick_bench_writes_a_report_with_every_task_and_contender(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     data = json.loads((tmp_path / "report.json").read_text())
     assert set(data["tasks"]) == {"digits", "fashion_mnist_epoch", "step_overhead", "startup", "fashion_mnist_to_92.5",
-                                  "segmentation_epoch", "gallery_speed"}
+                                  "segmentation_epoch", "gallery_speed", "attack_speed"}
     for dataset in ("digits", "fashion_mnist"):
         steps = data["tasks"]["step_overhead"][dataset]
         assert set(steps["per_step_us"]) == {"plain", "imgrec", "imgrec_guard_off"}
@@ -35,8 +35,13 @@ def test_quick_bench_writes_a_report_with_every_task_and_contender(tmp_path):
         figures = gallery["indexes"][index]
         assert figures["search_single_ms"] > 0 and figures["identify_batch_s"] > 0 and figures["peak_rss_mib"] > 10
     assert 0.9 <= gallery["top1_agreement"] <= 1 and gallery["top1_right"]["matrix"] > 0.9
+    for attack in ("pgd", "apgd"):
+        speed = data["tasks"]["attack_speed"][attack]
+        assert speed["attack"] == attack and speed["batch"] == 32
+        assert speed["ratio_imgrec_over_torchattacks"] == pytest.approx(
+            speed["images_per_second"]["imgrec"] / speed["images_per_second"]["torchattacks"])
     for task, contenders in data["tasks"].items():
-        if task in ("step_overhead", "gallery_speed"):
+        if task in ("step_overhead", "gallery_speed", "attack_speed"):
             continue  # their own figures, checked above
         for name, runs in contenders.items():
             assert runs and all(r["wall_s"] > 0 and r["peak_rss_mib"] > 10 for r in runs), (task, name)
@@ -45,7 +50,7 @@ def test_quick_bench_writes_a_report_with_every_task_and_contender(tmp_path):
     assert len(digits["plain loop"][0]["epoch_s"]) == 2
     report = (tmp_path / "report.md").read_text()
     for heading in ("### digits", "### fashion_mnist_epoch", "### step_overhead", "### startup",
-                    "### fashion_mnist_to_92.5", "### segmentation_epoch", "### gallery_speed"):
+                    "### fashion_mnist_to_92.5", "### segmentation_epoch", "### gallery_speed", "### attack_speed"):
         assert heading in report
     assert "- imgrec / plain loop: wall s " in report
     assert "BENCHMARKS" not in result.stdout  # quick mode appends nothing
