@@ -114,6 +114,11 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
     task = trained.task
     task.check_threshold_settings(cfg.threshold, cfg.target_recall)
     task.check_eval_settings(cfg)
+    if not isinstance(cfg.gradcam_errors, bool):
+        raise ImgrecError(f"gradcam_errors={cfg.gradcam_errors!r} must be true or false")
+    if cfg.gradcam_errors and task.predicts != "class_scores":
+        raise ImgrecError(f"gradcam_errors=true draws Grad-CAM beside a classifier's most confident errors; this is a "
+                          f"{task.name} checkpoint. Leave it false, or use imgrec-explain")
     dataset_cfg = cfg.dataset if cfg.get("dataset") else stored_dataset(trained.state["config"].get("dataset"))
     # read images as the model was trained to see them: at its input size, unless a per-pixel model was
     # trained on images at their own size (dataset.image_size=null), which it then takes at theirs
@@ -149,6 +154,10 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
                                        split_name, threshold, cfg)
     report.summary.update(split=split_name, checkpoint=str(cfg.ckpt_path), checkpoint_epoch=trained.state.get("epoch"),
                           headline=task.headline)
+    if cfg.gradcam_errors:
+        from imgrec.explain.overlays import with_gradcam
+
+        figures = [with_gradcam(f, trained, device, threshold) if f.tag == "confident_errors" else f for f in figures]
 
     run_dir = Path(cfg.paths.output_dir)
     target = dataset_cfg._target_.rsplit(".", 1)[-1]
