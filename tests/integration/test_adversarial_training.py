@@ -108,7 +108,8 @@ def test_a_signal_mid_epoch_resumes_to_the_same_adversarial_steps(compose_cfg, t
 
 
 @pytest.mark.parametrize("override, message", [
-    ("trainer.adversarial={eps:1.5}", "trainer.adversarial: attack eps=1.5 must be in [0, 1]"),
+    ("trainer.adversarial={eps:1.5}", "trainer.adversarial.eps=1.5 must be in [0, 1]"),
+    ("trainer.adversarial={steps:0}", "trainer.adversarial.steps=0 must be a whole number >= 1"),
     ("trainer.adversarial={method:fgsm}", "trainer.adversarial.method='fgsm' must be one of pgd, fgsm_rs"),
     ("trainer.adversarial={ratio:0}", "trainer.adversarial.ratio=0 must be in (0, 1]"),
     ("trainer.adversarial={method:fgsm_rs,norm:l2}", "fgsm_rs is an L-inf attack; use method=pgd for norm=l2"),
@@ -123,8 +124,21 @@ def test_bad_settings_are_named_before_any_data_is_read(compose_cfg, tmp_path, o
 
 
 def test_robust_acc_is_no_metric_without_adversarial_training(compose_cfg, tmp_path):
-    with pytest.raises(ImgrecError, match="optimized_metric='val/robust_acc' is not a logged metric"):
+    with pytest.raises(ImgrecError, match=r"optimized_metric=val/robust_acc is logged only by adversarial training: add "
+                                          r"trainer.adversarial=\{method:pgd,eps:0.1\}"):
         train(compose_cfg("dataset=fake", "optimized_metric=val/robust_acc", run_dir=tmp_path))
+
+
+def test_a_resume_must_keep_the_adversarial_setting(compose_cfg, tmp_path):
+    adversarial = "trainer.adversarial={method:fgsm_rs,eps:0.1,val_steps:null}"
+    train(compose_cfg("dataset=fake", "trainer.max_epochs=1", "test=false", adversarial, run_dir=tmp_path / "a"))
+    last = tmp_path / "a" / "checkpoints" / "last.pt"
+    for changed, mismatch in (([], r"eps=0.1 but this run has trainer.adversarial.eps=None"),
+                              (["trainer.adversarial={method:pgd,eps:0.1,val_steps:null}"],
+                               r"method=fgsm_rs but this run has trainer.adversarial.method=pgd")):
+        with pytest.raises(ImgrecError, match=rf"was trained with trainer.adversarial.{mismatch}; resume with"):
+            train(compose_cfg("dataset=fake", "trainer.max_epochs=2", f"ckpt_path={last}", *changed,
+                              run_dir=tmp_path / "b"))
 
 
 def test_another_task_is_refused(compose_cfg, tmp_path):

@@ -146,6 +146,7 @@ def test_an_embedding_checkpoint_is_refused(embedding_run, digit_images, tmp_pat
 @pytest.mark.parametrize("override, message", [
     ("methods=[lime]", r"methods=\['lime'\] must be a non-empty list of gradcam, gradcam_pp, integrated_gradients"),
     ("methods=[]", r"methods=\[\] must be a non-empty list"),
+    ("methods=gradcam", r"methods='gradcam' must be a list in brackets, e.g. methods=\[gradcam,integrated_gradients\]"),
     ("alpha=1.5", r"alpha=1.5 must be a number in \[0, 1\]"),
     ("ig_steps=1", r"ig_steps=1 must be a whole number >= 2"),
     ("ig_baseline=white", r"ig_baseline='white' must be one of black, mean"),
@@ -175,6 +176,6 @@ def test_eval_draws_grad_cam_beside_each_confident_error(digits_checkpoint, shap
     assert Image.open(explained).width > 1.8 * Image.open(plain).width
     assert Image.open(explained).height == Image.open(plain).height  # the same rows, each image and its map
     with pytest.raises(ImgrecError, match=r"gradcam_errors=true draws Grad-CAM beside a classifier's most confident "
-                                          r"errors; this is a segmentation checkpoint"):
+                                          r"errors; this checkpoint is for the segmentation task"):
         evaluate_checkpoint(tool_cfg("eval", tmp_path / "seg", f"ckpt_path={shapes_checkpoint}", "device=cpu",
                                      "gradcam_errors=true"))

@@ -117,8 +117,8 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
     if not isinstance(cfg.gradcam_errors, bool):
         raise ImgrecError(f"gradcam_errors={cfg.gradcam_errors!r} must be true or false")
     if cfg.gradcam_errors and task.predicts != "class_scores":
-        raise ImgrecError(f"gradcam_errors=true draws Grad-CAM beside a classifier's most confident errors; this is a "
-                          f"{task.name} checkpoint. Leave it false, or use imgrec-explain")
+        raise ImgrecError(f"gradcam_errors=true draws Grad-CAM beside a classifier's most confident errors; this "
+                          f"checkpoint is for the {task.name} task. Leave it false, or use imgrec-explain")
     dataset_cfg = cfg.dataset if cfg.get("dataset") else stored_dataset(trained.state["config"].get("dataset"))
     # read images as the model was trained to see them: at its input size, unless a per-pixel model was
     # trained on images at their own size (dataset.image_size=null), which it then takes at theirs

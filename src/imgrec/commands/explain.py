@@ -9,7 +9,7 @@ from omegaconf import DictConfig
 from imgrec.commands.entry import hydra_command, run_command
 from imgrec.config import check_tool_config, resolve_checkpoint_shortcut
 from imgrec.errors import ImgrecError
-from imgrec.values import is_number, is_whole
+from imgrec.values import as_list, is_number, is_whole
 
 log = logging.getLogger("imgrec")
 METHOD_TITLES = {"gradcam": "Grad-CAM", "gradcam_pp": "Grad-CAM++", "integrated_gradients": "integrated gradients"}
@@ -22,7 +22,7 @@ def check_settings(cfg: DictConfig) -> list[str]:
     """The methods asked for, every setting checked before the checkpoint is read."""
     from imgrec.explain.attributions import BASELINES, METHODS
 
-    methods = list(cfg.methods or [])
+    methods = as_list(cfg.methods, "methods", "methods=[gradcam,integrated_gradients]")
     unknown = [name for name in methods if name not in METHODS]
     if unknown or not methods:
         raise ImgrecError(f"methods={methods} must be a non-empty list of {', '.join(METHODS)}, "

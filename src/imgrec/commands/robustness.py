@@ -10,7 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 from imgrec.commands.entry import hydra_command, run_command
 from imgrec.config import check_tool_config, resolve_checkpoint_shortcut
 from imgrec.errors import ImgrecError
-from imgrec.values import is_whole
+from imgrec.values import as_list, is_whole
 
 log = logging.getLogger("imgrec")
 ATTACKS = ("fgsm", "pgd", "apgd")
@@ -21,26 +21,36 @@ def check_settings(cfg: DictConfig) -> tuple[list[str], list[str]]:
     from imgrec.robustness.attacks import check_budget
     from imgrec.robustness.corruptions import CORRUPTIONS
 
-    attacks = list(cfg.attacks or [])
+    attacks = as_list(cfg.attacks, "attacks", "attacks=[pgd] (or [] for none)")
     unknown = [name for name in attacks if name not in ATTACKS]
     if unknown:
         raise ImgrecError(f"attacks={attacks} has {unknown}; choose among {', '.join(ATTACKS)} (or [] for none)")
+    budgets = as_list(cfg.eps, "eps", "eps=[0.05,0.1]")
+    if attacks and not budgets:
+        raise ImgrecError(f"eps=[] leaves attacks={attacks} nothing to do: give budgets, e.g. eps=[0.05,0.1], or "
+                          "attacks=[] for corruptions only")
     iterative = "pgd" in attacks or "apgd" in attacks  # both attack in pgd.norm: one eps list, one norm
-    for eps in cfg.eps:
-        check_budget(eps, cfg.pgd.norm if iterative else "linf", cfg.pgd.steps, cfg.pgd.step_size)
-        if "fgsm" in attacks:
-            check_budget(eps)  # FGSM is L-inf whatever pgd.norm says: an L2 eps above 1 would stop it mid-run
+    for eps in budgets:
+        check_budget(eps, cfg.pgd.norm if iterative else "linf", cfg.pgd.steps, cfg.pgd.step_size, eps_key="eps",
+                     prefix="pgd.")
+        if "fgsm" in attacks:  # FGSM is L-inf whatever pgd.norm says: an L2 eps above 1 would stop it mid-run
+            check_budget(eps, eps_key="eps (fgsm is L-inf)", prefix="pgd.")
     if not is_whole(cfg.apgd.steps, 1):
         raise ImgrecError(f"apgd.steps={cfg.apgd.steps!r} must be a whole number >= 1 (AutoAttack runs 100)")
     if not is_whole(cfg.apgd.restarts, 1):
         raise ImgrecError(f"apgd.restarts={cfg.apgd.restarts!r} must be a whole number >= 1 (AutoAttack's "
                           "standard version runs 1)")
-    corruptions = list(CORRUPTIONS) if cfg.corruptions == "all" else list(cfg.corruptions or [])
+    corruptions = list(CORRUPTIONS) if cfg.corruptions == "all" else \
+        as_list(cfg.corruptions, "corruptions", "corruptions=[contrast] (or all, or [] for none)")
     unknown = [name for name in corruptions if name not in CORRUPTIONS]
     if unknown:
         raise ImgrecError(f"corruptions has {unknown}; choose all, [] or among {', '.join(CORRUPTIONS)}")
-    if any(isinstance(s, bool) or s not in (1, 2, 3, 4, 5) for s in cfg.severities):
-        raise ImgrecError(f"severities={list(cfg.severities)} must each be 1, 2, 3, 4 or 5")
+    severities = as_list(cfg.severities, "severities", "severities=[1,3,5]")
+    if any(isinstance(s, bool) or s not in (1, 2, 3, 4, 5) for s in severities):
+        raise ImgrecError(f"severities={severities} must each be 1, 2, 3, 4 or 5")
+    if corruptions and not severities:
+        raise ImgrecError("severities=[] leaves the corruptions nothing to do: give some, e.g. severities=[1,3,5], "
+                          "or corruptions=[] for attacks only")
     if cfg.max_images is not None and not is_whole(cfg.max_images, 1):
         raise ImgrecError(f"max_images={cfg.max_images!r} must be a whole number >= 1, or null for the whole split")
     if not is_whole(cfg.shown_images, 0):

@@ -23,6 +23,10 @@ def check_top_level(cfg: DictConfig, task) -> None:
         )
     if cfg.optimized_mode not in ("min", "max"):
         raise ImgrecError(f"optimized_mode={cfg.optimized_mode!r} must be 'min' or 'max'")
+    if cfg.optimized_metric in ("train/adv_loss", "val/robust_acc") and cfg.optimized_metric not in task.metric_names():
+        raise ImgrecError(f"optimized_metric={cfg.optimized_metric} is logged only by adversarial training: add "
+                          "trainer.adversarial={method:pgd,eps:0.1} (docs/adversarial-training.md), or choose "
+                          f"optimized_metric={task.monitor}")
     task.check_metric("optimized_metric", cfg.optimized_metric)
     if not isinstance(cfg.seed, int):
         raise ImgrecError(f"seed={cfg.seed!r} must be a whole number")
@@ -33,6 +37,8 @@ def check_top_level(cfg: DictConfig, task) -> None:
 RESUME_MUST_MATCH = (
     "model.", "optimizer._target_", "optimizer.exempt_norm_and_bias", "optimizer.backbone_lr_scale",
     "scheduler._target_", "dataset._target_", "trainer.ema_decay",
+    # a resume that dropped or changed the adversarial setting would quietly train something else
+    "trainer.adversarial",
 )
 RESUME_FOLLOWS_DATASET = ("model.in_channels", "model.num_classes")
 # the optimizer's state carries its hyperparameters (lr, momentum, ...): on resume those win

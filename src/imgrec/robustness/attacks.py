@@ -43,18 +43,20 @@ def evaluating(model: nn.Module):
         model.train(was_training)
 
 
-def check_budget(eps, norm: str = "linf", steps: int = 1, step_size=None) -> None:
+def check_budget(eps, norm: str = "linf", steps: int = 1, step_size=None, eps_key: str = "attack eps",
+                 prefix: str = "attack ") -> None:
+    """Raise for a budget that is not one; messages name `eps_key` and `prefix`+setting (pgd.steps=0)."""
     if norm not in NORMS:
-        raise ImgrecError(f"attack norm={norm!r} must be one of {', '.join(NORMS)}")
+        raise ImgrecError(f"{prefix}norm={norm!r} must be one of {', '.join(NORMS)}")
     upper = 1.0 if norm == "linf" else float("inf")
     if not is_number(eps) or not 0 <= eps <= upper:
-        scale = "in [0, 1] (pixels in [0, 1]: 8/255 = 0.0314)" if norm == "linf" else \
+        scale = "in [0, 1] (L-inf, pixels in [0, 1]: 8/255 = 0.0314)" if norm == "linf" else \
             ">= 0 (an L2 length in [0, 1] pixels)"
-        raise ImgrecError(f"attack eps={eps!r} must be {scale}")
+        raise ImgrecError(f"{eps_key}={eps!r} must be {scale}")
     if not is_whole(steps, 1):
-        raise ImgrecError(f"attack steps={steps!r} must be a whole number >= 1")
+        raise ImgrecError(f"{prefix}steps={steps!r} must be a whole number >= 1")
     if step_size is not None and (not is_number(step_size) or step_size <= 0):
-        raise ImgrecError(f"attack step_size={step_size!r} must be a number > 0 (null: 2.5 x eps / steps)")
+        raise ImgrecError(f"{prefix}step_size={step_size!r} must be a number > 0 (null: 2.5 x eps / steps)")
 
 
 def _loss_gradient(model: nn.Module, pixels: torch.Tensor, labels, loss_fn=F.cross_entropy,

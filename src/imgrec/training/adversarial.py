@@ -43,10 +43,8 @@ class AdversarialSettings:
         if self.method == "fgsm_rs" and self.norm != "linf":
             raise ImgrecError(f"trainer.adversarial.norm={self.norm!r}: fgsm_rs is an L-inf attack; use method=pgd "
                               "for norm=l2")
-        try:
-            check_budget(self.eps, self.norm, self.steps, self.step_size)
-        except ImgrecError as error:
-            raise ImgrecError(f"trainer.adversarial: {error}") from None
+        check_budget(self.eps, self.norm, self.steps, self.step_size, eps_key="trainer.adversarial.eps",
+                     prefix="trainer.adversarial.")
         if not is_number(self.ratio) or not 0 < self.ratio <= 1:
             raise ImgrecError(f"trainer.adversarial.ratio={self.ratio!r} must be in (0, 1]: the share of each batch "
                               "made adversarial (1: all of it)")
