@@ -113,7 +113,8 @@ def test_a_signal_mid_epoch_resumes_to_the_same_adversarial_steps(compose_cfg, t
     ("trainer.adversarial={method:fgsm}", "trainer.adversarial.method='fgsm' must be one of pgd, fgsm_rs"),
     ("trainer.adversarial={ratio:0}", "trainer.adversarial.ratio=0 must be in (0, 1]"),
     ("trainer.adversarial={method:fgsm_rs,norm:l2}", "fgsm_rs is an L-inf attack; use method=pgd for norm=l2"),
-    ("trainer.adversarial={epsilon:0.1}", "trainer.adversarial has unknown key(s) ['epsilon']; the keys are method, eps"),
+    ("trainer.adversarial={epsilon:0.1}",
+     "trainer.adversarial has unknown key(s) ['epsilon']; the keys are method, eps"),
     ("trainer.adversarial={val_steps:0}", "trainer.adversarial.val_steps=0 must be a whole number >= 1, or null"),
 ])
 def test_bad_settings_are_named_before_any_data_is_read(compose_cfg, tmp_path, override, message):
@@ -124,8 +125,8 @@ def test_bad_settings_are_named_before_any_data_is_read(compose_cfg, tmp_path, o
 
 
 def test_robust_acc_is_no_metric_without_adversarial_training(compose_cfg, tmp_path):
-    with pytest.raises(ImgrecError, match=r"optimized_metric=val/robust_acc is logged only by adversarial training: add "
-                                          r"trainer.adversarial=\{method:pgd,eps:0.1\}"):
+    with pytest.raises(ImgrecError, match=r"optimized_metric=val/robust_acc is logged only by adversarial training: "
+                                          r"add trainer.adversarial=\{method:pgd,eps:0.1\}"):
         train(compose_cfg("dataset=fake", "optimized_metric=val/robust_acc", run_dir=tmp_path))
 
 

@@ -23,7 +23,8 @@ def check_top_level(cfg: DictConfig, task) -> None:
         )
     if cfg.optimized_mode not in ("min", "max"):
         raise ImgrecError(f"optimized_mode={cfg.optimized_mode!r} must be 'min' or 'max'")
-    if cfg.optimized_metric in ("train/adv_loss", "val/robust_acc") and cfg.optimized_metric not in task.metric_names():
+    adversarial_only = ("train/adv_loss", "val/robust_acc")
+    if cfg.optimized_metric in adversarial_only and cfg.optimized_metric not in task.metric_names():
         raise ImgrecError(f"optimized_metric={cfg.optimized_metric} is logged only by adversarial training: add "
                           "trainer.adversarial={method:pgd,eps:0.1} (docs/adversarial-training.md), or choose "
                           f"optimized_metric={task.monitor}")
