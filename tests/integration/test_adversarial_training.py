@@ -166,6 +166,7 @@ def test_the_attack_stays_in_the_budget_leaves_the_clean_share_and_touches_no_we
     assert torch.equal(net[1].running_mean, statistics)  # the attack's passes run in eval mode
 
 
+@pytest.mark.slow  # a torchrun subprocess, like tests/integration/test_ddp.py
 def test_a_process_group_of_two_trains_adversarially(tmp_path):
     pytest.importorskip("torch.distributed")
     from tests.integration.test_ddp import torchrun
