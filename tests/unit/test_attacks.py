@@ -101,3 +101,25 @@ def test_bad_budgets_are_named(kwargs, message):
     model = PixelModel(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)), [0.5], [0.5])
     with pytest.raises(ImgrecError, match=message):
         pgd(model, torch.rand(2, 1, 2, 2), torch.tensor([0, 1]), **kwargs)
+
+
+class Detached(nn.Module):
+    """Cuts its input off from autograd, as a model with a non-differentiable front end would."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixels):
+        return self.model(pixels.detach())
+
+
+@pytest.mark.parametrize("attack", ["fgsm", "pgd", "apgd"])
+def test_a_model_that_is_not_differentiable_in_its_input_is_named(digits_model, attack):
+    from imgrec.robustness.apgd import apgd
+
+    model, pixels, labels = digits_model
+    run = {"fgsm": lambda m: fgsm(m, pixels, labels, 0.1), "pgd": lambda m: pgd(m, pixels, labels, 0.1, steps=2),
+           "apgd": lambda m: apgd(m, pixels, labels, 0.1, steps=2)}[attack]
+    with pytest.raises(ImgrecError, match="not differentiable with respect to its input .* attacks=\\[\\] still measures"):
+        run(Detached(model))

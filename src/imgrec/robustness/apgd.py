@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from imgrec.errors import ImgrecError
-from imgrec.robustness.attacks import check_budget, evaluating
+from imgrec.robustness.attacks import check_budget, evaluating, input_gradient
 from imgrec.values import is_number, is_whole
 
 MOMENTUM = 0.75
@@ -127,5 +127,5 @@ def _loss_and_gradient(model, point, labels):
     point = point.detach().requires_grad_(True)
     logits = model(point).float()
     loss = F.cross_entropy(logits, labels, reduction="none")
-    gradient = torch.autograd.grad(loss.sum(), point)[0]
+    gradient = input_gradient(loss.sum(), point)
     return loss.detach(), gradient.detach(), logits.detach().argmax(1) != labels

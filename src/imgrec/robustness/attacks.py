@@ -59,13 +59,24 @@ def check_budget(eps, norm: str = "linf", steps: int = 1, step_size=None, eps_ke
         raise ImgrecError(f"{prefix}step_size={step_size!r} must be a number > 0 (null: 2.5 x eps / steps)")
 
 
+def input_gradient(loss: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
+    """d loss / d pixels; a model whose output does not depend differentiably on its input (it detaches it,
+    or runs outside autograd) cannot be attacked by gradients, and says so instead of failing in autograd."""
+    gradient = torch.autograd.grad(loss, pixels, allow_unused=True)[0] if loss.requires_grad else None
+    if gradient is None:
+        raise ImgrecError("the model's output is not differentiable with respect to its input (it detaches or "
+                          "leaves autograd somewhere): gradient attacks and adversarial training cannot run on it "
+                          "(imgrec-robustness attacks=[] still measures the corruptions)")
+    return gradient
+
+
 def _loss_gradient(model: nn.Module, pixels: torch.Tensor, labels, loss_fn=F.cross_entropy,
                    loss_scale: float = 1.0) -> torch.Tensor:
     """The loss's gradient with respect to the pixels only (the weights' .grad is never touched). A loss scale
     keeps float16 gradients from underflowing to zero; sign and direction do not depend on it."""
     pixels = pixels.detach().requires_grad_(True)
     loss = loss_fn(model(pixels).float(), labels)
-    gradient = torch.autograd.grad(loss * loss_scale if loss_scale != 1.0 else loss, pixels)[0]
+    gradient = input_gradient(loss * loss_scale if loss_scale != 1.0 else loss, pixels)
     return gradient if loss_scale == 1.0 else torch.nan_to_num(gradient, nan=0.0, posinf=1.0, neginf=-1.0)
 
 
