@@ -121,5 +121,6 @@ def test_a_model_that_is_not_differentiable_in_its_input_is_named(digits_model, 
     model, pixels, labels = digits_model
     run = {"fgsm": lambda m: fgsm(m, pixels, labels, 0.1), "pgd": lambda m: pgd(m, pixels, labels, 0.1, steps=2),
            "apgd": lambda m: apgd(m, pixels, labels, 0.1, steps=2)}[attack]
-    with pytest.raises(ImgrecError, match="not differentiable with respect to its input .* attacks=\\[\\] still measures"):
+    message = "not differentiable with respect to its input .* attacks=\\[\\] still measures"
+    with pytest.raises(ImgrecError, match=message):
         run(Detached(model))
