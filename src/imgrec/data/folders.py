@@ -19,7 +19,7 @@ def _class_folders(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _image_files(folder: Path) -> list[Path]:
+def image_files_under(folder: Path) -> list[Path]:
     # a dangling link is kept, so that it is reported (or skipped and listed) like any unreadable image
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and (p.is_file() or p.is_symlink()))
 
@@ -39,7 +39,7 @@ def _scan(folder: Path, class_names: list[str] | None) -> tuple[list[Path], list
         )
     paths, labels = [], []
     for class_folder in folders:
-        files = _image_files(class_folder)
+        files = image_files_under(class_folder)
         if not files:
             raise ImgrecError(
                 f"class folder '{class_folder}' has no image files (looked for {', '.join(IMAGE_EXTENSIONS)}); "
