@@ -438,7 +438,7 @@ def segmentation_splits(images: torch.Tensor, masks: torch.Tensor, class_names: 
 SHAPE_NAMES = ("background", "disc", "square", "triangle")
 
 
-def _shape_mask(kind: int, height: int, width: int, cy: float, cx: float, radius: float) -> np.ndarray:
+def shape_mask(kind: int, height: int, width: int, cy: float, cx: float, radius: float) -> np.ndarray:
     rows, cols = np.mgrid[0:height, 0:width].astype(np.float64) + 0.5
     if kind == 1:
         return (rows - cy) ** 2 + (cols - cx) ** 2 <= radius**2
@@ -471,7 +471,7 @@ def shapes(size: int = 240, image_size: int = 64, channels: int = 1, num_classes
             kind = int(rng.integers(1, 4))
             radius = rng.uniform(image_size * 0.1, image_size * 0.22)
             cy, cx = rng.uniform(radius, image_size - radius, 2)
-            inside = _shape_mask(kind, image_size, image_size, cy, cx, radius)
+            inside = shape_mask(kind, image_size, image_size, cy, cx, radius)
             pixels[inside] = rng.uniform(140, 220) + rng.normal(0, 12, inside.sum())
             masks[index][inside] = kind
         images[index] = np.clip(pixels, 0, 255).astype(np.uint8)[None].repeat(channels, 0)

@@ -1,0 +1,84 @@
+"""torchvision's detectors by name (Faster R-CNN, RetinaNet, FCOS, SSDlite), sized for the dataset, with
+weights from local files or the local torch hub cache only.
+
+`num_classes` counts torchvision's background class (the detection task passes classes + 1 and shifts labels
+by one). RetinaNet and FCOS score every class with a sigmoid and have no real background: they can still
+output label 0, which the task drops as a class no annotation has. The detector
+normalises images itself (its GeneralizedRCNNTransform): it is given [0, 1] pixels and the dataset's mean
+and std, so imgrec's loader does not normalise detection batches a second time.
+"""
+
+import logging
+
+from torch import nn
+
+from imgrec.errors import ImgrecError
+from imgrec.models.backbones import _resolve_weights, load_weights
+
+log = logging.getLogger("imgrec")
+
+# name -> (family, the backbone weights torchvision would use, max trainable backbone layers)
+DETECTORS = {
+    "fasterrcnn_mobilenet_v3_large_fpn": ("rcnn", "MobileNet_V3_Large_Weights.IMAGENET1K_V1", 6),
+    "fasterrcnn_mobilenet_v3_large_320_fpn": ("rcnn", "MobileNet_V3_Large_Weights.IMAGENET1K_V1", 6),
+    "fasterrcnn_resnet50_fpn_v2": ("rcnn", "ResNet50_Weights.IMAGENET1K_V1", 5),
+    "retinanet_resnet50_fpn_v2": ("dense", "ResNet50_Weights.IMAGENET1K_V1", 5),
+    "fcos_resnet50_fpn": ("dense", "ResNet50_Weights.IMAGENET1K_V1", 5),
+    "ssdlite320_mobilenet_v3_large": ("ssd", "MobileNet_V3_Large_Weights.IMAGENET1K_V1", 6),
+}
+# what each family calls the score floor and the per-image cap of its detections
+SCORE_AND_CAP = {"rcnn": ("box_score_thresh", "box_detections_per_img"),
+                 "dense": ("score_thresh", "detections_per_img"), "ssd": ("score_thresh", "detections_per_img")}
+
+
+def torchvision_detector(name: str, num_classes: int, in_channels: int = 3, min_size: int = 800,
+                         max_size: int = 1333, trainable_backbone_layers: int | None = None,
+                         backbone_weights: str | None = None, weights: str | None = None,
+                         image_mean: list[float] | None = None, image_std: list[float] | None = None,
+                         score_threshold: float = 0.05, detections_per_image: int = 100) -> nn.Module:
+    """`backbone_weights`: a torchvision weights name (e.g. ResNet50_Weights.IMAGENET1K_V1, or `default` for
+    the one the detector was designed with) found in the local torch hub cache; with them,
+    `trainable_backbone_layers` stages train (torchvision's rule; null: its default of 3), without them all
+    do. `weights`: a whole detector's weights (a local file or a cached torchvision name); a box predictor
+    for another number of classes starts afresh. SSDlite always works at 320 x 320 (min/max_size unused)."""
+    from torchvision.models import detection, get_weight
+
+    if name not in DETECTORS:
+        raise ImgrecError(f"model.name={name!r} is not a detector imgrec builds; choose one of {', '.join(DETECTORS)}")
+    family, default_backbone, most_layers = DETECTORS[name]
+    if in_channels != 3:
+        raise ImgrecError(f"model.in_channels={in_channels}: torchvision's detectors take RGB images; detection "
+                          "datasets are read as RGB (grey images are repeated over three channels)")
+    if trainable_backbone_layers is not None and not (isinstance(trainable_backbone_layers, int)
+                                                      and 0 <= trainable_backbone_layers <= most_layers):
+        raise ImgrecError(f"model.trainable_backbone_layers={trainable_backbone_layers!r} must be null or "
+                          f"0-{most_layers} for {name}")
+    for key, value in (("min_size", min_size), ("max_size", max_size), ("detections_per_image", detections_per_image)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ImgrecError(f"model.{key}={value!r} must be a whole number >= 1")
+    if max_size < min_size:
+        raise ImgrecError(f"model.max_size={max_size} must be at least model.min_size={min_size}")
+    if not isinstance(score_threshold, (int, float)) or not 0 <= score_threshold < 1:
+        raise ImgrecError(f"model.score_threshold={score_threshold!r} must be in [0, 1): detections scoring less "
+                          "are dropped before evaluation (COCO's mAP wants them low, e.g. 0.05)")
+    backbone = None
+    if backbone_weights:
+        chosen = default_backbone if backbone_weights == "default" else backbone_weights
+        _resolve_weights(chosen)  # a clear error unless the file is already in the local cache
+        backbone = get_weight(chosen)  # torchvision then reads that cached file; nothing is downloaded
+    elif trainable_backbone_layers is not None:
+        log.warning(f"model.trainable_backbone_layers={trainable_backbone_layers} has no effect without "
+                    "model.backbone_weights: a backbone trained from scratch trains every layer")
+        trainable_backbone_layers = None
+    score_key, cap_key = SCORE_AND_CAP[family]
+    options = {score_key: float(score_threshold), cap_key: detections_per_image}
+    if family != "ssd":
+        options.update(min_size=min_size, max_size=max_size)
+    if image_mean is not None:
+        options.update(image_mean=list(image_mean), image_std=list(image_std))
+    model = getattr(detection, name)(weights=None, weights_backbone=backbone, num_classes=num_classes,
+                                     trainable_backbone_layers=trainable_backbone_layers if backbone else None,
+                                     **options)
+    if weights:
+        load_weights(model, _resolve_weights(weights))
+    return model
