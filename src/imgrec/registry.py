@@ -20,6 +20,7 @@ REGISTERED: dict[str, frozenset[str]] = {
         "imgrec.models.unet.UNet",
         "imgrec.models.segmentation_models.torchvision_segmentation",
         "imgrec.models.segmentation_models.smp_model",
+        "imgrec.models.detectors.torchvision_detector",
     }),
     "dataset": frozenset({
         "imgrec.data.datasets.digits",
@@ -32,6 +33,8 @@ REGISTERED: dict[str, frozenset[str]] = {
         "imgrec.data.segmentation.shapes",
         "imgrec.data.faces.face_images",
         "imgrec.data.faces.digits_people",
+        "imgrec.data.detection_datasets.detection_folder",
+        "imgrec.data.detection_datasets.shapes_detection",
     }),
     "scheduler": frozenset({
         f"imgrec.training.schedulers.{name}"
@@ -39,7 +42,8 @@ REGISTERED: dict[str, frozenset[str]] = {
     }),
     "task": frozenset({"imgrec.tasks.classification.ClassificationTask",
                        "imgrec.tasks.segmentation.SegmentationTask",
-                       "imgrec.tasks.embedding.EmbeddingTask"}),
+                       "imgrec.tasks.embedding.EmbeddingTask",
+                       "imgrec.tasks.detection.DetectionTask"}),
     "trainer": frozenset({"imgrec.training.settings.TrainerSettings"}),
     "callback": frozenset({
         "imgrec.training.callbacks.EarlyStopping",

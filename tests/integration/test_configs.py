@@ -11,10 +11,14 @@ from imgrec.tasks.classification import ClassificationTask
 from imgrec.config import CONFIG_DIR, build, build_dataset
 from imgrec.training.schedulers import step_scheduler
 from imgrec.data.mnist import DEBIAN_FASHION_MNIST
+from imgrec.data.detection import DetectionSplits
 from imgrec.data.splits import Splits
 from imgrec.errors import ImgrecError
 from imgrec.commands.train import train
 from tests.conftest import config_names
+
+DETECTORS = {path.stem for path in (CONFIG_DIR / "model").glob("*.yaml")
+             if "imgrec.models.detectors." in path.read_text()}
 
 
 NEEDS_DOWNLOADED_FILES = {"mnist", "kmnist", "cifar10", "cifar100", "svhn"}
@@ -40,6 +44,11 @@ def dataset_overrides(name: str, tmp_path) -> list[str]:
         from tests.integration.test_faces import make_people
 
         return [f"dataset.root={make_people(tmp_path / 'faces')}", "dataset.image_size=24", "dataset.detect=none"]
+    if name in ("voc", "coco", "yolo"):
+        from tests.integration.test_detection import annotated_folder
+
+        names = ["dataset.class_names=[cat,dog]"] if name == "yolo" else []
+        return [f"dataset.root={annotated_folder(tmp_path / name, name)}", *names]
     if name == "fashion_mnist" and not DEBIAN_FASHION_MNIST.is_dir():
         pytest.skip("apt-get install dataset-fashion-mnist (.ci/run installs it)")
     return []
@@ -54,6 +63,12 @@ def test_every_dataset_config_builds_splits(compose_cfg, name, tmp_path):
             build_dataset(cfg.dataset, task)
         return
     splits = build_dataset(cfg.dataset, task)
+    if task == "detection":  # boxed images of any size, served as RGB
+        assert isinstance(splits, DetectionSplits) and splits.class_names and splits.channels == 3
+        assert min(len(splits.train), len(splits.val), len(splits.test)) > 0 and sum(splits.class_counts()) > 0
+        with pytest.raises(ImgrecError, match=r"serves the detection task but task=other"):
+            build_dataset(cfg.dataset, "other")
+        return
     assert isinstance(splits, Splits)
     if cfg.dataset.num_classes is not None:
         assert len(splits.class_names) == cfg.dataset.num_classes
@@ -80,6 +95,14 @@ def test_every_model_config_builds_and_classifies(compose_cfg, name, channels):
         pytest.importorskip("timm", reason="the timm extra is not installed")
     if name == "smp_unet":
         pytest.importorskip("segmentation_models_pytorch", reason="the seg extra is not installed")
+    if name in DETECTORS:  # RGB only; each detector trains and detects in tests/unit/test_detectors.py
+        if channels == 1:
+            pytest.skip("detectors take RGB")
+        cfg = compose_cfg("task=detection", f"model={name}", "model.min_size=64", "model.max_size=64")
+        with torch.no_grad():
+            found = instantiate(cfg.model, num_classes=4).eval()(torch.rand(2, 3, 48, 64))
+        assert len(found) == 2 and set(found[0]) == {"boxes", "labels", "scores"}
+        return
     # 32 px: the smallest size every backbone's five 2x downsamplings leave at least 1 px of
     cfg = compose_cfg(f"model={name}", "dataset=fake", f"dataset.channels={channels}", "dataset.image_size=32")
     model = instantiate(cfg.model).eval()
@@ -143,6 +166,23 @@ def test_every_augment_config_builds_and_keeps_shape_and_range(compose_cfg, name
     assert moved_images.shape == images.shape and moved_masks.shape == masks.shape and moved_masks.dtype == torch.uint8
 
 
+@pytest.mark.parametrize("name", config_names("box_augment"))
+def test_every_box_augment_config_builds_and_keeps_boxes_inside_their_image(compose_cfg, name):
+    from omegaconf import OmegaConf
+
+    from imgrec.data.box_augment import build_box_augment
+
+    cfg = compose_cfg("task=detection", f"box_augment={name}")
+    augment = build_box_augment(OmegaConf.to_container(cfg.box_augment, resolve=True))
+    image = torch.zeros(3, 60, 80, dtype=torch.uint8)
+    image[:, 10:40, 20:50] = 200
+    for seed in range(10):
+        out, boxes, labels = augment(image, torch.tensor([[20.0, 10.0, 50.0, 40.0]]), torch.tensor([1]),
+                                     torch.Generator().manual_seed(seed))
+        assert out.dtype == torch.uint8 and out.shape[0] == 3 and len(boxes) == len(labels) <= 1
+        assert (boxes[:, 0] >= 0).all() and (boxes[:, 2] <= out.shape[2]).all() and (boxes[:, 3] <= out.shape[1]).all()
+
+
 def experiment_extras(name: str, cfg, tmp_path) -> list[str]:
     """What an experiment needs from its user: the linear probe a local weights file, a recipe for your own
     images and masks a small folder in the layout its config names (both made here)."""
@@ -176,12 +216,15 @@ def test_every_experiment_runs_one_limited_epoch_on_fake_data(compose_cfg, name,
     as_shipped = compose_cfg(f"experiment={name}")
     segmentation = as_shipped.task._target_.endswith(".SegmentationTask")
     embedding = as_shipped.task._target_.endswith(".EmbeddingTask")
+    detection = as_shipped.task._target_.endswith(".DetectionTask")
     if as_shipped.dataset._target_.endswith(".seg_folder"):
         data = []
     elif embedding:  # faces in person folders, made here
         from tests.integration.test_faces import make_people
 
         data = [f"dataset.root={make_people(tmp_path / 'faces')}", "dataset.detect=none", "dataset.image_size=24"]
+    elif detection:  # the built-in shapes, small
+        data = ["dataset=det_shapes", "dataset.size=24", "model.min_size=64", "model.max_size=64"]
     elif segmentation:
         data = ["dataset=shapes", "dataset.size=20", "dataset.image_size=32", "dataset.patch_size=null",
                 "model.depth=2", "model.base_width=4"]
@@ -192,7 +235,7 @@ def test_every_experiment_runs_one_limited_epoch_on_fake_data(compose_cfg, name,
     header = text.splitlines()[1]
     assert header.startswith("# ") and len(header) > 20, "each experiment file starts by saying what it does"
     result = train(cfg)
-    monitored = "val/dice" if segmentation else "val/roc_auc" if embedding else "val/acc"
+    monitored = "val/dice" if segmentation else "val/roc_auc" if embedding else "val/map50" if detection else "val/acc"
     assert set(result["metrics"]) >= {"train/loss", monitored} and result["epochs"] == 1
     assert (tmp_path / "run" / "checkpoints" / "last.pt").is_file()
     if name == "transfer_linear_probe":

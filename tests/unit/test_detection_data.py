@@ -36,11 +36,13 @@ def test_a_voc_folder_splits_at_random_and_serves_lists(tmp_path):
     assert splits.class_counts("train") == [sum(int(p.name[3:5]) % 2 for p in splits.train.paths),
                                             sum(1 - int(p.name[3:5]) % 2 for p in splits.train.paths)]
     assert splits.input_shape == [3, 30, 40] and splits.mean == [0.485, 0.456, 0.406]
-    images, targets = next(iter(DetectionLoader(splits.train, batch_size=4, device=CPU)))
+    images, targets = next(iter(DetectionLoader(splits.train, 4, [0.0] * 3, [1.0] * 3, CPU)))
     assert len(images) == len(targets) == 4
     first = int(splits.train.paths[0].name[3:5])
     assert images[0].shape == (3, 30, 40) and images[0].dtype == torch.float32
-    assert torch.allclose(images[0], torch.full((3, 30, 40), first * 10 / 255))
+    assert torch.allclose(images[0], torch.full((3, 30, 40), first * 10 / 255))  # mean 0, std 1: the pixels
+    normalised, _ = next(iter(DetectionLoader(splits.train, 4, [0.5, 0.5, 0.5], [0.25, 0.5, 1.0], CPU)))
+    assert torch.allclose(normalised[0][:, 0, 0], (first * 10 / 255 - 0.5) / torch.tensor([0.25, 0.5, 1.0]))
     assert targets[0]["boxes"].tolist() == [[float(first), 1.0, first + 20.0, 25.0]]  # VOC's 1-based corner
     assert targets[0]["labels"].tolist() == [first % 2 == 0]  # dog (1) for even numbers, 0-based
 
@@ -49,7 +51,7 @@ def test_the_order_follows_seed_and_epoch_and_a_resume_skips_what_was_served(tmp
     split = shapes_detection(size=40, image_size=32, seed=0).train
 
     def served(epoch, skip=0, seed=5):
-        loader = DetectionLoader(split, batch_size=4, device=CPU, shuffle=True, seed=seed)
+        loader = DetectionLoader(split, 4, [0.0] * 3, [1.0] * 3, CPU, shuffle=True, seed=seed)
         loader.set_epoch(epoch, skip=skip)
         return [targets[0]["boxes"].sum().item() + len(targets[0]["boxes"]) for _, targets in loader]
 
@@ -71,7 +73,7 @@ def test_augmentation_is_drawn_from_seed_epoch_and_sample_alone():
         return image, boxes, labels
 
     def epoch_images(epoch):
-        loader = DetectionLoader(split, batch_size=5, device=CPU, shuffle=False, augment=recording_flip, seed=2)
+        loader = DetectionLoader(split, 5, [0.0] * 3, [1.0] * 3, CPU, augment=recording_flip, seed=2)
         loader.set_epoch(epoch)
         return [torch.stack(images) for images, _ in loader]
 
@@ -117,8 +119,8 @@ def test_worker_processes_serve_what_the_main_process_would(tmp_path):
     split = detection_folder(str(voc_folder(tmp_path / "voc")), seed=0).train
 
     def served(workers):
-        loader = DetectionLoader(split, batch_size=3, device=CPU, shuffle=True, seed=1, augment=brighten_at_random,
-                                 num_workers=workers)
+        loader = DetectionLoader(split, 3, [0.5] * 3, [0.25] * 3, CPU, shuffle=True, seed=1,
+                                 augment=brighten_at_random, num_workers=workers)
         loader.set_epoch(2)
         return [torch.stack(images) for images, _ in loader]
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from imgrec.errors import ImgrecError
-from imgrec.models.detectors import DETECTORS, torchvision_detector
+from imgrec.models.detectors import DETECTORS, DetectionInputs, torchvision_detector
 
 
 def two_images():
@@ -24,12 +24,13 @@ def test_every_detector_trains_and_detects_offline(name):
     model = torchvision_detector(name, num_classes=4, min_size=64, max_size=96, score_threshold=0.0,
                                  detections_per_image=10, image_mean=[0.5] * 3, image_std=[0.25] * 3)
     images, targets = two_images()
-    losses = model.train()(images, targets)
+    losses = model.train()(DetectionInputs(images, targets))
     assert losses and all(math.isfinite(value.item()) for value in losses.values())
     sum(losses.values()).backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
     with torch.no_grad():
         found = model.eval()(images)
+        assert len(model(torch.stack([images[0], images[0]]))) == 2  # a batch tensor is a list of images too
     assert len(found) == 2
     for image, detections in zip(images, found):
         assert detections["boxes"].shape[1] == 4 and len(detections["boxes"]) <= 10
@@ -38,8 +39,10 @@ def test_every_detector_trains_and_detects_offline(name):
             assert (detections["labels"] >= 1).all()
         assert (detections["boxes"][:, 2] <= image.shape[2] + 1e-3).all()  # boxes in the input's own pixels
     if name != "ssdlite320_mobilenet_v3_large":
-        assert model.transform.min_size == (64,) and model.transform.max_size == 96
-    assert model.transform.image_mean == [0.5] * 3
+        assert model.detector.transform.min_size == (64,) and model.detector.transform.max_size == 96
+    assert model.detector.transform.image_mean == [0.5] * 3
+    plain = torchvision_detector(name, num_classes=4)
+    assert plain.detector.transform.image_mean == [0.0] * 3 and plain.detector.transform.image_std == [1.0] * 3
 
 
 def test_whole_detector_weights_load_and_a_head_for_other_classes_starts_afresh(tmp_path, caplog):
@@ -48,7 +51,7 @@ def test_whole_detector_weights_load_and_a_head_for_other_classes_starts_afresh(
     caplog.set_level("INFO", logger="imgrec")
     other = torchvision_detector("fasterrcnn_mobilenet_v3_large_320_fpn", num_classes=6,
                                  weights=str(tmp_path / "detector.pt"))
-    backbone = "backbone.body.0.0.weight"
+    backbone = "detector.backbone.body.0.0.weight"
     assert torch.equal(other.state_dict()[backbone], trained.state_dict()[backbone])
     assert "roi_heads.box_predictor.cls_score.weight" in caplog.text  # named as starting from a fresh init
 

@@ -111,6 +111,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
         raise ImgrecError(f"split={cfg.split!r} must be one of {', '.join(SPLIT_CHOICES)}")
     device = inference_device(cfg)
     trained = load_trained(cfg.ckpt_path, device)
+    trained.task.check_served_by("eval")
     task = trained.task
     task.check_threshold_settings(cfg.threshold, cfg.target_recall)
     task.check_eval_settings(cfg)

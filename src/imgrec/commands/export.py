@@ -99,6 +99,7 @@ def export_checkpoint(cfg: DictConfig) -> dict:
         raise ImgrecError(f"format={cfg.format!r} must be one of {', '.join(WRITERS)}")
     inference_device(cfg)  # checks check_batch_size and num_threads; exports are made on the CPU
     trained = load_trained(cfg.ckpt_path, torch.device("cpu"))
+    trained.task.check_served_by("export")
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / f"model{SUFFIXES[cfg.format]}"

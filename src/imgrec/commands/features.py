@@ -54,6 +54,7 @@ def model_and_normalization(cfg: DictConfig, splits, device):
         model = build(cfg.model, in_channels=splits.channels, num_classes=len(splits.class_names))
         return model.to(device), splits.mean, splits.std, OmegaConf.select(cfg, "model._target_")
     trained = load_trained(cfg.ckpt_path, device)
+    trained.task.check_served_by("features")
     if trained.channels != splits.channels:
         raise ImgrecError(f"ckpt_path {cfg.ckpt_path} takes {trained.channels}-channel images but dataset has "
                           f"{splits.channels}; set dataset.channels={trained.channels}")

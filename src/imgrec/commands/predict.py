@@ -90,6 +90,7 @@ def predict_images(cfg: DictConfig) -> dict:
     device = inference_device(cfg)
     paths = collect_inputs(cfg.inputs)
     trained = load_trained(cfg.ckpt_path, device)
+    trained.task.check_served_by("predict")
     return PREDICTORS[trained.task.predicts](cfg, trained, paths, device)
 
 

@@ -35,6 +35,10 @@ def train(cfg: DictConfig) -> dict:
     check_optimizer_settings(cfg.optimizer)
     check_schedule_settings(build(cfg.scheduler), settings.max_epochs)
     env, device_setting = distributed.setup(settings.device)
+    if env.enabled and not task.torchrun:
+        distributed.teardown(env)
+        raise ImgrecError(f"task={task.name} does not run under torchrun yet: train it with one process "
+                          "(imgrec-train ...), on one GPU or the CPU")
     try:
         result = _train(cfg, task, settings, env, device_setting)
         # every process leaves together: a rank that tore its process group down while rank 0 was still writing
@@ -48,7 +52,7 @@ def train(cfg: DictConfig) -> dict:
 def _train(cfg: DictConfig, task, settings, env, device_setting: str) -> dict:
     from imgrec.checkpoint import load_checkpoint
     from imgrec.commands.entry import setup_objects_frozen
-    from imgrec.data.augment import build_augment, with_patches
+    from imgrec.data.augment import with_patches
     from imgrec.evaluation.reports import record_dataset, record_environment
     from imgrec.models.checks import check_model_fits
     from imgrec.runtime import resolve_device
@@ -69,7 +73,7 @@ def _train(cfg: DictConfig, task, settings, env, device_setting: str) -> dict:
     if not env.is_main:  # one process writes files: checkpoints, figures, reports, TensorBoard
         callbacks = {name: c for name, c in callbacks.items() if name not in ("model_checkpoint", "validation_figures")}
     guard_against_overwrite(callbacks, resumed=resume_state is not None)
-    augment = build_augment(cfg.get("augment"), masks=task.spatial_output)  # training batches only
+    augment = training_augment(cfg, task)  # training batches only
 
     seed_everything(cfg.seed)
     splits = build_dataset(cfg.dataset, task.name)
@@ -136,6 +140,25 @@ def _train(cfg: DictConfig, task, settings, env, device_setting: str) -> dict:
     best = callbacks.get("model_checkpoint")
     return {"metrics": metrics, "best_score": best_score, "test": report, "epochs": trainer.epoch,
             "best_epoch": best.best_epoch if best else None, "best_metrics": best.best_metrics if best else {}}
+
+
+def training_augment(cfg: DictConfig, task):
+    """The `augment` group's batch pipeline, or for detection the `box_augment` group's per-image one, which
+    moves boxes with their image; each refused where it would do the wrong thing."""
+    from imgrec.data.augment import build_augment
+    from imgrec.data.box_augment import build_box_augment
+
+    augment = build_augment(cfg.get("augment"), masks=task.spatial_output)
+    box_augment = cfg.get("box_augment")
+    if task.name != "detection":
+        if box_augment is not None:
+            raise ImgrecError(f"box_augment moves detection boxes; task={task.name} has none: use augment=... instead "
+                              "(or leave box_augment unset)")
+        return augment
+    if augment is not None:
+        raise ImgrecError("augment=... transforms pixels without moving boxes; for task=detection use "
+                          "box_augment=detection_basic or detection_classic (augment=none)")
+    return build_box_augment(None if box_augment is None else OmegaConf.to_container(box_augment, resolve=True))
 
 
 def check_resume_epochs(saved_epoch: int, max_epochs: int, cfg: DictConfig) -> None:

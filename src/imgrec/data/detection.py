@@ -1,8 +1,8 @@
 """Detection datasets as splits of boxed images, and the loader that serves them as lists.
 
-Images of one batch may differ in size, so a batch is a list of float [0, 1] tensors (C, H, W) on the device
-and a list of {boxes (N, 4) x1 y1 x2 y2 pixels, labels (N,) 0-based} targets, as torchvision's detectors take
-them. The detector resizes and normalises (with the dataset's mean and std) itself. Augmentation moves boxes
+Images of one batch may differ in size, so a batch is a list of normalised float tensors (C, H, W) on the
+device and a list of {boxes (N, 4) x1 y1 x2 y2 pixels, labels (N,) 0-based} targets, as torchvision's detectors
+take them (the detector resizes them itself; its own normalisation is left off). Augmentation moves boxes
 with their image, one image at a time, drawn from a generator seeded by (seed, epoch, sample): a resumed
 epoch makes the same batches without any saved generator state.
 """
@@ -76,6 +76,7 @@ class DetectionSplits:
     patches_per_image: int = 1
     people: bool = False
     channels: int = 3
+    counted: str = "boxes"  # what class_counts counts (the run's log and classes.json)
 
     @property
     def input_shape(self) -> list[int]:
@@ -147,15 +148,18 @@ def _as_lists(batch):
 class DetectionLoader(EpochLoader):
     """(images, targets) batches as lists on `device`, in the (seed, epoch) order every loader uses."""
 
-    def __init__(self, data: DetectionSplit, batch_size: int, device: torch.device, shuffle: bool = False,
+    def __init__(self, data: DetectionSplit, batch_size: int, mean, std, device: torch.device, shuffle: bool = False,
                  seed: int = 0, limit_batches: int | None = None, augment=None, num_workers: int = 0):
         self.sampler = EpochOrder(len(data), batch_size, shuffle, False, seed, limit_batches)
         self.data, self.batch_size, self.device = data, batch_size, device
+        self.mean = torch.tensor(mean, dtype=torch.float32, device=device).view(-1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32, device=device).view(-1, 1, 1)
         workers = 0 if data.images is not None else num_workers  # held in memory: nothing to decode
         self.loader = DataLoader(_BoxedSamples(data, augment, seed), batch_sampler=_EpochSamples(self.sampler),
                                  num_workers=workers, collate_fn=_as_lists, persistent_workers=workers > 0)
 
     def __iter__(self) -> Iterator[tuple[list[torch.Tensor], list[dict]]]:
         for images, boxes, labels in self.loader:
-            yield ([image.to(self.device, non_blocking=True).float().div_(255) for image in images],
+            yield ([(image.to(self.device, non_blocking=True).float().div_(255) - self.mean) / self.std
+                    for image in images],
                    [{"boxes": b.to(self.device), "labels": lab.to(self.device)} for b, lab in zip(boxes, labels)])

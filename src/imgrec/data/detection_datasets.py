@@ -14,16 +14,20 @@ FORMATS = ("voc", "coco", "yolo")
 # where each layout keeps images and annotations under dataset.root unless dataset.images / annotations say
 DEFAULT_LAYOUT = {"voc": ("JPEGImages", "Annotations"), "coco": ("images", "annotations.json"),
                   "yolo": ("images", "labels")}
-# torchvision's detectors were designed (and their backbones pretrained) with ImageNet's statistics
+# torchvision's detector backbones were pretrained on images normalised with ImageNet's statistics
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
 
 def detection_folder(root: str, format: str = "voc", images: str | None = None, annotations: str | None = None,
                      class_names: list[str] | None = None, bad_boxes: str = "drop", val_fraction: float = 0.15,
                      test_fraction: float = 0.15, seed: int = 0, mean: list[float] | None = None,
-                     std: list[float] | None = None) -> DetectionSplits:
-    """Every annotated image under `root`, split at random (from `seed`) into train / val / test."""
+                     std: list[float] | None = None, num_classes: int | None = None,
+                     channels: int = 3) -> DetectionSplits:
+    """Every annotated image under `root`, split at random (from `seed`) into train / val / test.
+    `num_classes`, when given, must be what the annotations (or class_names) hold; images are read as RGB."""
     from imgrec.data import detection_annotations
+
+    _check_rgb(channels)
 
     if format not in FORMATS:
         raise ImgrecError(f"dataset.format={format!r} must be one of {', '.join(FORMATS)}")
@@ -51,6 +55,7 @@ def detection_folder(root: str, format: str = "voc", images: str | None = None, 
     if read.dropped_boxes or read.clipped_boxes:
         log.warning(f"{read.dropped_boxes} box(es) dropped and {read.clipped_boxes} clipped to their image "
                     f"(dataset.bad_boxes={bad_boxes})")
+    _check_class_count(num_classes, read.class_names)
     everything = DetectionSplit([item.boxes for item in read.images], [item.labels for item in read.images],
                                 paths=[item.path for item in read.images])
     train, val, test = split_indices(len(everything), val_fraction, test_fraction, seed)
@@ -61,13 +66,14 @@ def detection_folder(root: str, format: str = "voc", images: str | None = None, 
 
 def shapes_detection(size: int = 300, image_size: int = 64, max_objects: int = 4, channels: int = 3,
                      empty_fraction: float = 0.05, seed: int = 0, val_fraction: float = 0.15,
-                     test_fraction: float = 0.15) -> DetectionSplits:
+                     test_fraction: float = 0.15, num_classes: int | None = None) -> DetectionSplits:
     """Synthetic discs, squares and triangles with exact boxes (data/detection_shapes.py), made offline in
     well under a second: smoke runs and tests. The mean and std are the training images' own."""
     from imgrec.data.detection_shapes import detection_shapes
 
     made = detection_shapes(size=size, image_size=image_size, max_objects=max_objects, seed=seed, channels=channels,
                             empty_fraction=empty_fraction)
+    _check_class_count(num_classes, made.class_names)
     everything = DetectionSplit(list(made.boxes), list(made.labels), images=made.images)
     train, val, test = split_indices(size, val_fraction, test_fraction, seed)
     pixels = made.images[train].astype(np.float64) / 255
@@ -77,3 +83,15 @@ def shapes_detection(size: int = 300, image_size: int = 64, max_objects: int = 4
         mean, std = mean * 3, std * 3
     return DetectionSplits(everything.subset(train), everything.subset(val), everything.subset(test),
                            list(made.class_names), mean, std)
+
+
+def _check_rgb(channels) -> None:
+    if channels != 3:
+        raise ImgrecError(f"dataset.channels={channels!r}: detection images are read as RGB (grey ones repeated over "
+                          "three channels), which torchvision's detectors take; leave it at 3")
+
+
+def _check_class_count(num_classes, class_names: list[str]) -> None:
+    if num_classes is not None and num_classes != len(class_names):
+        raise ImgrecError(f"dataset.num_classes={num_classes} but the data holds {len(class_names)} classes "
+                          f"({', '.join(class_names)}); set dataset.num_classes=null to take them as found")

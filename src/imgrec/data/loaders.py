@@ -43,6 +43,12 @@ def make_loader(data, batch_size: int, mean, std, device: torch.device, shuffle:
                 limit_batches: int | None = None, augment=None, num_workers="auto", repeats: int = 1):
     """The loader that fits how `data` is held: in memory, or as files read each epoch. `repeats`: each
     sample served that many times per epoch (shuffled loaders only)."""
+    from imgrec.data.detection import DetectionLoader, DetectionSplit
+
+    if isinstance(data, DetectionSplit):  # lists of images of any size, boxes moved by a per-image augment
+        workers = default_workers() if num_workers == "auto" else int(num_workers)
+        return DetectionLoader(data, batch_size, mean, std, device, shuffle=shuffle, seed=seed,
+                               limit_batches=limit_batches, augment=augment, num_workers=workers)
     if isinstance(data, ImageTensors):
         return InMemoryLoader(data, batch_size, mean, std, device, shuffle=shuffle, seed=seed,
                               limit_batches=limit_batches, augment=augment, repeats=repeats)

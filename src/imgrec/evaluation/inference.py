@@ -22,9 +22,10 @@ def predict_batches(forward, loader, consume, channels_last: bool = False, amp_d
     autocast as the model was trained, when asked."""
     with torch.inference_mode():
         for images, targets in loader:
-            if channels_last:
+            device = images[0].device if isinstance(images, list) else images.device  # detection: a list
+            if channels_last and not isinstance(images, list):
                 images = images.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(images.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 outputs = forward(images)
             consume(outputs, targets)
 

@@ -35,7 +35,7 @@ def record_dataset(splits, run_dir: Path, log) -> None:
         log.info(f"{len(splits.class_names)} people; images train/val/test = {len(splits.train)}/{len(splits.val)}/"
                  f"{len(splits.test)}; people train/val/test = {in_split['train']}/{in_split['val']}/{in_split['test']}")
         return
-    unit = "pixels" if splits.train.labels.ndim > 1 else "images"
+    unit = getattr(splits, "counted", None) or ("pixels" if splits.train.labels.ndim > 1 else "images")
     log.info(
         f"{len(splits.class_names)} classes; images train/val/test = "
         f"{len(splits.train)}/{len(splits.val)}/{len(splits.test)}; train {unit} per class {min(train_counts)}..{max(train_counts)}"

@@ -3,13 +3,17 @@ weights from local files or the local torch hub cache only.
 
 `num_classes` counts torchvision's background class (the detection task passes classes + 1 and shifts labels
 by one). RetinaNet and FCOS score every class with a sigmoid and have no real background: they can still
-output label 0, which the task drops as a class no annotation has. The detector
-normalises images itself (its GeneralizedRCNNTransform): it is given [0, 1] pixels and the dataset's mean
-and std, so imgrec's loader does not normalise detection batches a second time.
+output label 0, which the task drops as a class no annotation has. imgrec's loader normalises images as for
+every task, so the detector's own normalisation (its GeneralizedRCNNTransform) is set to do nothing unless
+image_mean / image_std are given; its resizing to min_size / max_size stays. Boxes come back in the pixels of
+the images given.
 """
 
 import logging
 
+from typing import NamedTuple
+
+import torch
 from torch import nn
 
 from imgrec.errors import ImgrecError
@@ -31,11 +35,33 @@ SCORE_AND_CAP = {"rcnn": ("box_score_thresh", "box_detections_per_img"),
                  "dense": ("score_thresh", "detections_per_img"), "ssd": ("score_thresh", "detections_per_img")}
 
 
+class DetectionInputs(NamedTuple):
+    """A training batch: images and their targets travel together, since a detector in train mode needs both
+    to return its losses."""
+
+    images: list[torch.Tensor]
+    targets: list[dict]
+
+
+class DetectorNet(nn.Module):
+    """A torchvision detector behind imgrec's one-argument forward: DetectionInputs in train mode gives the
+    loss of each part; images (a list, or a batch tensor) in eval mode give detections per image."""
+
+    def __init__(self, detector: nn.Module):
+        super().__init__()
+        self.detector = detector
+
+    def forward(self, inputs):
+        if isinstance(inputs, DetectionInputs):
+            return self.detector(list(inputs.images), list(inputs.targets))
+        return self.detector(list(inputs.unbind(0)) if isinstance(inputs, torch.Tensor) else list(inputs))
+
+
 def torchvision_detector(name: str, num_classes: int, in_channels: int = 3, min_size: int = 800,
                          max_size: int = 1333, trainable_backbone_layers: int | None = None,
                          backbone_weights: str | None = None, weights: str | None = None,
                          image_mean: list[float] | None = None, image_std: list[float] | None = None,
-                         score_threshold: float = 0.05, detections_per_image: int = 100) -> nn.Module:
+                         score_threshold: float = 0.05, detections_per_image: int = 100) -> DetectorNet:
     """`backbone_weights`: a torchvision weights name (e.g. ResNet50_Weights.IMAGENET1K_V1, or `default` for
     the one the detector was designed with) found in the local torch hub cache; with them,
     `trainable_backbone_layers` stages train (torchvision's rule; null: its default of 3), without them all
@@ -74,11 +100,15 @@ def torchvision_detector(name: str, num_classes: int, in_channels: int = 3, min_
     options = {score_key: float(score_threshold), cap_key: detections_per_image}
     if family != "ssd":
         options.update(min_size=min_size, max_size=max_size)
-    if image_mean is not None:
-        options.update(image_mean=list(image_mean), image_std=list(image_std))
+    options.update(image_mean=list(image_mean or [0.0, 0.0, 0.0]), image_std=list(image_std or [1.0, 1.0, 1.0]))
     model = getattr(detection, name)(weights=None, weights_backbone=backbone, num_classes=num_classes,
                                      trainable_backbone_layers=trainable_backbone_layers if backbone else None,
                                      **options)
+    net = DetectorNet(model)
     if weights:
-        load_weights(model, _resolve_weights(weights))
-    return model
+        path = _resolve_weights(weights)
+        try:  # imgrec's own checkpoints name the detector's tensors detector.*; torchvision's do not
+            load_weights(net, path)
+        except ImgrecError:
+            load_weights(model, path)
+    return net

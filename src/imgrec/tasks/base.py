@@ -134,6 +134,8 @@ class Task:
     # metrics the training loop adds to the task's own (trainer.adversarial's train/adv_loss, val/robust_acc);
     # the Trainer sets them from its settings
     loop_metrics: tuple[str, ...] = ()
+    torchrun = True  # False: the task's evaluation cannot gather over processes yet, and torchrun is refused
+    served_by = ("eval", "predict", "export", "features")  # the commands that take this task's checkpoints
 
     def __init__(self, monitor: str, mode: str = "max"):
         # the metric this task's runs optimise by default (optimized_metric follows it unless set)
@@ -148,6 +150,12 @@ class Task:
         if name not in self.metric_names():
             raise ImgrecError(f"{owner}={name!r} is not a logged metric of the {self.name} task; choose one of: "
                               f"{', '.join(self.metric_names())}")
+
+    def check_served_by(self, command: str) -> None:
+        """Raise, naming what does work, when imgrec-<command> cannot take this task's checkpoints yet."""
+        if command not in self.served_by:
+            raise ImgrecError(f"imgrec-{command} does not take {self.name} checkpoints yet; imgrec-train wrote the "
+                              "test report (test_report.json, per-class CSV) next to the checkpoint's run")
 
     def num_outputs(self, num_classes: int) -> int:
         """How many outputs the model needs for `num_classes` classes (its num_classes)."""

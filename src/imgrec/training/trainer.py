@@ -261,7 +261,7 @@ class Trainer:
     def train_step(self, images: torch.Tensor, targets, update: bool = True):
         """Forward and backward one batch; with `update`, also step the optimizer (and a per-step schedule).
         Returns the loss and the model's outputs."""
-        if self.channels_last:
+        if self.channels_last and isinstance(images, torch.Tensor):  # detection's batches are lists
             images = images.contiguous(memory_format=torch.channels_last)
         self.guard.begin_window(self.model)
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):

@@ -1,0 +1,142 @@
+"""Object detection: boxes, classes and scores for every object, with torchvision's detectors, scored by
+COCO's mAP (pycocotools) and by precision / recall / F1 at a score threshold.
+
+Batches are lists (images of a batch may differ in size). Labels are 0-based everywhere in imgrec; torchvision
+reserves 0 for the background, so training targets are shifted up by one on their way in and detections down
+by one on their way out (a RetinaNet / FCOS detection of label 0, a class no annotation has, is dropped).
+"""
+
+import math
+
+import numpy as np
+import torch
+
+from imgrec.errors import ImgrecError
+from imgrec.models.detectors import DetectionInputs
+from imgrec.tasks.base import Evaluation, Evaluator, Gather, Report, Table, Task
+from imgrec.tasks.detection_scores import coco_scores, matches_at, precision_recall_f1
+
+SCORED = ("map", "map50", "map75", "mar_100")
+
+
+class DetectionEvaluation(Evaluation):
+    def __init__(self, predictions: list[dict], targets: list[dict], class_names: list[str], score_threshold: float):
+        self.predictions, self.targets, self.class_names = predictions, targets, class_names
+        self.score_threshold = score_threshold
+        self._coco = None
+
+    @property
+    def coco(self) -> dict:
+        if self._coco is None:  # pycocotools' evaluation runs once per split, whatever asks first
+            self._coco = coco_scores(self.predictions, self.targets, len(self.class_names))
+        return self._coco
+
+    def at_threshold(self) -> dict[str, float]:
+        return precision_recall_f1(*matches_at(self.predictions, self.targets, self.score_threshold))
+
+    def scores(self, prefix: str) -> dict[str, float]:
+        return {**{f"{prefix}/{name}": self.coco[name] for name in SCORED},
+                **{f"{prefix}/{name}": value for name, value in self.at_threshold().items()}}
+
+    def test_scores(self) -> dict[str, float]:
+        return {name.removeprefix("test/"): value for name, value in self.scores("test").items()}
+
+
+class DetectionEvaluator(Evaluator):
+    def __init__(self, class_names: list[str], score_threshold: float):
+        self.class_names, self.score_threshold = class_names, score_threshold
+        self.predictions: list[dict] = []
+        self.targets: list[dict] = []
+
+    def update(self, outputs: list[dict], targets: list[dict]) -> None:
+        for found, truth in zip(outputs, targets):
+            real = found["labels"] > 0  # 0 is torchvision's background
+            self.predictions.append({"boxes": found["boxes"][real].float().cpu().numpy(),
+                                     "scores": found["scores"][real].float().cpu().numpy(),
+                                     "labels": (found["labels"][real] - 1).cpu().numpy()})
+            self.targets.append({"boxes": truth["boxes"].cpu().numpy(), "labels": truth["labels"].cpu().numpy()})
+
+    def finish(self, gather: Gather) -> DetectionEvaluation:
+        if type(gather) is not Gather:
+            raise ImgrecError("task=detection scores one process's predictions; under torchrun it is not supported "
+                              "yet: train it with one process (imgrec-train, not torchrun)")
+        return DetectionEvaluation(self.predictions, self.targets, self.class_names, self.score_threshold)
+
+
+class DetectionTask(Task):
+    name = "detection"
+    train_metrics = ("loss",)
+    eval_metrics = (*SCORED, "precision", "recall", "f1")
+    headline = "map50"
+    predicts = "boxes"
+    torchrun = False  # the evaluation keeps lists of boxes per image; gathering them over processes is to come
+    served_by = ()  # imgrec-eval / -predict / -export for boxes are to come (issue #20)
+    output_description = "per image: boxes (x1, y1, x2, y2 pixels), scores and 0-based labels"
+
+    def __init__(self, monitor: str = "val/map50", mode: str = "max", score_threshold: float = 0.5):
+        super().__init__(monitor, mode)
+        if not isinstance(score_threshold, (int, float)) or isinstance(score_threshold, bool) \
+                or not 0 <= score_threshold <= 1:
+            raise ImgrecError(f"task.score_threshold={score_threshold!r} must be in [0, 1]: detections scoring at "
+                              "least this count in precision / recall / F1 (mAP uses every score)")
+        self.score_threshold = float(score_threshold)
+        self.class_names: list[str] = []
+
+    def num_outputs(self, num_classes: int) -> int:
+        return num_classes + 1  # torchvision's background
+
+    def bind(self, class_names: list[str], class_counts: list[int] | None) -> None:
+        self.class_names = list(class_names)
+
+    def train_batch(self, images: list[torch.Tensor], targets: list[dict]):
+        shifted = [{"boxes": target["boxes"], "labels": target["labels"] + 1} for target in targets]
+        return DetectionInputs(images, shifted), targets
+
+    def loss(self, outputs: dict[str, torch.Tensor], targets) -> torch.Tensor:
+        return sum(outputs.values())
+
+    def add_to_sums(self, sums, loss, outputs, targets) -> int:
+        sums["loss_sum"] += loss.detach() * len(targets)
+        return len(targets)
+
+    def train_scores(self, sums: dict[str, float], seen: int) -> dict[str, float]:
+        return {"train/loss": sums["loss_sum"] / seen}
+
+    def evaluator(self) -> DetectionEvaluator:
+        return DetectionEvaluator(self.class_names, self.score_threshold)
+
+    def check_output(self, output, where: str) -> None:
+        if not (isinstance(output, list) and output and isinstance(output[0], dict) and "boxes" in output[0]):
+            raise ImgrecError(f"{where} does not return detections (a list of boxes, labels and scores per image): "
+                              "choose a detection model, e.g. model=fasterrcnn_mobilenet_v3_large_320_fpn")
+
+    def test_report(self, evaluation: DetectionEvaluation, sample_ids: list[str]) -> Report:
+        coco, at_threshold = evaluation.coco, evaluation.at_threshold()
+        sample_ids = sample_ids or [str(index) for index in range(len(evaluation.predictions))]
+        boxes = [int(sum((np.asarray(t["labels"]) == k).sum() for t in evaluation.targets))
+                 for k in range(len(self.class_names))]
+        per_class = [[name, coco["per_class_ap"][k], coco["per_class_ap50"][k], boxes[k]]
+                     for k, name in enumerate(self.class_names)]
+        detections = [[sample, self.class_names[int(label)], float(score), *map(float, box)]
+                      for sample, found in zip(sample_ids, evaluation.predictions)
+                      for box, score, label in zip(found["boxes"], found["scores"], found["labels"])]
+        summary = {"num_samples": len(sample_ids), "scores": evaluation.test_scores(),
+                   **{name: coco[name] for name in SCORED},
+                   **{name: coco[name] for name in ("map_small", "map_medium", "map_large", "mar_1", "mar_10")},
+                   "score_threshold": self.score_threshold, **at_threshold,
+                   "per_class": {row[0]: {"ap": row[1], "ap50": row[2], "boxes": row[3]} for row in per_class}}
+        lines = [f"{'class':>20} {'AP':>7} {'AP50':>7} {'boxes':>6}"]
+        lines += [f"{name:>20} {_shown(ap)} {_shown(ap50)} {count:>6}" for name, ap, ap50, count in per_class]
+        lines.append(f"mAP@[.5:.95] {_shown(coco['map'])}; mAP@.5 {_shown(coco['map50'])}; at score >= "
+                     f"{self.score_threshold:g}: precision {_shown(at_threshold['precision'])}, recall "
+                     f"{_shown(at_threshold['recall'])}, F1 {_shown(at_threshold['f1'])}")
+        return Report(summary, [Table("per_class.csv", ["class", "ap", "ap50", "boxes"], per_class),
+                                Table("test_detections.csv", ["image", "class", "score", "x1", "y1", "x2", "y2"],
+                                      detections)], "\n".join(lines))
+
+    def eval_report(self, evaluation, sample_ids, images_at, split_name, threshold, settings):
+        return self.test_report(evaluation, sample_ids), []
+
+
+def _shown(value: float) -> str:
+    return f"{value:7.4f}" if not math.isnan(value) else f"{'n/a':>7}"
