@@ -49,7 +49,13 @@ SMOKE = ["experiment=det_smoke", "dataset.size=24", "trainer.batch_size=4", "~ca
 
 
 def test_a_detection_run_writes_coco_scores_and_its_files(compose_cfg, tmp_path):
-    result = train(compose_cfg(*SMOKE, "trainer.max_epochs=1", run_dir=tmp_path))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    with_figures = [o for o in SMOKE if o != "~callbacks.validation_figures"]
+    result = train(compose_cfg(*with_figures, "trainer.max_epochs=1", run_dir=tmp_path))
+    events = EventAccumulator(str(next((tmp_path / "tensorboard").iterdir())))
+    events.Reload()
+    assert "val/detections" in events.Tags()["images"] and "val/map50" in events.Tags()["scalars"]
     assert {"train/loss", "val/map", "val/map50", "val/map75", "val/mar_100", "val/precision", "val/recall",
             "val/f1"} <= set(result["metrics"])
     report = json.loads((tmp_path / "test_report.json").read_text())
@@ -127,3 +133,21 @@ def test_the_commands_that_cannot_take_a_detection_checkpoint_yet_say_so(compose
     for command, run in (("eval", evaluate_checkpoint), ("export", export_checkpoint)):
         with pytest.raises(ImgrecError, match=rf"imgrec-{command} does not take detection checkpoints yet"):
             run(tool_cfg(command, tmp_path / command, checkpoint))
+
+
+def test_validation_images_are_drawn_with_true_and_found_boxes():
+    import numpy as np
+
+    from imgrec.tasks.detection import DetectionEvaluation, boxes_drawn
+
+    truth = [{"boxes": np.array([[2.0, 2.0, 12.0, 12.0]]), "labels": np.array([0])}]
+    found = [{"boxes": np.array([[20.0, 4.0, 30.0, 14.0], [1.0, 1.0, 5.0, 5.0]]), "scores": np.array([0.9, 0.1]),
+              "labels": np.array([1, 0])}]
+    images = np.zeros((1, 3, 320, 400), np.uint8)  # large enough to be drawn as it is
+    truth[0]["boxes"], found[0]["boxes"] = truth[0]["boxes"] * 10, found[0]["boxes"] * 10
+    drawn = boxes_drawn(images, DetectionEvaluation(found, truth, ["a", "b"], 0.5), ["a", "b"], 0.5)[0]
+    green, red = (drawn[1] > 100) & (drawn[0] < 100), (drawn[0] > 100) & (drawn[1] < 100)
+    assert green[20, 20:120].all() and green[20:120, 20].all()  # the true box's outline
+    assert red[40, 200:300].any() and not red[10:50, 10].any()  # the detection above the threshold, not below
+    small = boxes_drawn(images[:, :, :32, :40], DetectionEvaluation(found, truth, ["a", "b"], 0.5), ["a", "b"], 0.5)
+    assert small.shape == (1, 3, 192, 240)  # enlarged 6 times (whole pixels) to be legible

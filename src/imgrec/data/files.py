@@ -166,6 +166,13 @@ def splits_from_files(
 def images_at(split, indices) -> np.ndarray:
     """uint8 (N, C, H, W) images at `indices` of a split, held in memory or read from its files."""
     indices = np.asarray(indices, dtype=np.int64)
+    if hasattr(split, "pixels"):  # a detection split: images of any size, padded with black to the largest
+        images = [split.pixels(int(i)).numpy() for i in indices]
+        height, width = (max((image.shape[axis] for image in images), default=1) for axis in (1, 2))
+        padded = np.zeros((len(images), 3, height, width), np.uint8)
+        for slot, image in zip(padded, images):
+            slot[:, : image.shape[1], : image.shape[2]] = image
+        return padded
     if isinstance(split, ImageTensors):
         return split.images[torch.as_tensor(indices)].cpu().numpy()
     if not len(indices):

@@ -13,7 +13,7 @@ import torch
 
 from imgrec.errors import ImgrecError
 from imgrec.models.detectors import DetectionInputs
-from imgrec.tasks.base import Evaluation, Evaluator, Gather, Report, Table, Task
+from imgrec.tasks.base import Evaluation, Evaluator, Gather, ImageGridFigure, Report, Table, Task
 from imgrec.tasks.detection_scores import coco_scores, matches_at, precision_recall_f1
 
 SCORED = ("map", "map50", "map75", "mar_100")
@@ -110,6 +110,20 @@ class DetectionTask(Task):
             raise ImgrecError(f"{where} does not return detections (a list of boxes, labels and scores per image): "
                               "choose a detection model, e.g. model=fasterrcnn_mobilenet_v3_large_320_fpn")
 
+    def validation_figures(self, evaluation: DetectionEvaluation, images_at, epoch: int, max_images: int) -> list:
+        """The first validation images with their true boxes (green) and the detections scoring at least
+        task.score_threshold (red, with class and score)."""
+        count = min(len(evaluation.targets), max_images, 16)
+        if count == 0 or images_at is None:
+            return []
+        return [ImageGridFigure("val/detections", boxes_drawn(images_at(range(count)), evaluation, self.class_names,
+                                                               self.score_threshold),
+                                [f"{len(evaluation.targets[i]['labels'])} true, "
+                                 f"{int((evaluation.predictions[i]['scores'] >= self.score_threshold).sum())} found"
+                                 for i in range(count)],
+                                f"truth (green) and detections >= {self.score_threshold:g} (red), epoch {epoch}",
+                                max_side=256, columns=4)]
+
     def test_report(self, evaluation: DetectionEvaluation, sample_ids: list[str]) -> Report:
         coco, at_threshold = evaluation.coco, evaluation.at_threshold()
         sample_ids = sample_ids or [str(index) for index in range(len(evaluation.predictions))]
@@ -140,3 +154,27 @@ class DetectionTask(Task):
 
 def _shown(value: float) -> str:
     return f"{value:7.4f}" if not math.isnan(value) else f"{'n/a':>7}"
+
+
+def boxes_drawn(images: np.ndarray, evaluation: DetectionEvaluation, class_names: list[str],
+                score_threshold: float) -> np.ndarray:
+    """uint8 (N, 3, H, W) images with each one's true boxes in green and its detections in red."""
+    from torchvision.utils import draw_bounding_boxes
+
+    # small images are enlarged (whole pixels) first, so that box outlines and captions stay legible
+    zoom = max(1, 256 // max(images.shape[2:]))
+    drawn = []
+    for index, image in enumerate(images):
+        picture = torch.from_numpy(np.ascontiguousarray(image)).repeat_interleave(zoom, 1).repeat_interleave(zoom, 2)
+        truth = evaluation.targets[index]
+        if len(truth["boxes"]):
+            picture = draw_bounding_boxes(picture, torch.as_tensor(truth["boxes"], dtype=torch.float32) * zoom,
+                                          colors="lime", width=max(1, zoom // 2))
+        found = evaluation.predictions[index]
+        keep = found["scores"] >= score_threshold
+        if keep.any():
+            labels = [f"{class_names[int(k)]} {s:.2f}" for k, s in zip(found["labels"][keep], found["scores"][keep])]
+            picture = draw_bounding_boxes(picture, torch.as_tensor(found["boxes"][keep], dtype=torch.float32) * zoom,
+                                          labels=labels, colors="red", width=max(1, zoom // 2))
+        drawn.append(picture.numpy())
+    return np.stack(drawn)
