@@ -123,6 +123,42 @@ def test_each_annotation_layout_reads_the_same_boxes(tmp_path, layout):
     assert found["4.png"] == ([[6.0, 3.0, 24.0, 30.0]], [0])
 
 
+def test_predict_writes_boxes_as_csv_coco_json_and_drawn_images(compose_cfg, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from imgrec.commands.predict import predict_images
+    from tests.conftest import tool_cfg
+
+    train(compose_cfg(*SMOKE, "trainer.max_epochs=1", "test=false", run_dir=tmp_path / "run"))
+    inputs = tmp_path / "new"
+    inputs.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (50, 70, 3), dtype=np.uint8)).save(inputs / "a.png")
+    Image.fromarray(rng.integers(0, 255, (64, 64), dtype=np.uint8)).save(inputs / "b.png")  # grey: read as RGB
+    (inputs / "broken.png").write_bytes(b"not an image")
+    result = predict_images(tool_cfg("predict", tmp_path / "out", f"ckpt_path={tmp_path / 'run/checkpoints/last.pt'}",
+                                     f"inputs={inputs}", "score_threshold=0.0"))
+    out = tmp_path / "out"
+    coco = json.loads((out / "detections.json").read_text())
+    assert [(image["file_name"].rsplit("/", 1)[-1], image["width"], image["height"]) for image in coco["images"]] == \
+        [("a.png", 70, 50), ("b.png", 64, 64)]
+    assert [c["name"] for c in coco["categories"]] == ["disc", "square", "triangle"]
+    with open(out / "predictions.csv") as file:
+        rows = list(csv.DictReader(file))
+    assert len(rows) == len(coco["annotations"]) == len(result["predictions"])
+    for row, box in zip(rows, coco["annotations"]):
+        assert row["class"] == coco["categories"][box["category_id"] - 1]["name"]
+        assert float(row["x2"]) - float(row["x1"]) == pytest.approx(box["bbox"][2], abs=0.01)
+    assert sorted(p.name for p in (out / "drawn").iterdir()) == ["a.png", "b.png"]
+    assert Image.open(out / "drawn" / "a.png").size == (210, 150)  # small images are drawn enlarged (3 times)
+    assert "broken.png" in (out / "skipped.csv").read_text()
+    higher = predict_images(tool_cfg("predict", tmp_path / "out2", f"ckpt_path={tmp_path / 'run/checkpoints/last.pt'}",
+                                     f"inputs={inputs}", "score_threshold=0.99"))
+    assert all(row["score"] >= 0.99 for row in higher["predictions"])
+    assert len(higher["predictions"]) <= len(result["predictions"])
+
+
 def test_the_commands_that_cannot_take_a_detection_checkpoint_yet_say_so(compose_cfg, tmp_path):
     from imgrec.commands.eval import evaluate_checkpoint
     from imgrec.commands.export import export_checkpoint
@@ -130,7 +166,7 @@ def test_the_commands_that_cannot_take_a_detection_checkpoint_yet_say_so(compose
 
     train(compose_cfg(*SMOKE, "trainer.max_epochs=1", "test=false", run_dir=tmp_path / "run"))
     checkpoint = f"ckpt_path={tmp_path / 'run' / 'checkpoints' / 'last.pt'}"
-    for command, run in (("eval", evaluate_checkpoint), ("export", export_checkpoint)):
+    for command, run in (("eval", evaluate_checkpoint), ("export", export_checkpoint)):  # predict takes it
         with pytest.raises(ImgrecError, match=rf"imgrec-{command} does not take detection checkpoints yet"):
             run(tool_cfg(command, tmp_path / command, checkpoint))
 

@@ -223,8 +223,69 @@ def predict_embeddings(cfg: DictConfig, trained, paths: list[Path], device) -> d
     return {"predictions": rows, "skipped": skipped, "output": output, "embeddings": vectors}
 
 
+def predict_boxes(cfg: DictConfig, trained, paths: list[Path], device) -> dict:
+    """Each readable image's detections scoring at least the threshold: predictions.csv (a row per box) or
+    .json, detections.json in COCO's format (images, categories, annotations with bbox [x, y, w, h] and
+    score), and the image with its boxes drawn in drawn/."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from imgrec.data.images import BadImage, load_pil
+    from imgrec.evaluation.reports import write_whole
+    from imgrec.tasks.detection import DetectionEvaluation, boxes_drawn
+
+    threshold = trained.task.score_threshold if cfg.score_threshold is None else cfg.score_threshold
+    if not is_number(threshold) or not 0 <= threshold <= 1:
+        raise ImgrecError(f"score_threshold={threshold!r} must be null (the checkpoint's task.score_threshold) or in "
+                          "[0, 1]")
+    run_dir = Path(cfg.paths.output_dir)
+    (run_dir / "drawn").mkdir(parents=True, exist_ok=True)
+    mean = torch.tensor(trained.mean, device=device).view(-1, 1, 1)
+    std = torch.tensor(trained.std, device=device).view(-1, 1, 1)
+    names, rows, skipped, images, detections = unique_names(paths), [], [], [], []
+    for path, name in zip(paths, names):
+        try:
+            with load_pil(path) as image:
+                pixels = np.asarray(image.convert("RGB"), dtype=np.uint8)
+        except (BadImage, OSError, ValueError) as error:
+            skipped.append((str(path), str(error)))
+            log.warning(f"skipped {path}: {error}")
+            continue
+        tensor = torch.from_numpy(pixels.copy()).permute(2, 0, 1)
+        with torch.inference_mode():
+            found = trained.model([(tensor.to(device).float() / 255 - mean) / std])[0]
+        keep = (found["labels"] > 0) & (found["scores"] >= threshold)  # label 0: torchvision's background
+        boxes = found["boxes"][keep].cpu().numpy()
+        scores = found["scores"][keep].cpu().numpy()
+        labels = (found["labels"][keep] - 1).cpu().numpy()
+        image_id = len(images) + 1
+        images.append({"id": image_id, "file_name": str(path), "width": int(tensor.shape[2]),
+                       "height": int(tensor.shape[1])})
+        for box, score, label in zip(boxes.tolist(), scores.tolist(), labels.tolist()):
+            rows.append({"path": str(path), "class": trained.class_names[label], "score": score,
+                         "x1": box[0], "y1": box[1], "x2": box[2], "y2": box[3]})
+            detections.append({"id": len(detections) + 1, "image_id": image_id, "category_id": label + 1,
+                               "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]], "score": score})
+        shown = DetectionEvaluation([{"boxes": boxes, "scores": scores, "labels": labels}],
+                                    [{"boxes": np.zeros((0, 4)), "labels": np.zeros(0, int)}], trained.class_names, 0.0)
+        picture = boxes_drawn(tensor.numpy()[None], shown, trained.class_names, 0.0)[0]
+        Image.fromarray(picture.transpose(1, 2, 0)).save(run_dir / "drawn" / f"{name}.png")
+    if not images:
+        raise nothing_readable(paths, skipped)
+    header = ["path", "class", "score", "x1", "y1", "x2", "y2"]
+    output = write_predictions(run_dir, cfg, rows, skipped, header, lambda r: [
+        r["path"], r["class"], f"{r['score']:.6g}", *(f"{r[k]:.2f}" for k in ("x1", "y1", "x2", "y2"))])
+    categories = [{"id": index + 1, "name": name} for index, name in enumerate(trained.class_names)]
+    write_whole(run_dir / "detections.json", json.dumps({"images": images, "categories": categories,
+                                                         "annotations": detections}, indent=1))
+    log.info(f"{len(rows)} box(es) scoring >= {threshold:g} in {len(images)} image(s), {len(skipped)} skipped; "
+             f"{output.name}, detections.json (COCO) and drawn/ in {run_dir.resolve()}")
+    return {"predictions": rows, "skipped": skipped, "output": output, "images": images}
+
+
 PREDICTORS = {"class_scores": predict_class_scores, "masks": predict_masks,  # by Task.predicts
-              "embeddings": predict_embeddings}
+              "embeddings": predict_embeddings, "boxes": predict_boxes}
 
 
 @hydra_command("predict", task_name="predict")

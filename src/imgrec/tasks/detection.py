@@ -70,7 +70,7 @@ class DetectionTask(Task):
     headline = "map50"
     predicts = "boxes"
     torchrun = False  # the evaluation keeps lists of boxes per image; gathering them over processes is to come
-    served_by = ()  # imgrec-eval / -predict / -export for boxes are to come (issue #20)
+    served_by = ("predict",)  # imgrec-eval and -export for boxes are to come (issue #20)
     output_description = "per image: boxes (x1, y1, x2, y2 pixels), scores and 0-based labels"
 
     def __init__(self, monitor: str = "val/map50", mode: str = "max", score_threshold: float = 0.5):
