@@ -159,31 +159,49 @@ def test_predict_writes_boxes_as_csv_coco_json_and_drawn_images(compose_cfg, tmp
     assert len(higher["predictions"]) <= len(result["predictions"])
 
 
-def test_the_commands_that_cannot_take_a_detection_checkpoint_yet_say_so(compose_cfg, tmp_path):
+def test_eval_scores_a_split_at_a_threshold_chosen_on_val(compose_cfg, tmp_path):
     from imgrec.commands.eval import evaluate_checkpoint
     from imgrec.commands.export import export_checkpoint
     from tests.conftest import tool_cfg
 
-    train(compose_cfg(*SMOKE, "trainer.max_epochs=1", "test=false", run_dir=tmp_path / "run"))
+    train(compose_cfg(*SMOKE, "trainer.max_epochs=1", "test=false", "model.score_threshold=0.0",
+                      run_dir=tmp_path / "run"))
     checkpoint = f"ckpt_path={tmp_path / 'run' / 'checkpoints' / 'last.pt'}"
-    for command, run in (("eval", evaluate_checkpoint), ("export", export_checkpoint)):  # predict takes it
-        with pytest.raises(ImgrecError, match=rf"imgrec-{command} does not take detection checkpoints yet"):
-            run(tool_cfg(command, tmp_path / command, checkpoint))
+    plain = evaluate_checkpoint(tool_cfg("eval", tmp_path / "plain", checkpoint))
+    assert plain["split"] == "test" and plain["score_threshold"] == 0.5 and "threshold" not in plain
+    chosen = evaluate_checkpoint(tool_cfg("eval", tmp_path / "auto", checkpoint, "threshold=auto"))
+    assert chosen["threshold"]["chosen_on"] == "val" and chosen["score_threshold"] == chosen["threshold"]["threshold"]
+    with open(tmp_path / "auto" / "operating_points.csv") as file:
+        points = list(csv.DictReader(file))
+    thresholds = [float(row["threshold"]) for row in points]
+    assert thresholds == sorted(thresholds, reverse=True) and len(points) > 0  # test-split points, highest first
+    assert (tmp_path / "auto" / "detections.png").is_file() and (tmp_path / "auto" / "per_class.csv").is_file()
+    with pytest.raises(ImgrecError, match=r"threshold=2 must be null \(task.score_threshold\), auto"):
+        evaluate_checkpoint(tool_cfg("eval", tmp_path / "bad", checkpoint, "threshold=2"))
+    with pytest.raises(ImgrecError, match=r"target_recall=0.9 needs threshold=auto"):
+        evaluate_checkpoint(tool_cfg("eval", tmp_path / "bad2", checkpoint, "target_recall=0.9"))
+    with pytest.raises(ImgrecError, match=r"imgrec-export does not take detection checkpoints yet"):
+        export_checkpoint(tool_cfg("export", tmp_path / "export", checkpoint))
 
 
-def test_validation_images_are_drawn_with_true_and_found_boxes():
+def test_a_threshold_for_best_f1_or_a_target_recall_comes_from_every_score():
     import numpy as np
 
-    from imgrec.tasks.detection import DetectionEvaluation, boxes_drawn
+    from imgrec.tasks.detection import DetectionEvaluation, DetectionTask
 
-    truth = [{"boxes": np.array([[2.0, 2.0, 12.0, 12.0]]), "labels": np.array([0])}]
-    found = [{"boxes": np.array([[20.0, 4.0, 30.0, 14.0], [1.0, 1.0, 5.0, 5.0]]), "scores": np.array([0.9, 0.1]),
-              "labels": np.array([1, 0])}]
-    images = np.zeros((1, 3, 320, 400), np.uint8)  # large enough to be drawn as it is
-    truth[0]["boxes"], found[0]["boxes"] = truth[0]["boxes"] * 10, found[0]["boxes"] * 10
-    drawn = boxes_drawn(images, DetectionEvaluation(found, truth, ["a", "b"], 0.5), ["a", "b"], 0.5)[0]
-    green, red = (drawn[1] > 100) & (drawn[0] < 100), (drawn[0] > 100) & (drawn[1] < 100)
-    assert green[20, 20:120].all() and green[20:120, 20].all()  # the true box's outline
-    assert red[40, 200:300].any() and not red[10:50, 10].any()  # the detection above the threshold, not below
-    small = boxes_drawn(images[:, :, :32, :40], DetectionEvaluation(found, truth, ["a", "b"], 0.5), ["a", "b"], 0.5)
-    assert small.shape == (1, 3, 192, 240)  # enlarged 6 times (whole pixels) to be legible
+    truth = [{"boxes": np.array([[0, 0, 10, 10], [20, 20, 30, 30], [40, 40, 50, 50]], float),
+              "labels": np.array([0, 0, 0])}]
+    # hits at 0.9 and 0.5, a false alarm at 0.7, the third object found only at 0.2
+    found = [{"boxes": np.array([[0, 0, 10, 10], [60, 60, 70, 70], [20, 20, 30, 30], [40, 40, 50, 50]], float),
+              "scores": np.array([0.9, 0.7, 0.5, 0.2]), "labels": np.array([0, 0, 0, 0])}]
+    task = DetectionTask()
+    task.bind(["a"], None)
+    evaluation = DetectionEvaluation(found, truth, ["a"], 0.5)
+    best = task.chosen_threshold(evaluation, None)  # F1 at 0.9: 0.5; 0.7: 0.4; 0.5: 0.667; 0.2: 0.857
+    assert best["threshold"] == 0.2 and best["val_recall"] == 1.0 and best["val_f1"] == pytest.approx(6 / 7)
+    enough = task.chosen_threshold(evaluation, 0.6)  # recall 2/3 first reached at 0.5
+    assert enough["threshold"] == 0.5 and enough["val_precision"] == pytest.approx(2 / 3)
+    with pytest.raises(ImgrecError, match="no threshold reaches it on val"):
+        task.chosen_threshold(DetectionEvaluation([{**found[0], "scores": found[0]["scores"][:1],
+                                                    "boxes": found[0]["boxes"][:1], "labels": found[0]["labels"][:1]}],
+                                                  truth, ["a"], 0.5), 0.9)

@@ -124,10 +124,11 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
     # read images as the model was trained to see them: at its input size, unless a per-pixel model was
     # trained on images at their own size (dataset.image_size=null), which it then takes at theirs
     trained_on = (trained.state.get("config") or {}).get("dataset") or {}
-    own_size = task.spatial_output and "image_size" in trained_on and trained_on["image_size"] is None
+    own_size = task.any_image_size or (task.spatial_output and "image_size" in trained_on
+                                       and trained_on["image_size"] is None)
     fixed = [("channels", trained.channels)] + ([] if own_size else [("image_size", trained.image_size)])
     for key, value in fixed:
-        if "image_size" in dataset_cfg and dataset_cfg.get(key) != value:
+        if "image_size" in dataset_cfg and key in dataset_cfg and dataset_cfg.get(key) != value:
             if dataset_cfg.get(key) != "auto":
                 log.info(f"dataset.{key}={dataset_cfg.get(key)} -> {value}: images are read the way the model takes them")
             dataset_cfg[key] = value

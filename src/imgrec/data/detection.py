@@ -77,6 +77,7 @@ class DetectionSplits:
     people: bool = False
     channels: int = 3
     counted: str = "boxes"  # what class_counts counts (the run's log and classes.json)
+    image_size: None = None  # images keep their own sizes
 
     @property
     def input_shape(self) -> list[int]:

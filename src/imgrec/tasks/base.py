@@ -136,6 +136,7 @@ class Task:
     loop_metrics: tuple[str, ...] = ()
     torchrun = True  # False: the task's evaluation cannot gather over processes yet, and torchrun is refused
     served_by = ("eval", "predict", "export", "features")  # the commands that take this task's checkpoints
+    any_image_size = False  # True: the model takes images at their own size (detection)
 
     def __init__(self, monitor: str, mode: str = "max"):
         # the metric this task's runs optimise by default (optimized_metric follows it unless set)

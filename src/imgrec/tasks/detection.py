@@ -14,7 +14,7 @@ import torch
 from imgrec.errors import ImgrecError
 from imgrec.models.detectors import DetectionInputs
 from imgrec.tasks.base import Evaluation, Evaluator, Gather, ImageGridFigure, Report, Table, Task
-from imgrec.tasks.detection_scores import coco_scores, matches_at, precision_recall_f1
+from imgrec.tasks.detection_scores import coco_scores, matches_at, operating_points, precision_recall_f1
 
 SCORED = ("map", "map50", "map75", "mar_100")
 
@@ -70,7 +70,8 @@ class DetectionTask(Task):
     headline = "map50"
     predicts = "boxes"
     torchrun = False  # the evaluation keeps lists of boxes per image; gathering them over processes is to come
-    served_by = ("predict",)  # imgrec-eval and -export for boxes are to come (issue #20)
+    served_by = ("eval", "predict")  # imgrec-export for detectors is to come (issue #20)
+    any_image_size = True  # the detector resizes each image itself: imgrec-eval reads them as they are
     output_description = "per image: boxes (x1, y1, x2, y2 pixels), scores and 0-based labels"
 
     def __init__(self, monitor: str = "val/map50", mode: str = "max", score_threshold: float = 0.5):
@@ -148,8 +149,55 @@ class DetectionTask(Task):
                                 Table("test_detections.csv", ["image", "class", "score", "x1", "y1", "x2", "y2"],
                                       detections)], "\n".join(lines))
 
-    def eval_report(self, evaluation, sample_ids, images_at, split_name, threshold, settings):
-        return self.test_report(evaluation, sample_ids), []
+    def check_threshold_settings(self, threshold, target_recall) -> None:
+        """imgrec-eval's score threshold: null (task.score_threshold), auto (chosen on val: best F1, or the
+        highest whose recall reaches target_recall), or a number in [0, 1]."""
+        is_score = isinstance(threshold, (int, float)) and not isinstance(threshold, bool) and 0 <= threshold <= 1
+        if threshold not in (None, "auto") and not is_score:
+            raise ImgrecError(f"threshold={threshold!r} must be null (task.score_threshold), auto (chosen on val) or a "
+                              "score in [0, 1]")
+        if target_recall is not None and (threshold != "auto" or not isinstance(target_recall, (int, float))
+                                          or isinstance(target_recall, bool) or not 0 < target_recall <= 1):
+            raise ImgrecError(f"target_recall={target_recall!r} needs threshold=auto and a value in (0, 1], e.g. 0.9")
+
+    def chosen_threshold(self, evaluation: DetectionEvaluation, target_recall: float | None) -> dict:
+        """The score threshold on `evaluation` (the val split) with the best F1, or the highest whose recall
+        reaches target_recall (the most precise one that finds enough)."""
+        points = operating_points(evaluation.predictions, evaluation.targets)
+        if not len(points["threshold"]):
+            raise ImgrecError("threshold=auto: the model found nothing on the val split to choose a threshold from")
+        if target_recall is None:
+            index = int(np.nanargmax(points["f1"]))
+        else:
+            reaching = np.flatnonzero(points["recall"] >= target_recall)
+            if not len(reaching):
+                raise ImgrecError(f"target_recall={target_recall}: no threshold reaches it on val (at most "
+                                  f"{np.nanmax(points['recall']):.3f}, with every detection kept)")
+            index = int(reaching[0])  # thresholds fall as recall rises: the first is the highest
+        return {"threshold": float(points["threshold"][index]), "val_precision": float(points["precision"][index]),
+                "val_recall": float(points["recall"][index]), "val_f1": float(points["f1"][index]),
+                "chosen_on": "val", "target_recall": target_recall}
+
+    def eval_report(self, evaluation: DetectionEvaluation, sample_ids, images_at, split_name, threshold, settings):
+        """The test report's numbers at the chosen score threshold, the precision / recall / F1 at every
+        threshold (operating_points.csv), and the first images with their boxes."""
+        if threshold is not None:
+            evaluation.score_threshold = threshold["threshold"]
+        saved, self.score_threshold = self.score_threshold, evaluation.score_threshold
+        try:
+            report = self.test_report(evaluation, sample_ids)
+            figures = self.validation_figures(evaluation, images_at, 0, 16)
+        finally:
+            self.score_threshold = saved
+        if threshold is not None:
+            report.summary["threshold"] = threshold
+        points = operating_points(evaluation.predictions, evaluation.targets)
+        report.tables.append(Table("operating_points.csv", ["threshold", "precision", "recall", "f1"],
+                                   [list(map(float, row)) for row in zip(points["threshold"], points["precision"],
+                                                                         points["recall"], points["f1"])]))
+        for figure in figures:
+            figure.tag, figure.title = "detections", figure.title.replace(", epoch 0", f", {split_name} split")
+        return report, figures
 
 
 def _shown(value: float) -> str:

@@ -87,35 +87,58 @@ def _count(targets: list[dict], label: int) -> int:
     return sum(int((np.asarray(t["labels"]).reshape(-1) == label).sum()) for t in targets)
 
 
-def matches_at(predictions: list[dict], targets: list[dict], score_threshold: float,
-               iou_threshold: float = 0.5) -> tuple[int, int, int]:
-    """(true positives, false positives, false negatives) of the detections scoring at least the threshold:
-    per image and class, highest score first, each detection takes the unmatched true box of its class it
-    overlaps most if that IoU reaches `iou_threshold` (PASCAL VOC's rule)."""
+def match_flags(predictions: list[dict], targets: list[dict], iou_threshold: float = 0.5):
+    """(scores, true_positive flags, number of true boxes) over every detection: per image and class, highest
+    score first, each detection takes the unmatched true box of its class it overlaps most if that IoU
+    reaches `iou_threshold` (PASCAL VOC's rule). Dropping the detections below any score threshold leaves
+    the others' matches as they are, so one matching serves every threshold."""
     from torchvision.ops import box_iou
 
-    true_positives = false_positives = false_negatives = 0
+    scores, flags, truths = [], [], 0
     for prediction, target in zip(predictions, targets):
-        keep = torch.as_tensor(prediction["scores"]).reshape(-1) >= score_threshold
-        boxes = torch.as_tensor(prediction["boxes"], dtype=torch.float64).reshape(-1, 4)[keep]
-        labels = torch.as_tensor(prediction["labels"]).reshape(-1)[keep]
-        scores = torch.as_tensor(prediction["scores"]).reshape(-1)[keep]
-        truth_boxes = torch.as_tensor(target["boxes"], dtype=torch.float64).reshape(-1, 4)
-        truth_labels = torch.as_tensor(target["labels"]).reshape(-1)
-        for label in set(labels.tolist()) | set(truth_labels.tolist()):
+        boxes = torch.as_tensor(np.asarray(prediction["boxes"]), dtype=torch.float64).reshape(-1, 4)
+        labels = torch.as_tensor(np.asarray(prediction["labels"])).reshape(-1)
+        found_scores = torch.as_tensor(np.asarray(prediction["scores"]), dtype=torch.float64).reshape(-1)
+        truth_boxes = torch.as_tensor(np.asarray(target["boxes"]), dtype=torch.float64).reshape(-1, 4)
+        truth_labels = torch.as_tensor(np.asarray(target["labels"])).reshape(-1)
+        truths += len(truth_labels)
+        for label in set(labels.tolist()):
             mine, theirs = labels == label, truth_labels == label
-            order = scores[mine].argsort(descending=True)
+            order = found_scores[mine].argsort(descending=True, stable=True)
             overlaps = box_iou(boxes[mine][order], truth_boxes[theirs])
             taken = torch.zeros(int(theirs.sum()), dtype=torch.bool)
-            for row in overlaps:
+            for score, row in zip(found_scores[mine][order].tolist(), overlaps):
                 row = row.masked_fill(taken, -1.0)
-                if len(row) and row.max() >= iou_threshold:
+                hit = bool(len(row)) and float(row.max()) >= iou_threshold
+                if hit:
                     taken[row.argmax()] = True
-                    true_positives += 1
-                else:
-                    false_positives += 1
-            false_negatives += int((~taken).sum())
-    return true_positives, false_positives, false_negatives
+                scores.append(score)
+                flags.append(hit)
+    return np.asarray(scores, dtype=np.float64), np.asarray(flags, dtype=bool), truths
+
+
+def matches_at(predictions: list[dict], targets: list[dict], score_threshold: float,
+               iou_threshold: float = 0.5) -> tuple[int, int, int]:
+    """(true positives, false positives, false negatives) of the detections scoring at least the threshold."""
+    scores, hits, truths = match_flags(predictions, targets, iou_threshold)
+    kept = scores >= score_threshold
+    true_positives = int((hits & kept).sum())
+    return true_positives, int((~hits & kept).sum()), truths - true_positives
+
+
+def operating_points(predictions: list[dict], targets: list[dict], iou_threshold: float = 0.5) -> dict:
+    """Precision, recall and F1 at every distinct detection score (as the threshold), highest first."""
+    scores, hits, truths = match_flags(predictions, targets, iou_threshold)
+    order = np.argsort(-scores, kind="stable")
+    scores, hits = scores[order], hits[order]
+    true_positives, found = np.cumsum(hits), np.arange(1, len(hits) + 1)
+    last = np.r_[scores[1:] != scores[:-1], True] if len(scores) else np.zeros(0, bool)  # one point per score
+    precision = true_positives / found
+    recall = true_positives / truths if truths else np.full(len(found), np.nan)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
+    return {"threshold": scores[last], "precision": precision[last], "recall": recall[last], "f1": f1[last],
+            "truths": truths}
 
 
 def precision_recall_f1(true_positives: int, false_positives: int, false_negatives: int) -> dict[str, float]:
