@@ -205,3 +205,23 @@ def test_a_threshold_for_best_f1_or_a_target_recall_comes_from_every_score():
         task.chosen_threshold(DetectionEvaluation([{**found[0], "scores": found[0]["scores"][:1],
                                                     "boxes": found[0]["boxes"][:1], "labels": found[0]["labels"][:1]}],
                                                   truth, ["a"], 0.5), 0.9)
+
+
+def test_backbone_weights_name_their_own_key_and_refuse_files(tmp_path, monkeypatch):
+    from imgrec.models.detectors import torchvision_detector
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    missing = r"^model.backbone_weights=MobileNet_V3_Large_Weights.IMAGENET1K_V1 is not in the local torch hub cache"
+    with pytest.raises(ImgrecError, match=missing):
+        torchvision_detector("fasterrcnn_mobilenet_v3_large_320_fpn", 3, backbone_weights="default")
+    with pytest.raises(ImgrecError, match=r"model.backbone_weights='/x/mobilenet.pth' takes a torchvision weights name"):
+        torchvision_detector("fasterrcnn_mobilenet_v3_large_320_fpn", 3, backbone_weights="/x/mobilenet.pth")
+
+
+def test_reports_write_json_that_strict_readers_accept(tmp_path):
+    from imgrec.evaluation.reports import write_report
+    from imgrec.tasks.base import Report
+
+    write_report(Report({"precision": float("nan"), "nested": [float("inf"), 0.5]}), tmp_path, "r.json", None)
+    assert json.loads((tmp_path / "r.json").read_text(), parse_constant=lambda name: pytest.fail(name)) == \
+        {"precision": None, "nested": [None, 0.5]}

@@ -63,7 +63,7 @@ def test_whole_detector_weights_load_and_a_head_for_other_classes_starts_afresh(
     ({"min_size": 0}, r"model.min_size=0 must be a whole number >= 1"),
     ({"min_size": 400, "max_size": 300}, r"model.max_size=300 must be at least model.min_size=400"),
     ({"score_threshold": 1.5}, r"model.score_threshold=1.5 must be in \[0, 1\)"),
-    ({"backbone_weights": "NoSuch_Weights.X"}, r"model.weights='NoSuch_Weights.X' is neither a file nor"),
+    ({"backbone_weights": "NoSuch_Weights.X"}, r"model.backbone_weights='NoSuch_Weights.X' is neither a file nor"),
 ])
 def test_bad_settings_are_named(settings, message):
     arguments = {"name": "fasterrcnn_mobilenet_v3_large_320_fpn", "num_classes": 3, **settings}

@@ -132,6 +132,8 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
             if dataset_cfg.get(key) != "auto":
                 log.info(f"dataset.{key}={dataset_cfg.get(key)} -> {value}: images are read the way the model takes them")
             dataset_cfg[key] = value
+    if task.classes_from_checkpoint and "class_names" in dataset_cfg and dataset_cfg.class_names is None:
+        dataset_cfg.class_names = list(trained.class_names)
     splits = build_dataset(dataset_cfg, task.name)
     if not task.open_set:  # an embedding is scored on people it never saw
         check_same_classes(trained.class_names, splits.class_names, f"dataset ({dataset_cfg._target_})")

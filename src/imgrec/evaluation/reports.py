@@ -68,12 +68,25 @@ def csv_text(header: list, rows: list) -> str:
     return buffer.getvalue()
 
 
+def json_safe(value):
+    """`value` with NaN and infinities as null: strict JSON readers (jq, JavaScript) refuse Python's bare NaN."""
+    import math
+
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(item) for item in value]
+    return value
+
+
 def write_report(report, run_dir: Path, json_name: str, log) -> None:
     """A task's Report as files: its summary as `json_name`, its tables as CSV files, its text in the log."""
     run_dir.mkdir(parents=True, exist_ok=True)
     for table in report.tables:
         write_whole(run_dir / table.name, csv_text(table.header, table.rows))
-    write_whole(run_dir / json_name, json.dumps(report.summary, indent=2))
+    write_whole(run_dir / json_name, json.dumps(json_safe(report.summary), indent=2))
     if report.text:
         log.info(report.text)
 

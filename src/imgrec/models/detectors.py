@@ -89,8 +89,16 @@ def torchvision_detector(name: str, num_classes: int, in_channels: int = 3, min_
                           "are dropped before evaluation (COCO's mAP wants them low, e.g. 0.05)")
     backbone = None
     if backbone_weights:
-        chosen = default_backbone if backbone_weights == "default" else backbone_weights
-        _resolve_weights(chosen)  # a clear error unless the file is already in the local cache
+        chosen = default_backbone if backbone_weights == "default" else str(backbone_weights)
+        if chosen.endswith((".pt", ".pth", ".safetensors")) or "/" in chosen:
+            raise ImgrecError(f"model.backbone_weights={backbone_weights!r} takes a torchvision weights name (default: "
+                              f"{default_backbone}) read from the local torch hub cache, not a file: put the file in "
+                              f"{torch.hub.get_dir()}/checkpoints/ under torchvision's file name")
+        try:
+            _resolve_weights(chosen)  # a clear error unless the file is already in the local cache
+        except ImgrecError as error:
+            raise ImgrecError(str(error).replace("model.weights", "model.backbone_weights").replace(
+                ", or pass its path as model.backbone_weights", "")) from None
         backbone = get_weight(chosen)  # torchvision then reads that cached file; nothing is downloaded
     elif trainable_backbone_layers is not None:
         log.warning(f"model.trainable_backbone_layers={trainable_backbone_layers} has no effect without "

@@ -137,6 +137,9 @@ class Task:
     torchrun = True  # False: the task's evaluation cannot gather over processes yet, and torchrun is refused
     served_by = ("eval", "predict", "export", "features")  # the commands that take this task's checkpoints
     any_image_size = False  # True: the model takes images at their own size (detection)
+    # True: imgrec-eval reads a dataset with the checkpoint's class names (dataset.class_names, when the dataset
+    # has that setting and leaves it null), so a new batch lacking some classes is scored
+    classes_from_checkpoint = False
 
     def __init__(self, monitor: str, mode: str = "max"):
         # the metric this task's runs optimise by default (optimized_metric follows it unless set)

@@ -72,6 +72,7 @@ class DetectionTask(Task):
     torchrun = False  # the evaluation keeps lists of boxes per image; gathering them over processes is to come
     served_by = ("eval", "predict")  # imgrec-export for detectors is to come (issue #20)
     any_image_size = True  # the detector resizes each image itself: imgrec-eval reads them as they are
+    classes_from_checkpoint = True  # a batch of new images seldom holds every class
     output_description = "per image: boxes (x1, y1, x2, y2 pixels), scores and 0-based labels"
 
     def __init__(self, monitor: str = "val/map50", mode: str = "max", score_threshold: float = 0.5):
@@ -165,7 +166,8 @@ class DetectionTask(Task):
         reaches target_recall (the most precise one that finds enough)."""
         points = operating_points(evaluation.predictions, evaluation.targets)
         if not len(points["threshold"]):
-            raise ImgrecError("threshold=auto: the model found nothing on the val split to choose a threshold from")
+            raise ImgrecError("threshold=auto: the model found nothing on the val split to choose a threshold from; "
+                              "train it longer, or give a threshold (e.g. threshold=0.3)")
         if target_recall is None:
             index = int(np.nanargmax(points["f1"]))
         else:
