@@ -119,11 +119,11 @@ class DetectionTask(Task):
         if count == 0 or images_at is None:
             return []
         return [ImageGridFigure("val/detections", boxes_drawn(images_at(range(count)), evaluation, self.class_names,
-                                                               self.score_threshold),
+                                                               evaluation.score_threshold),
                                 [f"{len(evaluation.targets[i]['labels'])} true, "
-                                 f"{int((evaluation.predictions[i]['scores'] >= self.score_threshold).sum())} found"
+                                 f"{int((evaluation.predictions[i]['scores'] >= evaluation.score_threshold).sum())} found"
                                  for i in range(count)],
-                                f"truth (green) and detections >= {self.score_threshold:g} (red), epoch {epoch}",
+                                f"truth (green) and detections >= {evaluation.score_threshold:g} (red), epoch {epoch}",
                                 max_side=256, columns=4)]
 
     def test_report(self, evaluation: DetectionEvaluation, sample_ids: list[str]) -> Report:
@@ -139,12 +139,12 @@ class DetectionTask(Task):
         summary = {"num_samples": len(sample_ids), "scores": evaluation.test_scores(),
                    **{name: coco[name] for name in SCORED},
                    **{name: coco[name] for name in ("map_small", "map_medium", "map_large", "mar_1", "mar_10")},
-                   "score_threshold": self.score_threshold, **at_threshold,
+                   "score_threshold": evaluation.score_threshold, **at_threshold,
                    "per_class": {row[0]: {"ap": row[1], "ap50": row[2], "boxes": row[3]} for row in per_class}}
         lines = [f"{'class':>20} {'AP':>7} {'AP50':>7} {'boxes':>6}"]
         lines += [f"{name:>20} {_shown(ap)} {_shown(ap50)} {count:>6}" for name, ap, ap50, count in per_class]
         lines.append(f"mAP@[.5:.95] {_shown(coco['map'])}; mAP@.5 {_shown(coco['map50'])}; at score >= "
-                     f"{self.score_threshold:g}: precision {_shown(at_threshold['precision'])}, recall "
+                     f"{evaluation.score_threshold:g}: precision {_shown(at_threshold['precision'])}, recall "
                      f"{_shown(at_threshold['recall'])}, F1 {_shown(at_threshold['f1'])}")
         return Report(summary, [Table("per_class.csv", ["class", "ap", "ap50", "boxes"], per_class),
                                 Table("test_detections.csv", ["image", "class", "score", "x1", "y1", "x2", "y2"],
@@ -185,12 +185,8 @@ class DetectionTask(Task):
         threshold (operating_points.csv), and the first images with their boxes."""
         if threshold is not None:
             evaluation.score_threshold = threshold["threshold"]
-        saved, self.score_threshold = self.score_threshold, evaluation.score_threshold
-        try:
-            report = self.test_report(evaluation, sample_ids)
-            figures = self.validation_figures(evaluation, images_at, 0, 16)
-        finally:
-            self.score_threshold = saved
+        report = self.test_report(evaluation, sample_ids)
+        figures = self.validation_figures(evaluation, images_at, 0, 16)
         if threshold is not None:
             report.summary["threshold"] = threshold
         points = operating_points(evaluation.predictions, evaluation.targets)
