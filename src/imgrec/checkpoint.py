@@ -95,6 +95,28 @@ def copy_checkpoint(source: str | Path, destination: str | Path) -> Path:
     return destination
 
 
+def store_decision_threshold(path: str | Path, threshold: dict) -> None:
+    """Write a decision threshold chosen by imgrec-eval into the checkpoint at `path` (rewritten atomically:
+    a crash leaves the old file), so imgrec-predict applies it. Training that rewrites the file drops it,
+    since a threshold belongs to the weights it was chosen for."""
+    state = load_checkpoint(path, purpose="inference")
+    state["decision_threshold"] = {key: value for key, value in threshold.items()
+                                   if value is None or isinstance(value, (str, int, float))}
+    save_checkpoint(state, path)
+
+
+def stored_decision_threshold(state: dict) -> float | None:
+    """The threshold imgrec-eval stored in a checkpoint, checked (a number in [0, 1]), or None."""
+    stored = state.get("decision_threshold")
+    if stored is None:
+        return None
+    value = stored.get("threshold") if isinstance(stored, dict) else None
+    if not is_number(value) or not 0 <= value <= 1:
+        raise CheckpointError(f"the checkpoint's decision_threshold {stored!r} is damaged (not a number in [0, 1]); run "
+                              "imgrec-eval threshold=auto again, or give the threshold")
+    return float(value)
+
+
 # what _write_atomically names its temp files: `.<checkpoint name>.<8 random characters>.tmp`
 TEMP_NAME = re.compile(r"^\.(last|best|epoch_\d+)\.pt\.[A-Za-z0-9_]{8}" + re.escape(TEMP_SUFFIX) + "$")
 

@@ -159,8 +159,13 @@ def test_predict_writes_boxes_as_csv_coco_json_and_drawn_images(compose_cfg, tmp
     assert len(higher["predictions"]) <= len(result["predictions"])
 
 
-def test_eval_scores_a_split_at_a_threshold_chosen_on_val(compose_cfg, tmp_path):
+def test_eval_scores_a_split_at_a_threshold_chosen_on_val_and_stores_it_for_predict(compose_cfg, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from imgrec.checkpoint import store_decision_threshold
     from imgrec.commands.eval import evaluate_checkpoint
+    from imgrec.commands.predict import predict_images
     from imgrec.commands.export import export_checkpoint
     from tests.conftest import tool_cfg
 
@@ -176,6 +181,18 @@ def test_eval_scores_a_split_at_a_threshold_chosen_on_val(compose_cfg, tmp_path)
     thresholds = [float(row["threshold"]) for row in points]
     assert thresholds == sorted(thresholds, reverse=True) and len(points) > 0  # test-split points, highest first
     assert (tmp_path / "auto" / "detections.png").is_file() and (tmp_path / "auto" / "per_class.csv").is_file()
+    stored = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)["decision_threshold"]
+    assert stored["threshold"] == chosen["threshold"]["threshold"] and stored["target_recall"] is None
+    store_decision_threshold(tmp_path / "run" / "checkpoints" / "last.pt", {"threshold": 0.3, "chosen_on": "val"})
+    evaluate_checkpoint(tool_cfg("eval", tmp_path / "kept", checkpoint, "threshold=auto", "store_threshold=false"))
+    stored = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)["decision_threshold"]
+    assert stored == {"threshold": 0.3, "chosen_on": "val"}
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(images / "a.png")
+    applied = predict_images(tool_cfg("predict", tmp_path / "pred", checkpoint, f"inputs={images}"))
+    every = predict_images(tool_cfg("predict", tmp_path / "pred0", checkpoint, f"inputs={images}", "score_threshold=0"))
+    assert applied["predictions"] == [row for row in every["predictions"] if row["score"] >= 0.3]
     with pytest.raises(ImgrecError, match=r"threshold=2 must be null \(task.score_threshold\), auto"):
         evaluate_checkpoint(tool_cfg("eval", tmp_path / "bad", checkpoint, "threshold=2"))
     with pytest.raises(ImgrecError, match=r"target_recall=0.9 needs threshold=auto"):

@@ -8,6 +8,11 @@ import pytest
 import torch
 from sklearn.metrics import classification_report, confusion_matrix, roc_auc_score
 
+from omegaconf import OmegaConf
+from PIL import Image
+
+from imgrec.checkpoint import store_decision_threshold
+from imgrec.commands.predict import predict_images
 from imgrec.config import build_dataset
 from imgrec.errors import ImgrecError
 from imgrec.commands.eval import evaluate_checkpoint
@@ -65,6 +70,25 @@ def test_binary_threshold_chosen_on_val_for_a_target_recall(tmp_path):
     assert threshold["recall"] == pytest.approx(threshold["val_recall"])  # reported on val itself here
     y_true, y_pred, probabilities = read_predictions(tmp_path / "eval" / "predictions.csv")
     assert (y_pred == (probabilities[:, 1] >= threshold["threshold"])).all()
+    inputs = tmp_path / "new"
+    inputs.mkdir()
+    for index, image in enumerate(build_dataset(OmegaConf.create(torch.load(ckpt, weights_only=True)["config"]["dataset"]),
+                                                "classification").test.images[:20]):
+        Image.fromarray(image.permute(1, 2, 0).squeeze(-1).numpy()).save(inputs / f"{index}.png")
+    names = ["class_0", "class_1"]
+
+    def positive(row):
+        return next(p["probability"] for p in row["predictions"] if p["class"] == names[1])
+
+    predicted = predict_images(tool_cfg("predict", tmp_path / "predict", f"ckpt_path={ckpt}", f"inputs={inputs}"))
+    assert all(row["decision"] == names[int(positive(row) >= threshold["threshold"])]  # eval's stored threshold
+               for row in predicted["predictions"])
+    middle = float(np.median([positive(row) for row in predicted["predictions"]]))
+    store_decision_threshold(ckpt, {"threshold": middle, "chosen_on": "val"})
+    again = predict_images(tool_cfg("predict", tmp_path / "predict2", f"ckpt_path={ckpt}", f"inputs={inputs}"))
+    decisions = [row["decision"] for row in again["predictions"]]
+    assert decisions == [names[int(positive(row) >= middle)] for row in again["predictions"]]
+    assert set(decisions) == set(names)
     with pytest.raises(ImgrecError, match="threshold=1.5 must be null, auto or a probability between 0 and 1"):
         evaluate_checkpoint(tool_cfg("eval", tmp_path / "e2", f"ckpt_path={ckpt}", "threshold=1.5"))
     with pytest.raises(ImgrecError, match=r"threshold=auto would choose the threshold on the val images of a dataset "

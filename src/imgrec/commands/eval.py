@@ -115,8 +115,9 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
     task = trained.task
     task.check_threshold_settings(cfg.threshold, cfg.target_recall)
     task.check_eval_settings(cfg)
-    if not isinstance(cfg.gradcam_errors, bool):
-        raise ImgrecError(f"gradcam_errors={cfg.gradcam_errors!r} must be true or false")
+    for key in ("gradcam_errors", "store_threshold"):
+        if not isinstance(cfg.get(key), bool):
+            raise ImgrecError(f"{key}={cfg.get(key)!r} must be true or false")
     if cfg.gradcam_errors and task.predicts != "class_scores":
         raise ImgrecError(f"gradcam_errors=true draws Grad-CAM beside a classifier's most confident errors; this "
                           f"checkpoint is for the {task.name} task. Leave it false, or use imgrec-explain")
@@ -154,6 +155,13 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
     split = splits.everything() if split_name == "all" else getattr(splits, split_name)
     evaluation = evaluated(split)
     threshold = resolve_threshold(cfg, task, split_name, evaluation, lambda: evaluated(splits.val))
+    if threshold is not None and threshold["chosen_on"] == "val" and cfg.store_threshold:
+        from imgrec.checkpoint import store_decision_threshold
+
+        store_decision_threshold(cfg.ckpt_path, threshold)
+        threshold["stored_in"] = str(cfg.ckpt_path)
+        log.info(f"threshold {threshold['threshold']:.4f} stored in {cfg.ckpt_path}: imgrec-predict applies it "
+                 "(store_threshold=false leaves the checkpoint as it was)")
     report, figures = task.eval_report(evaluation, sample_ids(split), lambda indices: images_at(split, indices),
                                        split_name, threshold, cfg)
     report.summary.update(split=split_name, checkpoint=str(cfg.ckpt_path), checkpoint_epoch=trained.state.get("epoch"),

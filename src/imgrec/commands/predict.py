@@ -98,6 +98,7 @@ def predict_class_scores(cfg: DictConfig, trained, paths: list[Path], device) ->
     """The top_k classes of each readable image, with their probabilities."""
     import torch
 
+    from imgrec.checkpoint import stored_decision_threshold
     from imgrec.data.loaders import make_loader
     from imgrec.data.splits import ImageTensors
     from imgrec.evaluation.inference import predict_batches
@@ -109,6 +110,10 @@ def predict_class_scores(cfg: DictConfig, trained, paths: list[Path], device) ->
         raise nothing_readable(paths, skipped)
     top_k = min(cfg.top_k, len(trained.class_names))
     rows = []
+    decision_threshold = stored_decision_threshold(trained.state) if len(trained.class_names) == 2 else None
+    if decision_threshold is not None:
+        log.info(f"decision: {trained.class_names[1]} when its probability is >= {decision_threshold:.4f} (chosen on "
+                 "val by imgrec-eval threshold=auto, stored in the checkpoint)")
 
     def probabilities_of(batch):
         probabilities = trained.model(batch).float().softmax(dim=1)
@@ -118,9 +123,12 @@ def predict_class_scores(cfg: DictConfig, trained, paths: list[Path], device) ->
 
     def keep(probabilities, _):
         values, indices = probabilities.topk(top_k, dim=1)
-        for value_row, index_row in zip(values.cpu().tolist(), indices.cpu().tolist()):
+        for value_row, index_row, positive in zip(values.cpu().tolist(), indices.cpu().tolist(),
+                                                   probabilities[:, -1].cpu().tolist()):
             rows.append({"path": str(readable[len(rows)]), "predictions": [
                 {"class": trained.class_names[i], "probability": p} for i, p in zip(index_row, value_row)]})
+            if decision_threshold is not None:
+                rows[-1]["decision"] = trained.class_names[int(positive >= decision_threshold)]
 
     unlabelled = ImageTensors(torch.stack(images), torch.zeros(len(images), dtype=torch.int64))
     predict_batches(probabilities_of, make_loader(unlabelled, cfg.batch_size, trained.mean, trained.std, device), keep)
@@ -128,8 +136,10 @@ def predict_class_scores(cfg: DictConfig, trained, paths: list[Path], device) ->
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     header = ["path", *(f"{kind}_{rank}" for rank in range(1, top_k + 1) for kind in ("class", "prob"))]
-    output = write_predictions(run_dir, cfg, rows, skipped, header, lambda row: [
-        row["path"], *(v for p in row["predictions"] for v in (p["class"], f"{p['probability']:.6g}"))])
+    decided = [] if decision_threshold is None else ["decision"]
+    output = write_predictions(run_dir, cfg, rows, skipped, header + decided, lambda row: [
+        row["path"], *(v for p in row["predictions"] for v in (p["class"], f"{p['probability']:.6g}")),
+        *(row[key] for key in decided)])
     log.info(f"{len(rows)} image(s) predicted, {len(skipped)} skipped; written to {output.resolve()}")
     return {"predictions": rows, "skipped": skipped, "output": output}
 
@@ -231,14 +241,19 @@ def predict_boxes(cfg: DictConfig, trained, paths: list[Path], device) -> dict:
     import torch
     from PIL import Image
 
+    from imgrec.checkpoint import stored_decision_threshold
     from imgrec.data.images import BadImage, load_pil
     from imgrec.evaluation.reports import write_whole
     from imgrec.tasks.detection import DetectionEvaluation, boxes_drawn
 
-    threshold = trained.task.score_threshold if cfg.score_threshold is None else cfg.score_threshold
-    if not is_number(threshold) or not 0 <= threshold <= 1:
-        raise ImgrecError(f"score_threshold={threshold!r} must be null (the checkpoint's task.score_threshold) or in "
-                          "[0, 1]")
+    if cfg.score_threshold is not None and (not is_number(cfg.score_threshold) or not 0 <= cfg.score_threshold <= 1):
+        raise ImgrecError(f"score_threshold={cfg.score_threshold!r} must be null (the threshold imgrec-eval stored in "
+                          "the checkpoint, else its task.score_threshold) or a number in [0, 1]")
+    stored = stored_decision_threshold(trained.state)
+    threshold, source = next((value, source) for value, source in (
+        (cfg.score_threshold, "score_threshold"), (stored, "chosen on val by imgrec-eval, stored in the checkpoint"),
+        (trained.task.score_threshold, "the checkpoint's task.score_threshold")) if value is not None)
+    log.info(f"score threshold {threshold:g} ({source})")
     run_dir = Path(cfg.paths.output_dir)
     (run_dir / "drawn").mkdir(parents=True, exist_ok=True)
     mean = torch.tensor(trained.mean, device=device).view(-1, 1, 1)
