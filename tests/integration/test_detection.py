@@ -166,7 +166,7 @@ def test_eval_scores_a_split_at_a_threshold_chosen_on_val_and_stores_it_for_pred
     from imgrec.checkpoint import store_decision_threshold
     from imgrec.commands.eval import evaluate_checkpoint
     from imgrec.commands.predict import predict_images
-    from imgrec.commands.export import export_checkpoint
+    from imgrec.commands.features import extract_features
     from tests.conftest import tool_cfg
 
     train(compose_cfg(*SMOKE, "trainer.max_epochs=1", "test=false", "model.score_threshold=0.0",
@@ -197,8 +197,8 @@ def test_eval_scores_a_split_at_a_threshold_chosen_on_val_and_stores_it_for_pred
         evaluate_checkpoint(tool_cfg("eval", tmp_path / "bad", checkpoint, "threshold=2"))
     with pytest.raises(ImgrecError, match=r"target_recall=0.9 needs threshold=auto"):
         evaluate_checkpoint(tool_cfg("eval", tmp_path / "bad2", checkpoint, "target_recall=0.9"))
-    with pytest.raises(ImgrecError, match=r"imgrec-export does not take detection checkpoints yet"):
-        export_checkpoint(tool_cfg("export", tmp_path / "export", checkpoint))
+    with pytest.raises(ImgrecError, match=r"imgrec-features does not take detection checkpoints yet"):
+        extract_features(tool_cfg("features", tmp_path / "features", checkpoint))
 
 
 def test_a_threshold_for_best_f1_or_a_target_recall_comes_from_every_score():
@@ -242,3 +242,49 @@ def test_reports_write_json_that_strict_readers_accept(tmp_path):
     write_report(Report({"precision": float("nan"), "nested": [float("inf"), 0.5]}), tmp_path, "r.json", None)
     assert json.loads((tmp_path / "r.json").read_text(), parse_constant=lambda name: pytest.fail(name)) == \
         {"precision": None, "nested": [None, 0.5]}
+
+
+@pytest.mark.parametrize("export_format", ["safetensors", "torchscript", "onnx"])
+def test_export_keeps_a_detector_only_when_it_finds_what_pytorch_finds(compose_cfg, tmp_path, export_format):
+    from imgrec.commands.export import export_checkpoint
+    from imgrec.models.detector_export import check_images
+    from tests.conftest import tool_cfg
+
+    pytest.importorskip("onnxruntime")
+    train(compose_cfg(*SMOKE, "trainer.max_epochs=1", "test=false", "model.score_threshold=0.0",
+                      "trainer.limit_batches=1", run_dir=tmp_path / "run"))
+    checkpoint = tmp_path / "run" / "checkpoints" / "last.pt"
+    metadata = export_checkpoint(tool_cfg("export", tmp_path / "out", f"ckpt_path={checkpoint}",
+                                          f"format={export_format}", "check_batch_size=2"))
+    assert metadata["detections_compared"] > 0 and len(metadata["check_images"]) == 2
+    assert json.loads((tmp_path / "out" / "model.json").read_text())["class_names"] == ["disc", "square", "triangle"]
+    image = check_images([3, 64, 64], 3)[2]  # a size the check did not use
+    from imgrec.evaluation.inference import load_trained
+
+    with torch.no_grad():
+        expected = load_trained(str(checkpoint), torch.device("cpu")).model([image])[0]
+    if export_format == "onnx":
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(tmp_path / "out" / "model.onnx"), providers=["CPUExecutionProvider"])
+        boxes, labels, scores = session.run(None, {"image": image.numpy()})
+        assert sorted(scores.tolist()) == pytest.approx(sorted(expected["scores"].tolist()), abs=1e-4)
+        assert sorted(labels.tolist()) == sorted(expected["labels"].tolist())
+    elif export_format == "torchscript":
+        found = torch.jit.load(str(tmp_path / "out" / "model.torchscript.pt"))([image])[1][0]
+        assert torch.allclose(found["boxes"], expected["boxes"], atol=1e-3)
+
+
+def test_an_export_that_differs_from_pytorch_is_not_kept():
+    from imgrec.models.detector_export import unmatched
+
+    boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [5.0, 5.0, 20.0, 20.0]])
+    expected = {"boxes": boxes, "labels": torch.tensor([1, 2]), "scores": torch.tensor([0.9, 0.8])}
+    reordered = {key: value.flip(0) for key, value in expected.items()}
+    assert unmatched(expected, reordered) is None  # the same set in another order
+    moved = {**reordered, "boxes": reordered["boxes"] + torch.tensor([0.0, 0.0, 0.5, 0.0])}
+    assert unmatched(expected, moved) == "2 detection(s) without a PyTorch twin"
+    relabelled = {**expected, "labels": torch.tensor([1, 1])}
+    assert unmatched(expected, relabelled) == "1 detection(s) without a PyTorch twin"
+    fewer = {key: value[:1] for key, value in expected.items()}
+    assert unmatched(expected, fewer) == "1 detections instead of PyTorch's 2"

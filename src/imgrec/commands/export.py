@@ -103,6 +103,8 @@ def export_checkpoint(cfg: DictConfig) -> dict:
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / f"model{SUFFIXES[cfg.format]}"
+    if trained.task.predicts == "boxes":
+        return export_detector(cfg, trained, path)
     example = torch.randn(cfg.check_batch_size, *trained.input_shape, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         expected = trained.model(example)
@@ -131,6 +133,31 @@ def export_checkpoint(cfg: DictConfig) -> dict:
     (run_dir / "model.json").write_text(json.dumps(metadata, indent=2))
     checked = "not checked" if difference is None else f"max |logit difference| {difference:.2e}"
     log.info(f"exported {path.resolve()} ({checked}) and model.json")
+    return metadata
+
+
+def export_detector(cfg: DictConfig, trained, path: Path) -> dict:
+    """A detector's export (imgrec.models.detector_export), checked on check_batch_size images of different
+    sizes, and its model.json."""
+    from imgrec.models.detector_export import write_detector
+
+    try:
+        check = write_detector(trained, cfg.format, path, cfg.check_batch_size)
+    except BaseException:  # a full disk, an exporter error, a failed check: never leave a model file behind
+        path.unlink(missing_ok=True)
+        raise
+    metadata = {
+        "format": cfg.format, "file": path.name, "class_names": trained.class_names, "task": trained.task.name,
+        "input": "float32 images (3, height, width) of any size: pixels / 255, then (x - mean) / std per channel; "
+                 "the model resizes each as it was trained (model_config min_size / max_size)",
+        **check, "normalization": {"mean": trained.mean, "std": trained.std},
+        "model_config": {**trained.state["config"]["model"], "in_channels": trained.channels,
+                         "num_classes": trained.task.num_outputs(len(trained.class_names))},
+        "checkpoint": str(cfg.ckpt_path),
+    }
+    (path.parent / "model.json").write_text(json.dumps(metadata, indent=2))
+    log.info(f"exported {path.resolve()} (matches PyTorch on {len(check['check_images'])} images, "
+             f"{check['detections_compared']} detections) and model.json")
     return metadata
 
 

@@ -70,7 +70,7 @@ class DetectionTask(Task):
     headline = "map50"
     predicts = "boxes"
     torchrun = False  # the evaluation keeps lists of boxes per image; gathering them over processes is to come
-    served_by = ("eval", "predict")  # imgrec-export for detectors is to come (issue #20)
+    served_by = ("eval", "predict", "export")
     any_image_size = True  # the detector resizes each image itself: imgrec-eval reads them as they are
     classes_from_checkpoint = True  # a batch of new images seldom holds every class
     output_description = "per image: boxes (x1, y1, x2, y2 pixels), scores and 0-based labels"
