@@ -180,7 +180,13 @@ def test_eval_scores_a_split_at_a_threshold_chosen_on_val_and_stores_it_for_pred
         points = list(csv.DictReader(file))
     thresholds = [float(row["threshold"]) for row in points]
     assert thresholds == sorted(thresholds, reverse=True) and len(points) > 0  # test-split points, highest first
-    assert (tmp_path / "auto" / "detections.png").is_file() and (tmp_path / "auto" / "per_class.csv").is_file()
+    for written in ("detections.png", "pr_curves.png", "confusion_matrix.png"):
+        assert (tmp_path / "auto" / written).stat().st_size > 1000, written
+    with open(tmp_path / "auto" / "confusion_matrix.csv") as file:
+        matrix = list(csv.reader(file))
+    assert [row[0] for row in matrix] == ["true \\ detected", "disc", "square", "triangle", "background"]
+    for row in matrix[1:4]:  # every true box is found as some class or missed
+        assert sum(int(v) for v in row[1:]) == chosen["per_class"][row[0]]["boxes"]
     stored = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)["decision_threshold"]
     assert stored["threshold"] == chosen["threshold"]["threshold"] and stored["target_recall"] is None
     store_decision_threshold(tmp_path / "run" / "checkpoints" / "last.pt", {"threshold": 0.3, "chosen_on": "val"})

@@ -121,3 +121,19 @@ def test_no_detections_score_zero_where_there_is_truth_and_nan_where_there_is_no
     assert scores["map"] == 0.0 and scores["per_class_ap"][0] == 0.0 and math.isnan(scores["per_class_ap"][1])
     assert matches_at(nothing, truth, 0.5) == (0, 0, 1)
     assert precision_recall_f1(0, 0, 1)["f1"] == 0.0
+
+
+def test_class_confusion_pairs_boxes_whatever_their_class_and_counts_misses_and_false_alarms():
+    from imgrec.tasks.detection_scores import class_confusion
+
+    truth = {"boxes": np.array([[0, 0, 10, 10], [20, 20, 30, 30], [40, 40, 50, 50]], float), "labels": np.array([0, 1, 1])}
+    found = {"boxes": np.array([[0, 0, 10, 10], [20, 20, 30, 31], [60, 60, 70, 70], [40, 40, 50, 50]], float),
+             "labels": np.array([0, 0, 1, 1]), "scores": np.array([0.9, 0.8, 0.7, 0.1])}
+    empty_truth = {"boxes": np.zeros((0, 4)), "labels": np.zeros(0, int)}
+    alarm = {"boxes": np.array([[1, 1, 5, 5]], float), "labels": np.array([1]), "scores": np.array([0.6])}
+    counts = class_confusion([found, alarm], [truth, empty_truth], num_classes=2, score_threshold=0.5)
+    assert counts.tolist() == [[1, 0, 0],   # class 0: found as class 0
+                               [1, 0, 1],   # class 1: one found as class 0, one missed (its box scored 0.1)
+                               [0, 2, 0]]   # background: two class-1 false alarms
+    everything = class_confusion([found], [truth], num_classes=2, score_threshold=0.0)
+    assert everything.tolist() == [[1, 0, 0], [1, 1, 0], [0, 1, 0]]  # at 0 the low box finds its object

@@ -4,7 +4,8 @@ PR-curve plots with matplotlib (evaluation.plots), PR curves for TensorBoard in 
 
 from pathlib import Path
 
-from imgrec.tasks.base import ConfusionMatrixFigure, ImageGridFigure, PRCurveFigure, PRPlotFigure, ROCPlotFigure
+from imgrec.tasks.base import (ConfusionMatrixFigure, CurvesPlotFigure, ImageGridFigure, PRCurveFigure, PRPlotFigure,
+                               ROCPlotFigure)
 
 
 def picture(spec):
@@ -19,6 +20,10 @@ def picture(spec):
         from imgrec.evaluation.plots import figure_picture, roc_figure
 
         return figure_picture(roc_figure(spec.genuine, spec.impostor, spec.marked, spec.title))
+    if isinstance(spec, CurvesPlotFigure):
+        from imgrec.evaluation.plots import curves_figure, figure_picture
+
+        return figure_picture(curves_figure(spec.curves, spec.title, spec.x_label, spec.y_label))
     raise TypeError(f"{type(spec).__name__} is not drawn as a picture")
 
 
@@ -42,6 +47,10 @@ def to_file(spec, folder: Path) -> Path:
         from imgrec.evaluation.plots import roc_figure, save_figure
 
         save_figure(roc_figure(spec.genuine, spec.impostor, spec.marked, spec.title), path)
+    elif isinstance(spec, CurvesPlotFigure):
+        from imgrec.evaluation.plots import curves_figure, save_figure
+
+        save_figure(curves_figure(spec.curves, spec.title, spec.x_label, spec.y_label), path)
     else:
         picture(spec).save(path)
     return path

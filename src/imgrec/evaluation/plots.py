@@ -44,6 +44,25 @@ def pr_curves_figure(probabilities: np.ndarray, y_true: np.ndarray, class_names:
     return figure
 
 
+def curves_figure(curves: dict, title: str, x_label: str, y_label: str):
+    """Each (x, y) curve of `curves` under its label, on [0, 1] axes."""
+    plt = _pyplot()
+    figure, axes = plt.subplots(figsize=(7, 6))
+    for label, (x_values, y_values) in curves.items():
+        axes.plot(x_values, y_values, label=label, linewidth=1.2)
+    axes.set_xlabel(x_label)
+    axes.set_ylabel(y_label)
+    axes.set_xlim(0, 1.01)
+    axes.set_ylim(0, 1.01)
+    axes.set_title(title)
+    if curves:
+        axes.legend(loc="lower left", fontsize=8)
+    else:
+        axes.text(0.5, 0.5, "nothing to draw: no class has both true boxes and detections", ha="center")
+    figure.tight_layout()
+    return figure
+
+
 def roc_figure(genuine: np.ndarray, impostor: np.ndarray, marked: list[dict], title: str):
     """True-accept rate against false-accept rate (log scale: the low-FAR end is where access control
     lives), from every genuine and impostor pair score; `marked` points ({label, far, tar}) drawn on it."""

@@ -72,6 +72,17 @@ class PRPlotFigure:
 
 
 @dataclass
+class CurvesPlotFigure:
+    """Named curves in one matplotlib plot (e.g. a detector's precision-recall curve per class)."""
+
+    tag: str
+    curves: dict  # label -> (x values, y values)
+    title: str
+    x_label: str
+    y_label: str
+
+
+@dataclass
 class ROCPlotFigure:
     """A verification ROC (true-accept rate against false-accept rate, log scale) from pair scores, with
     `marked` operating points ({label, far, tar})."""

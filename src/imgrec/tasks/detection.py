@@ -13,8 +13,10 @@ import torch
 
 from imgrec.errors import ImgrecError
 from imgrec.models.detectors import DetectionInputs
-from imgrec.tasks.base import Evaluation, Evaluator, Gather, ImageGridFigure, Report, Table, Task
-from imgrec.tasks.detection_scores import coco_scores, matches_at, operating_points, precision_recall_f1
+from imgrec.tasks.base import (ConfusionMatrixFigure, CurvesPlotFigure, Evaluation, Evaluator, Gather, ImageGridFigure,
+                               Report, Table, Task)
+from imgrec.tasks.detection_scores import (class_confusion, coco_scores, matches_at, operating_points,
+                                           precision_recall_f1)
 
 SCORED = ("map", "map50", "map75", "mar_100")
 
@@ -195,6 +197,19 @@ class DetectionTask(Task):
                                                                          points["recall"], points["f1"])]))
         for figure in figures:
             figure.tag, figure.title = "detections", figure.title.replace(", epoch 0", f", {split_name} split")
+        curves = {f"{self.class_names[index]} (AP50 {evaluation.coco['per_class_ap50'][index]:.3f})": curve
+                  for index, curve in sorted(evaluation.coco["pr_curves"].items())}
+        figures.append(CurvesPlotFigure("pr_curves", curves, f"precision-recall per class at IoU 0.5 (COCO's 101-point "
+                                        f"interpolation), {split_name} split", "recall", "precision"))
+        names = [*self.class_names, "background"]
+        counts = class_confusion(evaluation.predictions, evaluation.targets, len(self.class_names),
+                                 evaluation.score_threshold)
+        report.summary["confusion_matrix"] = counts.tolist()
+        report.tables.append(Table("confusion_matrix.csv", ["true \\ detected", *names],
+                                   [[name, *row] for name, row in zip(names, counts.tolist())]))
+        figures.append(ConfusionMatrixFigure("confusion_matrix", counts, names,
+                                             f"boxes paired at IoU >= 0.5, score >= {evaluation.score_threshold:.3g}: "
+                                             "background = missed / false alarm"))
         return report, figures
 
 

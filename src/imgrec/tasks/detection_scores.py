@@ -147,3 +147,33 @@ def precision_recall_f1(true_positives: int, false_positives: int, false_negativ
     recall = true_positives / present if present else math.nan
     f1 = 2 * precision * recall / (precision + recall) if found and present and precision + recall else 0.0
     return {"precision": precision, "recall": recall, "f1": f1}
+
+
+def class_confusion(predictions: list[dict], targets: list[dict], num_classes: int, score_threshold: float,
+                    iou_threshold: float = 0.5) -> np.ndarray:
+    """(classes + 1) x (classes + 1) counts, rows the true class, columns the detected one, the last of each
+    `background`: per image, the detections scoring at least the threshold and the true boxes are paired
+    whatever their classes, highest IoU first, when the IoU reaches `iou_threshold`. A pair counts at (true,
+    detected); a true box left alone at (true, background), a missed object; a detection left alone at
+    (background, detected), a false alarm. The diagonal are the correct detections."""
+    from torchvision.ops import box_iou
+
+    counts = np.zeros((num_classes + 1, num_classes + 1), dtype=np.int64)
+    for prediction, target in zip(predictions, targets):
+        kept = np.asarray(prediction["scores"]).reshape(-1) >= score_threshold
+        boxes = torch.as_tensor(np.asarray(prediction["boxes"]).reshape(-1, 4)[kept], dtype=torch.float64)
+        labels = np.asarray(prediction["labels"]).reshape(-1)[kept].astype(int)
+        truth_boxes = torch.as_tensor(np.asarray(target["boxes"]).reshape(-1, 4), dtype=torch.float64)
+        truth_labels = np.asarray(target["labels"]).reshape(-1).astype(int)
+        overlaps = box_iou(truth_boxes, boxes).numpy() if len(boxes) and len(truth_boxes) else np.zeros((0, 0))
+        truth_free, found_free = np.ones(len(truth_labels), bool), np.ones(len(labels), bool)
+        for flat in np.argsort(-overlaps, axis=None, kind="stable"):
+            truth, found = np.unravel_index(flat, overlaps.shape)
+            if overlaps[truth, found] < iou_threshold:
+                break
+            if truth_free[truth] and found_free[found]:
+                truth_free[truth] = found_free[found] = False
+                counts[truth_labels[truth], labels[found]] += 1
+        np.add.at(counts, (truth_labels[truth_free], num_classes), 1)
+        np.add.at(counts, (num_classes, labels[found_free]), 1)
+    return counts
