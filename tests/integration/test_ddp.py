@@ -127,3 +127,28 @@ def test_a_two_process_embedding_run_trains_its_margin_head_and_pairs_the_whole_
     alone = evaluate_checkpoint(tool_cfg("eval", tmp_path / "eval", f"ckpt_path={best}"))
     assert report["images"] == alone["images"] and report["genuine_pairs"] == alone["genuine_pairs"]
     assert report["roc_auc"] == pytest.approx(alone["roc_auc"], abs=1e-6)
+
+
+def test_a_two_process_detection_run_scores_every_box_of_the_whole_split(tmp_path):
+    """Each process detects in half the test images; COCO's scores must be those of the whole split, as one
+    process evaluating the saved best.pt finds them."""
+    from imgrec.commands.eval import evaluate_checkpoint
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "1"}
+    command = [TORCHRUN, "--standalone", "--nproc_per_node=2", "-m", "imgrec.commands.train", "experiment=det_smoke",
+               "dataset.size=24", "trainer.max_epochs=1", "trainer.batch_size=4", "trainer.progress=false",
+               "model.score_threshold=0.0", "~callbacks.validation_figures", f"hydra.run.dir={tmp_path / 'two'}"]
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    report = json.loads((tmp_path / "two" / "test_report.json").read_text())
+    alone = evaluate_checkpoint(tool_cfg("eval", tmp_path / "eval", f"ckpt_path={tmp_path / 'two' / 'checkpoints' / 'best.pt'}"))
+    assert report["num_samples"] == alone["num_samples"] == 4  # 24 images: 16 train / 4 val / 4 test
+    assert {name: row["boxes"] for name, row in report["per_class"].items()} == \
+        {name: row["boxes"] for name, row in alone["per_class"].items()}
+    for key in ("map", "map50", "recall"):
+        assert report[key] == pytest.approx(alone[key]), key
+
+    def detections(folder):
+        with open(folder / "test_detections.csv") as file:
+            return sorted((row["image"], row["class"], round(float(row["score"]), 4)) for row in csv.DictReader(file))
+    assert detections(tmp_path / "two") == detections(tmp_path / "eval") and len(detections(tmp_path / "eval")) > 0

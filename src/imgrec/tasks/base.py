@@ -109,6 +109,11 @@ class Gather:
         """Totals over every process (confusion matrices, counts)."""
         return tensors
 
+    def objects_in_order(self, items: list) -> list:
+        """Per-sample Python objects of this process's share (a detector's boxes per image), put together
+        in the split's order."""
+        return items
+
 
 class Evaluation:
     """A whole split's results (every process's share gathered)."""

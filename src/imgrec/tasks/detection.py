@@ -59,10 +59,9 @@ class DetectionEvaluator(Evaluator):
             self.targets.append({"boxes": truth["boxes"].cpu().numpy(), "labels": truth["labels"].cpu().numpy()})
 
     def finish(self, gather: Gather) -> DetectionEvaluation:
-        if type(gather) is not Gather:
-            raise ImgrecError("task=detection scores one process's predictions; under torchrun it is not supported "
-                              "yet: train it with one process (imgrec-train, not torchrun)")
-        return DetectionEvaluation(self.predictions, self.targets, self.class_names, self.score_threshold)
+        pairs = gather.objects_in_order(list(zip(self.predictions, self.targets)))  # under torchrun: every process's
+        return DetectionEvaluation([found for found, _ in pairs], [truth for _, truth in pairs], self.class_names,
+                                   self.score_threshold)
 
 
 class DetectionTask(Task):
@@ -71,7 +70,6 @@ class DetectionTask(Task):
     eval_metrics = (*SCORED, "precision", "recall", "f1")
     headline = "map50"
     predicts = "boxes"
-    torchrun = False  # the evaluation keeps lists of boxes per image; gathering them over processes is to come
     served_by = ("eval", "predict", "export")
     any_image_size = True  # the detector resizes each image itself: imgrec-eval reads them as they are
     classes_from_checkpoint = True  # a batch of new images seldom holds every class

@@ -138,6 +138,15 @@ class SplitGather(Gather):
     def sum(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return tuple(all_sum(*tensors))
 
+    def objects_in_order(self, items: list) -> list:
+        if not (dist.is_available() and dist.is_initialized()):
+            return items
+        parts = [None] * dist.get_world_size()
+        dist.all_gather_object(parts, (items, self.order[: len(items)].cpu().tolist()))
+        placed = sorted((position, item) for part_items, positions in parts
+                        for position, item in zip(positions, part_items))  # positions are unique: items never compared
+        return [item for _, item in placed]
+
 
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
