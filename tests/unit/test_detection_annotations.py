@@ -1,5 +1,6 @@
 """Detection annotations read from VOC, COCO and YOLO folders (data/detection_annotations.py)."""
 
+import re
 import json
 from collections import Counter
 from pathlib import Path
@@ -189,7 +190,8 @@ def test_bad_boxes_clip_cuts_to_the_image_and_drops_what_has_no_area_left(tmp_pa
 @pytest.mark.parametrize("bad, message", [
     (BAD_BOXES[1], r"annotation id 2 \(image 'a\.png'\): box \(x1, y1, x2, y2\) = \(90, 70, 120, 100\) reaches "
                    r"outside its 100x80 image"),
-    (BAD_BOXES[3], r"annotation id 4 \(image 'a\.png'\): box .* = \(10, 10, 10, 30\) has no area in its 100x80"),
+    (BAD_BOXES[3], r"annotation id 4 \(image 'a\.png'\): box .* = \(10, 10, 10, 30\) has no area in its 100x80 "
+                   r"image; fix the annotation, or set dataset\.bad_boxes=drop \(leave it out\)$"),
 ])
 def test_bad_boxes_error_names_file_annotation_box_and_image_size(tmp_path, bad, message):
     with pytest.raises(ImgrecError, match=r"coco\.json' " + message):
@@ -349,3 +351,14 @@ def test_neu_det_voc_folder_reads_every_box(capsys):
     assert len(validation.images) == 30 and validation.class_names == read.class_names
     assert boxes.min() == 0 and boxes[:, 2:].max() == 200  # 1-based 1..200 in 200x200 images: exactly inside
     assert all((image.width, image.height) == (200, 200) and len(image.boxes) for image in read.images)
+
+
+def test_the_bad_box_warning_names_the_first_bad_box_and_its_file(tmp_path, caplog):
+    from imgrec.data.detection_datasets import detection_folder
+
+    annotations, images = coco_folder(tmp_path, BAD_BOXES)
+    detection_folder(str(tmp_path), format="coco", images=str(images), annotations=str(annotations),
+                     val_fraction=0.0, test_fraction=0.0)
+    warning = next(record.getMessage() for record in caplog.records if "dropped" in record.getMessage())
+    assert re.search(r"4 box\(es\) dropped and 0 clipped .*; the first: .*coco\.json' annotation id 2 \(image "
+                     r"'a\.png'\): \(90, 70, 120, 100\) reaches outside its 100x80 image", warning), warning

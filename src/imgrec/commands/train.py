@@ -79,9 +79,10 @@ def _train(cfg: DictConfig, task, settings, env, device_setting: str) -> dict:
     splits = build_dataset(cfg.dataset, task.name)
     for name in ("val", "test") if cfg.test else ("val",):
         if len(getattr(splits, name)) == 0:
+            face_hint = (" (a face set: dataset.split_by=identity or image; split_by=none is for scoring a folder "
+                         "whole with imgrec-eval)") if task.name == "embedding" else ""
             raise ImgrecError(f"the dataset's {name} split is empty and imgrec-train scores on it: raise "
-                              f"dataset.{name}_fraction (a face set: dataset.split_by=identity or image; split_by=none "
-                              "is for scoring a folder whole with imgrec-eval)")
+                              f"dataset.{name}_fraction{face_hint}, or add images")
     if env.is_main:
         record_dataset(splits, run_dir, log)
         record_environment(run_dir)
@@ -156,9 +157,16 @@ def training_augment(cfg: DictConfig, task):
                               "(or leave box_augment unset)")
         return augment
     if augment is not None:
-        raise ImgrecError("augment=... transforms pixels without moving boxes; for task=detection use "
-                          "box_augment=detection_basic or detection_classic (augment=none)")
+        raise ImgrecError(f"augment={chosen_config('augment')} transforms pixels without moving boxes; for task=detection "
+                          "use box_augment=detection_basic or detection_classic (and augment=none)")
     return build_box_augment(None if box_augment is None else OmegaConf.to_container(box_augment, resolve=True))
+
+
+def chosen_config(group: str) -> str:
+    """The file a Hydra config group was given (augment=basic -> basic), or `...` outside a Hydra run."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.get().runtime.choices.get(group, "...") if HydraConfig.initialized() else "..."
 
 
 def check_resume_epochs(saved_epoch: int, max_epochs: int, cfg: DictConfig) -> None:

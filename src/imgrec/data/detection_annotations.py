@@ -49,6 +49,7 @@ class Annotations:
     class_names: list[str]
     dropped_boxes: int  # bad boxes left out (bad_boxes=drop, or clip that left no area)
     clipped_boxes: int  # bad boxes cut to the image and kept (bad_boxes=clip)
+    first_bad_box: str | None = None  # its file and what was wrong, for the warning
 
 
 class _BadBoxRule:
@@ -59,6 +60,7 @@ class _BadBoxRule:
         if bad_boxes not in BAD_BOX_CHOICES:
             raise ImgrecError(f"dataset.bad_boxes={bad_boxes!r} must be one of {', '.join(BAD_BOX_CHOICES)}")
         self.mode, self.dropped, self.clipped = bad_boxes, 0, 0
+        self.first: str | None = None  # where the first bad box was, for the warning
 
     def apply(self, box: list[float], width: int, height: int, where: str) -> list[float] | None:
         """The box to keep (clipped to the image) or None when it is dropped."""
@@ -68,11 +70,13 @@ class _BadBoxRule:
         reaches_out = max(abs(a - b) for a, b in zip(box, inside)) > EDGE_TOLERANCE
         if has_area and not reaches_out:
             return inside
+        problem = "reaches outside" if reaches_out else "has no area in"
+        shown = ", ".join(f"{value:g}" for value in box)
         if self.mode == "error":
-            problem = "reaches outside" if reaches_out else "has no area in"
-            shown = ", ".join(f"{value:g}" for value in box)
-            raise ImgrecError(f"{where}: box (x1, y1, x2, y2) = ({shown}) {problem} its {width}x{height} image; "
-                              f"{BAD_BOX_FIX}")
+            fix = BAD_BOX_FIX if has_area else "fix the annotation, or set dataset.bad_boxes=drop (leave it out)"
+            raise ImgrecError(f"{where}: box (x1, y1, x2, y2) = ({shown}) {problem} its {width}x{height} image; {fix}")
+        if self.first is None:
+            self.first = f"{where}: ({shown}) {problem} its {width}x{height} image"
         if self.mode == "clip" and has_area:
             self.clipped += 1
             return inside
@@ -132,7 +136,8 @@ def _boxed(path: Path, boxes: list, labels: list, width: int, height: int) -> Bo
 
 
 def _annotations(images: list[BoxedImage], class_names: list[str], rule: _BadBoxRule) -> Annotations:
-    return Annotations(sorted(images, key=lambda image: image.path), class_names, rule.dropped, rule.clipped)
+    return Annotations(sorted(images, key=lambda image: image.path), class_names, rule.dropped, rule.clipped,
+                       rule.first)
 
 
 def _listed_images(folder: Path) -> list[Path]:

@@ -54,7 +54,7 @@ def detection_folder(root: str, format: str = "voc", images: str | None = None, 
         raise ImgrecError(f"dataset.root={root!r}: no annotated images found in {image_place}")
     if read.dropped_boxes or read.clipped_boxes:
         log.warning(f"{read.dropped_boxes} box(es) dropped and {read.clipped_boxes} clipped to their image "
-                    f"(dataset.bad_boxes={bad_boxes})")
+                    f"(dataset.bad_boxes={bad_boxes}); the first: {read.first_bad_box}")
     _check_class_count(num_classes, read.class_names)
     everything = DetectionSplit([item.boxes for item in read.images], [item.labels for item in read.images],
                                 paths=[item.path for item in read.images])
