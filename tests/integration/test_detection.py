@@ -75,6 +75,23 @@ def test_a_detection_run_writes_coco_scores_and_its_files(compose_cfg, tmp_path)
     assert best["config"]["model"]["num_classes"] == 4  # three classes and torchvision's background
 
 
+def test_a_detection_run_in_bfloat16_autocast_trains_and_keeps_float32_weights(compose_cfg, tmp_path):
+    import math
+
+    from imgrec.runtime import cpu_has_native_bf16
+
+    if not cpu_has_native_bf16():
+        pytest.skip("this CPU has no fast bfloat16 (the CUDA path is checked on a GPU in BENCHMARKS.md)")
+    result = train(compose_cfg(*SMOKE, "trainer.max_epochs=1", "trainer.limit_batches=2",
+                               "trainer.precision=bf16-mixed", "model.score_threshold=0.0", run_dir=tmp_path))
+    assert math.isfinite(result["metrics"]["train/loss"])
+    weights = load_checkpoint(tmp_path / "checkpoints" / "last.pt")["model"]
+    assert {tensor.dtype for tensor in weights.values() if tensor.is_floating_point()} == {torch.float32}
+    with open(tmp_path / "test_detections.csv") as file:
+        scores = [float(row["score"]) for row in csv.DictReader(file)]
+    assert scores and all(0.0 <= score <= 1.0 for score in scores)  # detections came back as numbers, in float32
+
+
 def test_a_resumed_detection_run_ends_where_an_unbroken_one_does(compose_cfg, tmp_path):
     run = [*SMOKE, "box_augment=detection_classic"]
     straight = train(compose_cfg(*run, "trainer.max_epochs=2", "test=false", run_dir=tmp_path / "straight"))
