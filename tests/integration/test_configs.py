@@ -223,6 +223,12 @@ def test_every_experiment_runs_one_limited_epoch_on_fake_data(compose_cfg, name,
         from tests.integration.test_faces import make_people
 
         data = [f"dataset.root={make_people(tmp_path / 'faces')}", "dataset.detect=none", "dataset.image_size=24"]
+    elif detection and as_shipped.dataset._target_.endswith(".detection_folder"):  # a recipe for annotated files
+        from tests.integration.test_detection import annotated_folder
+
+        root = annotated_folder(tmp_path / "annotated", as_shipped.dataset.format, count=12)
+        data = [f"dataset.root={root}", "dataset.images=null", "dataset.annotations=null", "model.min_size=64",
+                "model.max_size=64"]
     elif detection:  # the built-in shapes, small
         data = ["dataset=det_shapes", "dataset.size=24", "model.min_size=64", "model.max_size=64"]
     elif segmentation:

@@ -48,3 +48,22 @@ def test_something_that_is_not_a_classifier_is_refused_before_embedding(tmp_path
     with pytest.raises(ImgrecError, match="classifier._target_=sklearn.decomposition.PCA is not a scikit-learn classifier"):
         extract_features(cfg)
     assert not (tmp_path / "run" / "features.npz").exists()
+
+
+@pytest.mark.parametrize("method, size", [("hog", 36), ("lbp", 160), ("color_hist", 32), ("sift", 256)])
+def test_classical_methods_share_the_report_of_deep_features_on_digits(tmp_path, method, size):
+    overrides = [f"method={method}"] + (["method.codebook_size=256", "method.step=16"] if method == "sift" else [])
+    result = extract_features(features_cfg(tmp_path / "run", *overrides))
+    saved = np.load(tmp_path / "run" / "features.npz")
+    assert saved["train_features"].shape == (1167, size) and saved["test_features"].shape == (360, size)
+    report = json.loads((tmp_path / "run" / "test_report.json").read_text())
+    assert report["method"]["name"] == method and report["feature_size"] == size
+    assert report["scores"]["acc"] == pytest.approx(result["test"]["scores"]["acc"])
+    assert report["feature_seconds"] > 0 and report["fit_seconds"] > 0
+    # what each is known to reach on 16 px digits with logistic regression (chance is 0.1)
+    assert result["test"]["scores"]["acc"] > {"hog": 0.88, "lbp": 0.9, "color_hist": 0.3, "sift": 0.9}[method]
+
+
+def test_an_unknown_method_lists_the_valid_ones(tmp_path):
+    with pytest.raises(ImgrecError, match=r"method='surf' is not a feature method; choose one of cnn, sift, orb, hog"):
+        extract_features(features_cfg(tmp_path / "run", "method=cnn", "method.name=surf"))

@@ -2,6 +2,7 @@
 scikit-learn classifier on them: the "deep features" baseline to compare fine-tuning against."""
 
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
@@ -79,16 +80,43 @@ def make_classifier(classifier_cfg: DictConfig):
     return make_pipeline(StandardScaler(), classifier)
 
 
+def cnn_features(cfg: DictConfig, splits, device) -> dict[str, np.ndarray]:
+    """Each split's embeddings by `model` (or ckpt_path's) without its last Linear layer, and its labels."""
+    from imgrec.data.loaders import make_loader
+    from imgrec.models.checks import check_model_fits
+
+    model, mean, std, target = model_and_normalization(cfg, splits, device)
+    check_model_fits(model, OmegaConf.create({"_target_": target}),
+                     [splits.channels, splits.image_size, splits.image_size], device)
+    model = headless(model)
+    arrays: dict[str, np.ndarray] = {}
+    for split in SPLITS:
+        loader = make_loader(getattr(splits, split), cfg.batch_size, mean, std, device, num_workers=cfg.num_workers)
+        arrays[f"{split}_features"], arrays[f"{split}_labels"] = embed(model, loader)
+    return arrays
+
+
+def classical_features(method: dict, splits, seed: int) -> dict[str, np.ndarray]:
+    """Each split's hand-designed features (imgrec.classical), anything learnt fitted on train only."""
+    from imgrec.classical.methods import ClassicalFeatures
+
+    features = ClassicalFeatures(method, seed).fit(splits.train)
+    arrays: dict[str, np.ndarray] = {}
+    for split in SPLITS:
+        arrays[f"{split}_features"] = features.transform(getattr(splits, split), split)
+        arrays[f"{split}_labels"] = np.asarray(getattr(splits, split).labels, dtype=np.int64)
+    return arrays
+
+
 def extract_features(cfg: DictConfig) -> dict:
     """Write features.npz and the classifier's test report; returns {'val_accuracy', 'test': report}."""
     import torch
 
-    from imgrec.data.loaders import make_loader
+    from imgrec.classical.methods import check_method
     from imgrec.evaluation.inference import inference_device
     from imgrec.evaluation.reports import record_dataset, write_report
     from imgrec.tasks.classification import ClassificationEvaluation, ClassificationTask
     from imgrec.training.seeding import seed_everything
-    from imgrec.models.checks import check_model_fits
 
     check_tool_config(cfg)  # before anything is built
     resolve_checkpoint_shortcut(cfg)
@@ -98,23 +126,24 @@ def extract_features(cfg: DictConfig) -> dict:
     if cfg.dataset.get("task", "classification") != "classification":
         raise ImgrecError(f"imgrec-features fits classifiers on image classes; dataset "
                           f"{cfg.dataset._target_.rsplit('.', 1)[-1]} serves the {cfg.dataset.task} task")
+    method = OmegaConf.to_container(cfg.method, resolve=True) if cfg.get("method") else {"name": "cnn"}
+    check_method(method)
     splits = build_dataset(cfg.dataset, "classification")
     run_dir = Path(cfg.paths.output_dir)
     record_dataset(splits, run_dir, log)
-    model, mean, std, target = model_and_normalization(cfg, splits, device)
-    check_model_fits(model, OmegaConf.create({"_target_": target}),
-                     [splits.channels, splits.image_size, splits.image_size], device)
-    model = headless(model)
-
-    arrays: dict[str, np.ndarray] = {}
-    for split in SPLITS:
-        loader = make_loader(getattr(splits, split), cfg.batch_size, mean, std, device, num_workers=cfg.num_workers)
-        arrays[f"{split}_features"], arrays[f"{split}_labels"] = embed(model, loader)
+    started = time.perf_counter()
+    if method["name"] == "cnn":
+        arrays = cnn_features(cfg, splits, device)
+    else:
+        arrays = classical_features(method, splits, cfg.seed)
+    feature_seconds = time.perf_counter() - started
     np.savez_compressed(run_dir / "features.npz", class_names=np.array(splits.class_names), **arrays)
     log.info(f"{arrays['train_features'].shape[1]}-dimensional features of "
              f"{sum(len(arrays[f'{s}_labels']) for s in SPLITS)} images saved to {run_dir / 'features.npz'}")
 
+    started = time.perf_counter()
     classifier.fit(arrays["train_features"], arrays["train_labels"])
+    fit_seconds = time.perf_counter() - started
     val_accuracy = float(classifier.score(arrays["val_features"], arrays["val_labels"]))
     log.info(f"{cfg.classifier._target_.rsplit('.', 1)[-1]} on the features: val accuracy {val_accuracy:.4f}")
     # columns for every class, in class order, even one the training split lacked
@@ -126,6 +155,8 @@ def extract_features(cfg: DictConfig) -> dict:
     task.bind(splits.class_names, None)
     report = task.test_report(ClassificationEvaluation(logits, torch.from_numpy(arrays["test_labels"])),
                               getattr(splits.test, "paths", None))
+    report.summary.update(method=method, classifier=cfg.classifier._target_, feature_seconds=round(feature_seconds, 3),
+                          fit_seconds=round(fit_seconds, 3), feature_size=int(arrays["train_features"].shape[1]))
     write_report(report, run_dir, "test_report.json", log)
     log.info(f"run saved in {run_dir.resolve()}")
     return {"val_accuracy": val_accuracy, "test": report.summary}
