@@ -113,7 +113,7 @@ def stored_decision_threshold(state: dict) -> float | None:
     value = stored.get("threshold") if isinstance(stored, dict) else None
     if not is_number(value) or not 0 <= value <= 1:
         raise CheckpointError(f"the checkpoint's decision_threshold {stored!r} is damaged (not a number in [0, 1]); run "
-                              "imgrec-eval threshold=auto again, or give the threshold")
+                              "imgrec-eval threshold=auto again, or give one (detection: score_threshold=0.5)")
     return float(value)
 
 

@@ -176,7 +176,8 @@ def test_predict_writes_boxes_as_csv_coco_json_and_drawn_images(compose_cfg, tmp
     assert len(higher["predictions"]) <= len(result["predictions"])
 
 
-def test_eval_scores_a_split_at_a_threshold_chosen_on_val_and_stores_it_for_predict(compose_cfg, tmp_path):
+def test_eval_scores_a_split_at_a_threshold_chosen_on_val_and_stores_it_for_predict(compose_cfg, tmp_path, caplog,
+                                                                                   monkeypatch):
     import numpy as np
     from PIL import Image
 
@@ -184,6 +185,7 @@ def test_eval_scores_a_split_at_a_threshold_chosen_on_val_and_stores_it_for_pred
     from imgrec.commands.eval import evaluate_checkpoint
     from imgrec.commands.predict import predict_images
     from imgrec.commands.features import extract_features
+    from imgrec.tasks.detection import DetectionTask
     from tests.conftest import tool_cfg
 
     train(compose_cfg(*SMOKE, "trainer.max_epochs=1", "test=false", "model.score_threshold=0.0",
@@ -204,8 +206,17 @@ def test_eval_scores_a_split_at_a_threshold_chosen_on_val_and_stores_it_for_pred
     assert [row[0] for row in matrix] == ["true \\ detected", "disc", "square", "triangle", "background"]
     for row in matrix[1:4]:  # every true box is found as some class or missed
         assert sum(int(v) for v in row[1:]) == chosen["per_class"][row[0]]["boxes"]
-    stored = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)["decision_threshold"]
-    assert stored["threshold"] == chosen["threshold"]["threshold"] and stored["target_recall"] is None
+    stored = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True).get("decision_threshold")
+    if chosen["threshold"]["val_recall"] > 0:
+        assert stored["threshold"] == chosen["threshold"]["threshold"] and stored["target_recall"] is None
+    else:  # a threshold that finds nothing right on val is not worth keeping
+        assert stored is None and "so it is not stored in the checkpoint" in caplog.text
+    finds_half = {"threshold": 0.42, "val_precision": 0.5, "val_recall": 0.5, "val_f1": 0.5, "chosen_on": "val",
+                  "target_recall": None}
+    monkeypatch.setattr(DetectionTask, "chosen_threshold", lambda *_: dict(finds_half))
+    evaluate_checkpoint(tool_cfg("eval", tmp_path / "half", checkpoint, "threshold=auto"))
+    assert torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)["decision_threshold"] == finds_half
+    monkeypatch.undo()
     store_decision_threshold(tmp_path / "run" / "checkpoints" / "last.pt", {"threshold": 0.3, "chosen_on": "val"})
     evaluate_checkpoint(tool_cfg("eval", tmp_path / "kept", checkpoint, "threshold=auto", "store_threshold=false"))
     stored = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)["decision_threshold"]
@@ -216,6 +227,12 @@ def test_eval_scores_a_split_at_a_threshold_chosen_on_val_and_stores_it_for_pred
     applied = predict_images(tool_cfg("predict", tmp_path / "pred", checkpoint, f"inputs={images}"))
     every = predict_images(tool_cfg("predict", tmp_path / "pred0", checkpoint, f"inputs={images}", "score_threshold=0"))
     assert applied["predictions"] == [row for row in every["predictions"] if row["score"] >= 0.3]
+    store_decision_threshold(tmp_path / "run" / "checkpoints" / "last.pt", {"threshold": 5, "chosen_on": "val"})
+    with pytest.raises(ImgrecError, match=r"decision_threshold \{'threshold': 5, 'chosen_on': 'val'\} is damaged .* "
+                                          r"give one \(detection: score_threshold=0.5\)"):
+        predict_images(tool_cfg("predict", tmp_path / "pred5", checkpoint, f"inputs={images}"))
+    given = predict_images(tool_cfg("predict", tmp_path / "pred6", checkpoint, f"inputs={images}", "score_threshold=0.3"))
+    assert given["predictions"] == applied["predictions"]  # a threshold given is used without reading the stored one
     with pytest.raises(ImgrecError, match=r"threshold=2 must be null \(task.score_threshold\), auto"):
         evaluate_checkpoint(tool_cfg("eval", tmp_path / "bad", checkpoint, "threshold=2"))
     with pytest.raises(ImgrecError, match=r"target_recall=0.9 needs threshold=auto"):
@@ -275,17 +292,20 @@ def test_export_keeps_a_detector_only_when_it_finds_what_pytorch_finds(compose_c
 
     pytest.importorskip("onnxruntime")
     train(compose_cfg(*SMOKE, "trainer.max_epochs=1", "test=false", "model.score_threshold=0.0",
-                      "trainer.limit_batches=1", run_dir=tmp_path / "run"))
+                      "trainer.limit_batches=1", "model.max_size=96", run_dir=tmp_path / "run"))
     checkpoint = tmp_path / "run" / "checkpoints" / "last.pt"
     metadata = export_checkpoint(tool_cfg("export", tmp_path / "out", f"ckpt_path={checkpoint}",
-                                          f"format={export_format}", "check_batch_size=2"))
-    assert metadata["detections_compared"] > 0 and len(metadata["check_images"]) == 2
+                                          f"format={export_format}"))  # the default: four images
+    assert metadata["detections_compared"] > 0 and metadata["check_images"] == [[3, 64, 64], [3, 64, 80],
+                                                                                 [3, 96, 64], [3, 64, 64]]
     assert json.loads((tmp_path / "out" / "model.json").read_text())["class_names"] == ["disc", "square", "triangle"]
-    image = check_images([3, 64, 64], 3)[2]  # a size the check did not use
     from imgrec.evaluation.inference import load_trained
 
+    trained = load_trained(str(checkpoint), torch.device("cpu"))
+    image = check_images(trained.model.detector, 3)[2]  # a size the check did not use: 96 x 64
+    assert tuple(image.shape) == (3, 96, 64)
     with torch.no_grad():
-        expected = load_trained(str(checkpoint), torch.device("cpu")).model([image])[0]
+        expected = trained.model([image])[0]
     if export_format == "onnx":
         import onnxruntime
 

@@ -362,3 +362,17 @@ def test_the_bad_box_warning_names_the_first_bad_box_and_its_file(tmp_path, capl
     warning = next(record.getMessage() for record in caplog.records if "dropped" in record.getMessage())
     assert re.search(r"4 box\(es\) dropped and 0 clipped .*; the first: .*coco\.json' annotation id 2 \(image "
                      r"'a\.png'\): \(90, 70, 120, 100\) reaches outside its 100x80 image", warning), warning
+
+
+def test_an_annotation_declaring_another_size_or_a_file_that_is_no_image_is_named(tmp_path):
+    images, annotations = voc_folder(tmp_path / "voc", {"a.xml": voc_xml("a.png", [("cat", 1, 1, 9, 9)], size=(50, 40))})
+    with pytest.raises(ImgrecError, match=r"a\.xml' says its image is 50x40 but '.*a\.png' is 100x80; fix the "
+                                          r"annotation's size"):
+        read_voc(images, annotations)
+    images, annotations = voc_folder(tmp_path / "text", {"a.xml": voc_xml("a.png", [("cat", 1, 1, 9, 9)])})
+    (images / "a.png").write_text("hello")  # named like an image, holds text
+    with pytest.raises(ImgrecError, match=r"image '.*a\.png' cannot be read .*; fix or remove it"):
+        read_voc(images, annotations)
+    file, folder = coco_folder(tmp_path / "coco", [], images=[{"id": [2], "file_name": "a.png"}])
+    with pytest.raises(ImgrecError, match=r"coco\.json' has image entry .* whose id is not a number or a string"):
+        read_coco(file, folder)

@@ -155,7 +155,11 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
     split = splits.everything() if split_name == "all" else getattr(splits, split_name)
     evaluation = evaluated(split)
     threshold = resolve_threshold(cfg, task, split_name, evaluation, lambda: evaluated(splits.val))
-    if threshold is not None and threshold["chosen_on"] == "val" and cfg.store_threshold:
+    if threshold is not None and threshold["chosen_on"] == "val" and cfg.store_threshold \
+            and not threshold.get("val_recall"):
+        log.warning(f"threshold {threshold['threshold']:.4f} finds nothing right on val (recall 0), so it is not stored "
+                    "in the checkpoint; train longer, or give imgrec-predict a threshold")
+    elif threshold is not None and threshold["chosen_on"] == "val" and cfg.store_threshold:
         from imgrec.checkpoint import store_decision_threshold
 
         store_decision_threshold(cfg.ckpt_path, threshold)

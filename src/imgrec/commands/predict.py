@@ -249,7 +249,7 @@ def predict_boxes(cfg: DictConfig, trained, paths: list[Path], device) -> dict:
     if cfg.score_threshold is not None and (not is_number(cfg.score_threshold) or not 0 <= cfg.score_threshold <= 1):
         raise ImgrecError(f"score_threshold={cfg.score_threshold!r} must be null (the threshold imgrec-eval stored in "
                           "the checkpoint, else its task.score_threshold) or a number in [0, 1]")
-    stored = stored_decision_threshold(trained.state)
+    stored = None if cfg.score_threshold is not None else stored_decision_threshold(trained.state)
     threshold, source = next((value, source) for value, source in (
         (cfg.score_threshold, "score_threshold"), (stored, "chosen on val by imgrec-eval, stored in the checkpoint"),
         (trained.task.score_threshold, "the checkpoint's task.score_threshold")) if value is not None)

@@ -130,6 +130,16 @@ def _header_size(path: Path) -> tuple[int, int]:
         raise ImgrecError(f"image '{path}' cannot be read ({error}); fix or remove it") from error
 
 
+def _checked_size(path: Path, declared: tuple | None, where: str) -> tuple[int, int]:
+    """The image's (width, height) from its header, which also proves the file is an image Pillow reads; an
+    annotation declaring another size is refused, since its boxes would be in another image's pixels."""
+    actual = _header_size(path)
+    if declared is not None and tuple(int(v) for v in declared) != tuple(actual):
+        raise ImgrecError(f"{where} says its image is {int(declared[0])}x{int(declared[1])} but '{path}' is "
+                          f"{actual[0]}x{actual[1]}; fix the annotation's size (or the image)")
+    return actual
+
+
 def _boxed(path: Path, boxes: list, labels: list, width: int, height: int) -> BoxedImage:
     return BoxedImage(path, np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
                       np.asarray(labels, dtype=np.int64), int(width), int(height))
@@ -215,7 +225,7 @@ def _parse_voc(xml: Path, finder: _VocImageFinder):
     except ElementTree.ParseError as error:
         raise ImgrecError(f"'{xml}' is not valid XML ({error}); fix or remove the file") from error
     image = finder.find(root.findtext("filename"), xml)
-    width, height = _voc_size(root) or _header_size(image)
+    width, height = _checked_size(image, _voc_size(root), f"'{xml}'")
     return image, width, height, _voc_objects(root, xml)
 
 
@@ -310,6 +320,8 @@ def _coco_images(data: dict, file: Path, folder: Path) -> dict:
     for entry in data["images"]:
         if not isinstance(entry, dict) or "id" not in entry or not isinstance(entry.get("file_name"), str):
             raise ImgrecError(f"'{file}' has image entry {entry!r} without an 'id' and a 'file_name'; add them")
+        if not isinstance(entry["id"], (int, str)) or isinstance(entry["id"], bool):
+            raise ImgrecError(f"'{file}' has image entry {entry!r} whose id is not a number or a string; fix it")
         if entry["id"] in entries:
             raise ImgrecError(f"'{file}' has two image entries with id {entry['id']!r}; give each its own id")
         path = folder / entry["file_name"]
@@ -319,8 +331,8 @@ def _coco_images(data: dict, file: Path, folder: Path) -> dict:
             raise ImgrecError(f"'{file}' lists image id {entry['id']!r} as {entry['file_name']!r}, which is not in "
                               f"'{folder}'; add the image or remove its entry")
         width, height = _number(entry.get("width")), _number(entry.get("height"))
-        if not (width and height and width > 0 and height > 0):
-            width, height = _header_size(path)
+        declared = (width, height) if width and height and width > 0 and height > 0 else None
+        width, height = _checked_size(path, declared, f"'{file}' image id {entry['id']!r}")
         entries[entry["id"]] = [path, int(width), int(height), [], []]
     return entries
 

@@ -43,12 +43,25 @@ class SingleImageDetector(nn.Module):
         return found["boxes"], found["labels"], found["scores"]
 
 
-def check_images(input_shape: list[int], count: int) -> list[torch.Tensor]:
-    """Seeded images of `count` different sizes around the training size (any size is valid input)."""
+def check_images(detector: nn.Module, count: int) -> list[torch.Tensor]:
+    """Seeded images of up to `count` sizes that the detector takes without rescaling (shorter side
+    min_size, longer side within max_size; SSDlite's fixed size): rescaled, the exported graph computes
+    the scale in float32 where PyTorch uses float64, and a 200 -> 320 px image comes out 319 px wide there,
+    moving boxes by under a pixel. The check compares the networks, not that rounding (see EXPORT_NOTE)."""
+    transform = detector.transform
+    if getattr(transform, "fixed_size", None):
+        height, width = transform.fixed_size
+        sizes = [(height, width)] * 4
+    else:
+        short, longest = int(transform.min_size[-1]), int(transform.max_size)
+        longer = [min(longest, short * 5 // 4), min(longest, short * 3 // 2)]
+        sizes = [(short, short), (short, longer[0]), (longer[1], short), (short, short)]
     generator = torch.Generator().manual_seed(0)
-    side = max(32, int(input_shape[-1]))
-    sizes = [(side, side), (side * 3 // 4, side), (side, side * 5 // 4), (side // 2 + 7, side - 3)][:max(1, count)]
-    return [torch.rand(3, height, width, generator=generator) for height, width in sizes]
+    return [torch.rand(3, height, width, generator=generator) for height, width in sizes[:max(1, count)]]
+
+
+EXPORT_NOTE = ("images whose shorter side is min_size (within max_size) give the same boxes as PyTorch; others are "
+               "rescaled with a float32 scale where PyTorch uses float64, which can move boxes by under a pixel")
 
 
 def unmatched(expected: dict, found: dict) -> str | None:
@@ -65,7 +78,7 @@ def unmatched(expected: dict, found: dict) -> str | None:
 def write_detector(trained, export_format: str, path: Path, count: int) -> dict:
     """Write the export and check it; returns what model.json records of the check."""
     detector = trained.model.detector.cpu().eval()
-    images = check_images(trained.input_shape, count)
+    images = check_images(detector, count)
     with torch.no_grad():
         expected = [detector([image])[0] for image in images]
         run = {"safetensors": _safetensors, "torchscript": _torchscript, "onnx": _onnx}[export_format](trained, path)
@@ -80,7 +93,7 @@ def write_detector(trained, export_format: str, path: Path, count: int) -> dict:
     if compared == 0:
         log.warning("the check images (noise) gave no detections, so only the empty outputs were compared")
     return {"check_images": [list(image.shape) for image in images], "detections_compared": compared,
-            "output": OUTPUTS[export_format], "detections": LABELS}
+            "output": OUTPUTS[export_format], "detections": LABELS, "sizes": EXPORT_NOTE}
 
 
 def _safetensors(trained, path: Path):
@@ -109,7 +122,7 @@ def _onnx(trained, path: Path):
         import onnxruntime
     except ImportError as error:
         raise ImgrecError(f'format=onnx needs the onnx extra: pip install -e ".[onnx]" ({error})') from error
-    example = check_images(trained.input_shape, 1)[0]
+    example = check_images(trained.model.detector, 1)[0]
     try:
         with warnings.catch_warnings():  # the exporter narrates every traced branch as a warning
             warnings.simplefilter("ignore")
