@@ -116,7 +116,7 @@ def test_what_does_not_fit_detection_is_named(compose_cfg, tmp_path, overrides, 
 
 
 def test_a_classifier_is_no_detector(compose_cfg, tmp_path):
-    with pytest.raises(ImgrecError, match=r"model=SmallCNN does not return detections .* choose a detection model"):
+    with pytest.raises(ImgrecError, match=r"model=\S+ \(SmallCNN\) does not return detections .* choose a detection model"):
         train(compose_cfg("task=detection", "model=small_cnn", "dataset.size=24", run_dir=tmp_path))
 
 

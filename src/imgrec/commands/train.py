@@ -96,7 +96,7 @@ def _train(cfg: DictConfig, task, settings, env, device_setting: str) -> dict:
     model = build(cfg.model, in_channels=splits.channels, num_classes=task.num_outputs(len(splits.class_names))).to(device)
     model = task.complete_model(model).to(device)
     output = check_model_fits(model, cfg.model, splits.input_shape, device)
-    task.check_output(output, f"model={cfg.model._target_.rsplit('.', 1)[-1]}")
+    task.check_output(output, f"model={chosen_config('model')} ({cfg.model._target_.rsplit('.', 1)[-1]})")
     logger = build(cfg.logger) if cfg.get("logger") and env.is_main else None
     trainer = Trainer(
         model=model, optimizer=build_optimizer(cfg.optimizer, model), scheduler=build(cfg.scheduler), task=task,
@@ -226,7 +226,8 @@ def score_best_on_test(trainer, checkpoint, test_loader, run_dir: Path, env=None
         source = f"best.pt (epoch {checkpoint.best_epoch}, {checkpoint.monitor} {checkpoint.best_score:.4f})"
     else:
         source = "the final weights (no best.pt was written)"
-    log.info(f"testing {source} on {test_loader.num_samples} test images")
+    every = getattr(getattr(test_loader, "sampler", None), "total", test_loader.num_samples)  # all processes' share
+    log.info(f"testing {source} on {every} test images")
     evaluation = trainer.predict(test_loader)  # under DDP: gathered from every process
     if env is not None and not env.is_main:
         return None

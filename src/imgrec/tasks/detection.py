@@ -197,8 +197,8 @@ class DetectionTask(Task):
             figure.tag, figure.title = "detections", figure.title.replace(", epoch 0", f", {split_name} split")
         curves = {f"{self.class_names[index]} (AP50 {evaluation.coco['per_class_ap50'][index]:.3f})": curve
                   for index, curve in sorted(evaluation.coco["pr_curves"].items())}
-        figures.append(CurvesPlotFigure("pr_curves", curves, f"precision-recall per class at IoU 0.5 (COCO's 101-point "
-                                        f"interpolation), {split_name} split", "recall", "precision"))
+        figures.append(CurvesPlotFigure("pr_curves", curves, f"PR per class, IoU 0.5 (COCO's), {split_name} split",
+                                        "recall", "precision"))
         names = [*self.class_names, "background"]
         counts = class_confusion(evaluation.predictions, evaluation.targets, len(self.class_names),
                                  evaluation.score_threshold)
