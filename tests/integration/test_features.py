@@ -67,3 +67,23 @@ def test_classical_methods_share_the_report_of_deep_features_on_digits(tmp_path,
 def test_an_unknown_method_lists_the_valid_ones(tmp_path):
     with pytest.raises(ImgrecError, match=r"method='surf' is not a feature method; choose one of cnn, sift, orb, hog"):
         extract_features(features_cfg(tmp_path / "run", "method=cnn", "method.name=surf"))
+
+
+def test_compare_scores_several_methods_on_one_split_in_one_table(tmp_path):
+    import csv
+
+    result = extract_features(features_cfg(tmp_path / "run", "compare=[hog,color_hist]"))
+    with open(tmp_path / "run" / "compare.csv") as file:
+        rows = list(csv.DictReader(file))
+    assert [row["method"] for row in rows] == ["hog", "color_hist"] == [row["method"] for row in result["compare"]]
+    for row in rows:  # each line is that method's own report, on the same test images
+        report = json.loads((tmp_path / "run" / row["method"] / "test_report.json").read_text())
+        assert float(row["accuracy"]) == pytest.approx(report["accuracy"])
+        assert float(row["macro_f1"]) == pytest.approx(report["macro_avg"]["f1"])
+        assert report["num_samples"] == 360 and report["method"]["name"] == row["method"]
+    assert "| hog |" in (tmp_path / "run" / "compare.md").read_text()
+    assert (tmp_path / "run" / "compare.png").stat().st_size > 5000
+    with pytest.raises(ImgrecError, match=r"compare=\['hog', 'surf'\]: 'surf' is not a feature method; choose from cnn"):
+        extract_features(features_cfg(tmp_path / "bad", "compare=[hog,surf]"))
+    with pytest.raises(ImgrecError, match=r"names a method twice"):
+        extract_features(features_cfg(tmp_path / "bad2", "compare=[hog,hog]"))

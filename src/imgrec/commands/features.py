@@ -109,28 +109,87 @@ def classical_features(method: dict, splits, seed: int) -> dict[str, np.ndarray]
 
 
 def extract_features(cfg: DictConfig) -> dict:
-    """Write features.npz and the classifier's test report; returns {'val_accuracy', 'test': report}."""
-    import torch
-
+    """One method (features.npz and the classifier's test report in the run dir), or with `compare` several
+    on the same split, each in a sub-folder, and one table; returns {'val_accuracy', 'test': report} or
+    {'compare': rows}."""
     from imgrec.classical.methods import check_method
     from imgrec.evaluation.inference import inference_device
-    from imgrec.evaluation.reports import record_dataset, write_report
-    from imgrec.tasks.classification import ClassificationEvaluation, ClassificationTask
+    from imgrec.evaluation.reports import record_dataset
     from imgrec.training.seeding import seed_everything
 
     check_tool_config(cfg)  # before anything is built
     resolve_checkpoint_shortcut(cfg)
     device = inference_device(cfg)
-    classifier = make_classifier(cfg.classifier)  # a bad classifier fails before anything is embedded
-    seed_everything(cfg.seed)
+    make_classifier(cfg.classifier)  # a bad classifier fails before anything is embedded
+    compared = compared_methods(cfg.get("compare"))
+    methods = compared or [OmegaConf.to_container(cfg.method, resolve=True) if cfg.get("method") else {"name": "cnn"}]
+    for method in methods:
+        check_method(method)
     if cfg.dataset.get("task", "classification") != "classification":
         raise ImgrecError(f"imgrec-features fits classifiers on image classes; dataset "
                           f"{cfg.dataset._target_.rsplit('.', 1)[-1]} serves the {cfg.dataset.task} task")
-    method = OmegaConf.to_container(cfg.method, resolve=True) if cfg.get("method") else {"name": "cnn"}
-    check_method(method)
+    seed_everything(cfg.seed)
     splits = build_dataset(cfg.dataset, "classification")
     run_dir = Path(cfg.paths.output_dir)
     record_dataset(splits, run_dir, log)
+    if not compared:
+        return score_method(cfg, methods[0], splits, device, run_dir)
+    rows = []
+    for method in methods:
+        log.info(f"---- method={method['name']}")
+        summary = score_method(cfg, method, splits, device, run_dir / method["name"])["test"]
+        rows.append({"method": method["name"], "accuracy": summary["accuracy"],
+                     "macro_f1": summary["macro_avg"]["f1"], "feature_size": summary["feature_size"],
+                     "feature_seconds": summary["feature_seconds"], "fit_seconds": summary["fit_seconds"]})
+    write_comparison(rows, run_dir, f"{len(splits.train)} train / {len(splits.test)} test images, "
+                                    f"{cfg.classifier._target_.rsplit('.', 1)[-1]}")
+    return {"compare": rows}
+
+
+def compared_methods(names) -> list[dict]:
+    """compare=[hog,lbp,...]: each method's settings from its own file in configs/method/ (the shipped
+    defaults; one method's settings are changed with method=... method.key=... instead)."""
+    from imgrec.classical.methods import METHODS
+    from imgrec.config import CONFIG_DIR
+
+    if not names:
+        return []
+    names = [names] if isinstance(names, str) else list(names)
+    unknown = [name for name in names if name not in METHODS]
+    if unknown:
+        raise ImgrecError(f"compare={names}: {unknown[0]!r} is not a feature method; choose from {', '.join(METHODS)}")
+    if len(set(names)) != len(names):
+        raise ImgrecError(f"compare={names} names a method twice; list each once")
+    return [OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "method" / f"{name}.yaml")) for name in names]
+
+
+def write_comparison(rows: list[dict], run_dir: Path, described: str) -> None:
+    """compare.csv, compare.md and compare.png (accuracy and macro F1 per method)."""
+    from imgrec.evaluation.plots import bars_figure, save_figure
+    from imgrec.evaluation.reports import csv_text, write_whole
+
+    columns = ["method", "accuracy", "macro_f1", "feature_size", "feature_seconds", "fit_seconds"]
+    write_whole(run_dir / "compare.csv", csv_text(columns, [[row[c] for c in columns] for row in rows]))
+    lines = [f"Test split, {described}", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(f"{row[c]:.4f}" if isinstance(row[c], float) else str(row[c]) for c in columns) + " |"
+              for row in rows]
+    write_whole(run_dir / "compare.md", "\n".join(lines) + "\n")
+    save_figure(bars_figure([row["method"] for row in rows], {"accuracy": [row["accuracy"] for row in rows],
+                                                              "macro F1": [row["macro_f1"] for row in rows]},
+                            f"test split: {described}"), run_dir / "compare.png")
+    log.info("\n".join(lines))
+
+
+def score_method(cfg: DictConfig, method: dict, splits, device, run_dir: Path) -> dict:
+    """Describe every image with `method`, fit the classifier on train, write features.npz and the test
+    report in `run_dir`; returns {'val_accuracy', 'test': report summary}."""
+    import torch
+
+    from imgrec.evaluation.reports import write_report
+    from imgrec.tasks.classification import ClassificationEvaluation, ClassificationTask
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    classifier = make_classifier(cfg.classifier)
     started = time.perf_counter()
     if method["name"] == "cnn":
         arrays = cnn_features(cfg, splits, device)
@@ -164,7 +223,8 @@ def extract_features(cfg: DictConfig) -> dict:
 
 @hydra_command("features", task_name="features")
 def main(cfg: DictConfig) -> float | None:
-    return run_command(extract_features, cfg)["test"]["scores"]["acc"]
+    result = run_command(extract_features, cfg)
+    return result["test"]["scores"]["acc"] if "test" in result else max(row["accuracy"] for row in result["compare"])
 
 
 if __name__ == "__main__":

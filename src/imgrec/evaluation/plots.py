@@ -63,6 +63,23 @@ def curves_figure(curves: dict, title: str, x_label: str, y_label: str):
     return figure
 
 
+def bars_figure(names: list[str], values: dict, title: str):
+    """Grouped bars: for each of `names`, one bar per series of `values` ({series: [value per name]}), in [0, 1]."""
+    plt = _pyplot()
+    figure, axes = plt.subplots(figsize=(max(5, 1.2 * len(names) + 2), 4.5))
+    width = 0.8 / max(1, len(values))
+    positions = np.arange(len(names))
+    for offset, (series, numbers) in enumerate(values.items()):
+        bars = axes.bar(positions + (offset - (len(values) - 1) / 2) * width, numbers, width, label=series)
+        axes.bar_label(bars, fmt="%.3f", fontsize=7)
+    axes.set_xticks(positions, names)
+    axes.set_ylim(0, 1.08)
+    axes.set_title(title, fontsize=9)
+    axes.legend(loc="lower right", fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
 def roc_figure(genuine: np.ndarray, impostor: np.ndarray, marked: list[dict], title: str):
     """True-accept rate against false-accept rate (log scale: the low-FAR end is where access control
     lives), from every genuine and impostor pair score; `marked` points ({label, far, tar}) drawn on it."""
