@@ -36,6 +36,12 @@ def _quiet_imgrec_logs(caplog):
     caplog.set_level(logging.INFO, logger="imgrec")
 
 
+@pytest.fixture(autouse=True)
+def _own_signing_key(tmp_path_factory, monkeypatch):
+    # imgrec-features signs the classical models it saves with a key in the home folder; tests keep theirs apart
+    monkeypatch.setenv("IMGREC_SIGNING_KEY", str(tmp_path_factory.getbasetemp() / "signing.key"))
+
+
 def tool_cfg(name: str, run_dir: Path, *overrides: str) -> DictConfig:
     """A command's config (train, eval, predict, export, features) with its run dir at `run_dir`."""
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):

@@ -87,3 +87,37 @@ def test_compare_scores_several_methods_on_one_split_in_one_table(tmp_path):
         extract_features(features_cfg(tmp_path / "bad", "compare=[hog,surf]"))
     with pytest.raises(ImgrecError, match=r"names a method twice"):
         extract_features(features_cfg(tmp_path / "bad2", "compare=[hog,hog]"))
+
+
+def test_a_classical_model_predicts_new_images_and_is_loaded_only_when_its_signature_matches(tmp_path, monkeypatch):
+    import csv
+
+    from PIL import Image
+
+    from imgrec.commands.predict import predict_images
+    from imgrec.config import build_dataset
+    from tests.conftest import tool_cfg
+
+    cfg = features_cfg(tmp_path / "run", "method=hog", "classifier=svc")
+    extract_features(cfg)
+    test_split = build_dataset(cfg.dataset, "classification").test
+    inputs = tmp_path / "new"
+    inputs.mkdir()
+    for index in range(12):
+        Image.fromarray(test_split.images[index, 0].numpy()).save(inputs / f"{index:02d}.png")
+    result = predict_images(tool_cfg("predict", tmp_path / "predicted", f"features_run={tmp_path / 'run'}",
+                                     f"inputs={inputs}", "top_k=2"))
+    with open(tmp_path / "run" / "test_predictions.csv") as file:
+        expected = [row["predicted"] for row in csv.DictReader(file)][:12]
+    assert [row["predictions"][0]["class"] for row in result["predictions"]] == expected  # what the test report said
+    model_file = tmp_path / "run" / "classical_model.joblib"
+    original = model_file.read_bytes()
+    model_file.write_bytes(original + b"\0")  # changed after imgrec wrote it
+    with pytest.raises(ImgrecError, match=r"refused to load .*classical_model\.joblib: its signature does not match"):
+        predict_images(tool_cfg("predict", tmp_path / "p2", f"features_run={tmp_path / 'run'}", f"inputs={inputs}"))
+    model_file.write_bytes(original)
+    monkeypatch.setenv("IMGREC_SIGNING_KEY", str(tmp_path / "another_machine.key"))  # made by someone else
+    with pytest.raises(ImgrecError, match=r"its signature does not match this machine's key"):
+        predict_images(tool_cfg("predict", tmp_path / "p3", f"features_run={tmp_path / 'run'}", f"inputs={inputs}"))
+    with pytest.raises(ImgrecError, match=r"features_run=.*: no classical_model\.json and classical_model\.joblib"):
+        predict_images(tool_cfg("predict", tmp_path / "p4", f"features_run={tmp_path}", f"inputs={inputs}"))

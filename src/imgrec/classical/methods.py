@@ -89,6 +89,10 @@ class ClassicalFeatures:
                      "descriptors of the train split")
         return self
 
+    def forget_train_descriptors(self) -> None:
+        """Drop the train split's descriptors kept for transform("train") (not worth saving with the model)."""
+        self._train_described = None
+
     def transform(self, split, split_name: str) -> np.ndarray:
         started = time.perf_counter()
         described = self._train_described if split_name == "train" and self._train_described is not None \

@@ -96,8 +96,9 @@ def cnn_features(cfg: DictConfig, splits, device) -> dict[str, np.ndarray]:
     return arrays
 
 
-def classical_features(method: dict, splits, seed: int) -> dict[str, np.ndarray]:
-    """Each split's hand-designed features (imgrec.classical), anything learnt fitted on train only."""
+def classical_features(method: dict, splits, seed: int):
+    """Each split's hand-designed features (imgrec.classical), anything learnt fitted on train only, and the
+    fitted method (to save for imgrec-predict)."""
     from imgrec.classical.methods import ClassicalFeatures
 
     features = ClassicalFeatures(method, seed).fit(splits.train)
@@ -105,7 +106,8 @@ def classical_features(method: dict, splits, seed: int) -> dict[str, np.ndarray]
     for split in SPLITS:
         arrays[f"{split}_features"] = features.transform(getattr(splits, split), split)
         arrays[f"{split}_labels"] = np.asarray(getattr(splits, split).labels, dtype=np.int64)
-    return arrays
+    features.forget_train_descriptors()
+    return arrays, features
 
 
 def extract_features(cfg: DictConfig) -> dict:
@@ -192,9 +194,9 @@ def score_method(cfg: DictConfig, method: dict, splits, device, run_dir: Path) -
     classifier = make_classifier(cfg.classifier)
     started = time.perf_counter()
     if method["name"] == "cnn":
-        arrays = cnn_features(cfg, splits, device)
+        arrays, fitted = cnn_features(cfg, splits, device), None
     else:
-        arrays = classical_features(method, splits, cfg.seed)
+        arrays, fitted = classical_features(method, splits, cfg.seed)
     feature_seconds = time.perf_counter() - started
     np.savez_compressed(run_dir / "features.npz", class_names=np.array(splits.class_names), **arrays)
     log.info(f"{arrays['train_features'].shape[1]}-dimensional features of "
@@ -217,6 +219,13 @@ def score_method(cfg: DictConfig, method: dict, splits, device, run_dir: Path) -
     report.summary.update(method=method, classifier=cfg.classifier._target_, feature_seconds=round(feature_seconds, 3),
                           fit_seconds=round(fit_seconds, 3), feature_size=int(arrays["train_features"].shape[1]))
     write_report(report, run_dir, "test_report.json", log)
+    if fitted is not None:  # imgrec-predict features_run=<run_dir> applies it to new images
+        from imgrec.classical.saved_model import save_classical_model
+
+        save_classical_model(run_dir, {"features": fitted, "classifier": classifier},
+                             {"method": method, "classifier": cfg.classifier._target_, "class_names": splits.class_names,
+                              "channels": splits.channels, "image_size": splits.image_size,
+                              "test_accuracy": report.summary["accuracy"]})
     log.info(f"run saved in {run_dir.resolve()}")
     return {"val_accuracy": val_accuracy, "test": report.summary}
 

@@ -89,6 +89,11 @@ def predict_images(cfg: DictConfig) -> dict:
         raise ImgrecError(f"tta={cfg.tta!r} must be true or false")
     device = inference_device(cfg)
     paths = collect_inputs(cfg.inputs)
+    if cfg.get("features_run"):
+        if cfg.ckpt_path:
+            raise ImgrecError("give ckpt_path=... (a trained network) or features_run=... (an imgrec-features run with a "
+                              "classical method), not both")
+        return predict_with_classical(cfg, paths)
     trained = load_trained(cfg.ckpt_path, device)
     trained.task.check_served_by("predict")
     return PREDICTORS[trained.task.predicts](cfg, trained, paths, device)
@@ -141,6 +146,41 @@ def predict_class_scores(cfg: DictConfig, trained, paths: list[Path], device) ->
         row["path"], *(v for p in row["predictions"] for v in (p["class"], f"{p['probability']:.6g}")),
         *(row[key] for key in decided)])
     log.info(f"{len(rows)} image(s) predicted, {len(skipped)} skipped; written to {output.resolve()}")
+    return {"predictions": rows, "skipped": skipped, "output": output}
+
+
+def predict_with_classical(cfg: DictConfig, paths: list[Path]) -> dict:
+    """The top_k classes of each readable image by a classical model imgrec-features saved (signed) in
+    `features_run`: the images described as its method describes them, then its classifier's probabilities."""
+    import numpy as np
+    import torch
+
+    from imgrec.classical.saved_model import load_classical_model
+    from imgrec.data.splits import ImageTensors
+
+    model, manifest = load_classical_model(cfg.features_run)
+    class_names = list(manifest["class_names"])
+    images, readable, skipped = decode_inputs(paths, int(manifest["channels"]), int(manifest["image_size"]))
+    for path, reason in skipped:
+        log.warning(f"skipped {path}: {reason}")
+    if not images:
+        raise nothing_readable(paths, skipped)
+    vectors = model["features"].transform(ImageTensors(torch.stack(images), torch.zeros(len(images), dtype=torch.int64)),
+                                          "predict")
+    probabilities = np.zeros((len(images), len(class_names)))
+    classifier = model["classifier"]
+    probabilities[:, classifier.classes_] = classifier.predict_proba(vectors)
+    top_k = min(cfg.top_k, len(class_names))
+    rows = [{"path": str(path), "predictions": [{"class": class_names[i], "probability": float(row[i])}
+                                                for i in np.argsort(-row, kind="stable")[:top_k]]}
+            for path, row in zip(readable, probabilities)]
+    run_dir = Path(cfg.paths.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    header = ["path", *(f"{kind}_{rank}" for rank in range(1, top_k + 1) for kind in ("class", "prob"))]
+    output = write_predictions(run_dir, cfg, rows, skipped, header, lambda row: [
+        row["path"], *(v for p in row["predictions"] for v in (p["class"], f"{p['probability']:.6g}"))])
+    log.info(f"{len(rows)} image(s) predicted by {manifest['method']['name']} + "
+             f"{manifest['classifier'].rsplit('.', 1)[-1]}, {len(skipped)} skipped; written to {output.resolve()}")
     return {"predictions": rows, "skipped": skipped, "output": output}
 
 
