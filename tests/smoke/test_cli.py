@@ -43,7 +43,7 @@ def test_bad_value_exits_2_with_the_message_and_no_traceback(tmp_path):
 def test_unknown_group_choice_fails_and_lists_the_choices(tmp_path):
     result = run_cli("optimizer=adamm", cwd=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert ("error: optimizer=adamm is not one of the optimizer choices (did you mean adam?): adagrad, adam, adamw"
+    assert ("error: optimizer=adamm is not one of the optimizer choices (did you mean adam?): adagrad, adam, adam_detector, adamw"
             in result.stderr)
     assert not (tmp_path / "outputs").exists()
 

@@ -1,4 +1,4 @@
-"""The package's layers: commands -> training -> evaluation -> tasks -> data, models -> base. A module may
+"""The package's layers: commands -> training -> evaluation (and classical, gallery, explain) -> tasks -> data, models -> base. A module may
 import its own layer and those below it, never one above (and so no import circles between layers)."""
 
 import ast
@@ -8,7 +8,7 @@ import imgrec
 
 SOURCE = Path(imgrec.__file__).parent
 LAYERS = {"commands": 5, "training": 4, "evaluation": 3, "gallery": 3, "tasks": 2, "data": 1, "models": 1,
-          "robustness": 1, "explain": 3}
+          "robustness": 1, "explain": 3, "classical": 3}
 BASE = 0  # config, checkpoint, errors, registry, runtime
 
 
