@@ -287,7 +287,7 @@ def test_reports_write_json_that_strict_readers_accept(tmp_path):
 @pytest.mark.parametrize("export_format", ["safetensors", "torchscript", "onnx"])
 def test_export_keeps_a_detector_only_when_it_finds_what_pytorch_finds(compose_cfg, tmp_path, export_format):
     from imgrec.commands.export import export_checkpoint
-    from imgrec.models.detector_export import check_images
+    from imgrec.evaluation.detector_export import check_images
     from tests.conftest import tool_cfg
 
     pytest.importorskip("onnxruntime")
@@ -319,7 +319,7 @@ def test_export_keeps_a_detector_only_when_it_finds_what_pytorch_finds(compose_c
 
 
 def test_an_export_that_differs_from_pytorch_is_not_kept():
-    from imgrec.models.detector_export import unmatched
+    from imgrec.evaluation.detector_export import unmatched
 
     boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [5.0, 5.0, 20.0, 20.0]])
     expected = {"boxes": boxes, "labels": torch.tensor([1, 2]), "scores": torch.tensor([0.9, 0.8])}

@@ -137,9 +137,9 @@ def export_checkpoint(cfg: DictConfig) -> dict:
 
 
 def export_detector(cfg: DictConfig, trained, path: Path) -> dict:
-    """A detector's export (imgrec.models.detector_export), checked on check_batch_size images of different
+    """A detector's export (imgrec.evaluation.detector_export), checked on check_batch_size images of different
     sizes, and its model.json."""
-    from imgrec.models.detector_export import write_detector
+    from imgrec.evaluation.detector_export import write_detector
 
     try:
         check = write_detector(trained, cfg.format, path, cfg.check_batch_size)

@@ -72,7 +72,15 @@ def unmatched(expected: dict, found: dict) -> str | None:
              & (expected["labels"][:, None] == found["labels"][None])
              & ((expected["scores"][:, None] - found["scores"][None]).abs() < SCORE_TOLERANCE))
     missing = max(int((~twins.any(1)).sum()), int((~twins.any(0)).sum()))
-    return f"{missing} detection(s) without a PyTorch twin" if missing else None
+    if not missing:
+        return None
+    lonely = int((~twins.any(1)).nonzero()[0]) if (~twins.any(1)).any() else 0
+    box_gap = (expected["boxes"][lonely] - found["boxes"]).abs().amax(-1)
+    nearest = int(box_gap.argmin())
+    return (f"{missing} detection(s) without a PyTorch twin; PyTorch's {expected['boxes'][lonely].tolist()} "
+            f"(label {int(expected['labels'][lonely])}, score {float(expected['scores'][lonely]):.5f}) is nearest to "
+            f"{found['boxes'][nearest].tolist()} (label {int(found['labels'][nearest])}, score "
+            f"{float(found['scores'][nearest]):.5f})")
 
 
 def write_detector(trained, export_format: str, path: Path, count: int) -> dict:
