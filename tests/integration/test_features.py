@@ -7,6 +7,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
+from sklearn.calibration import CalibratedClassifierCV
+
+from imgrec.classical.saved_model import load_classical_model
 from imgrec.config import CONFIG_DIR
 from imgrec.errors import ImgrecError
 from imgrec.commands.features import extract_features
@@ -62,6 +65,20 @@ def test_classical_methods_share_the_report_of_deep_features_on_digits(tmp_path,
     assert report["feature_seconds"] > 0 and report["fit_seconds"] > 0
     # what each is known to reach on 16 px digits with logistic regression (chance is 0.1)
     assert result["test"]["scores"]["acc"] > {"hog": 0.88, "lbp": 0.9, "color_hist": 0.3, "sift": 0.9}[method]
+
+
+@pytest.mark.parametrize("classifier, calibrated", [("linear_svc", True), ("random_forest", False)])
+def test_each_shipped_classifier_fits_hog_features_and_reports_probabilities(tmp_path, classifier, calibrated):
+    result = extract_features(features_cfg(tmp_path / "run", "method=hog", f"classifier={classifier}"))
+    report = json.loads((tmp_path / "run" / "test_report.json").read_text())
+    assert report["classifier"].rsplit(".", 1)[-1] == {"linear_svc": "LinearSVC", "random_forest": "RandomForestClassifier"}[classifier]
+    assert result["test"]["scores"]["acc"] > 0.85  # HOG on 16 px digits; chance is 0.1
+    rows = np.genfromtxt(tmp_path / "run" / "test_predictions.csv", delimiter=",", names=True)
+    probabilities = np.stack([rows[f"prob_{digit}"] for digit in range(10)], axis=1)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1, atol=1e-4)
+    assert (probabilities.argmax(axis=1) == rows["predicted"]).all()
+    model, _ = load_classical_model(tmp_path / "run")
+    assert isinstance(model["classifier"][-1], CalibratedClassifierCV) == calibrated  # LinearSVC has no probabilities
 
 
 def test_an_unknown_method_lists_the_valid_ones(tmp_path):

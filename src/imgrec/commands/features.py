@@ -74,7 +74,7 @@ def make_classifier(classifier_cfg: DictConfig):
     classifier = build(classifier_cfg)
     if not is_classifier(classifier):
         raise ImgrecError(f"classifier._target_={classifier_cfg._target_} is not a scikit-learn classifier; "
-                          "use classifier=logistic or classifier=svc, or another sklearn classifier class")
+                          "use classifier=logistic, svc, linear_svc or random_forest, or another sklearn classifier class")
     if not hasattr(classifier, "predict_proba"):
         classifier = CalibratedClassifierCV(classifier, method="sigmoid", ensemble=False)
     return make_pipeline(StandardScaler(), classifier)
