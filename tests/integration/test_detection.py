@@ -325,9 +325,13 @@ def test_an_export_that_differs_from_pytorch_is_not_kept():
     expected = {"boxes": boxes, "labels": torch.tensor([1, 2]), "scores": torch.tensor([0.9, 0.8])}
     reordered = {key: value.flip(0) for key, value in expected.items()}
     assert unmatched(expected, reordered) is None  # the same set in another order
+    rounded = {**reordered, "boxes": reordered["boxes"] + 0.05}  # ONNX Runtime's rounding, amplified
+    assert unmatched(expected, rounded) is None
     moved = {**reordered, "boxes": reordered["boxes"] + torch.tensor([0.0, 0.0, 0.5, 0.0])}
-    assert unmatched(expected, moved) == "2 detection(s) without a PyTorch twin"
+    assert unmatched(expected, moved) == ("2 detection(s) without a PyTorch twin; PyTorch's [0.0, 0.0, 10.0, 10.0] "
+                                          "(label 1, score 0.90000) is nearest to [0.0, 0.0, 10.5, 10.0] (label 1, "
+                                          "score 0.90000)")
     relabelled = {**expected, "labels": torch.tensor([1, 1])}
-    assert unmatched(expected, relabelled) == "1 detection(s) without a PyTorch twin"
+    assert unmatched(expected, relabelled).startswith("1 detection(s) without a PyTorch twin; PyTorch's [5.0, 5.0")
     fewer = {key: value[:1] for key, value in expected.items()}
     assert unmatched(expected, fewer) == "1 detections instead of PyTorch's 2"

@@ -1,6 +1,6 @@
 """A trained detector as safetensors, TorchScript or ONNX, each checked against PyTorch on images of several
 sizes: every box the export finds must have a PyTorch twin (same label, score within 1e-4, corners within
-0.01 px) and the other way round. Detections are sets, so they are matched, not compared row by row (equal
+0.1 px) and the other way round. Detections are sets, so they are matched, not compared row by row (equal
 scores may come out in another order).
 
 What each file takes and returns (model.json says the same):
@@ -20,7 +20,10 @@ from torch import nn
 from imgrec.errors import ImgrecError
 
 log = logging.getLogger("imgrec")
-BOX_TOLERANCE, SCORE_TOLERANCE = 1e-2, 1e-4
+# ONNX Runtime's convolutions round differently from PyTorch's, and box deltas scale that by the box size: a
+# barely trained Faster R-CNN's corner came out 0.021 px off on a 64 px image. A tenth of a pixel moves a
+# 10 px box's IoU by under 0.02 and still catches a wrong graph.
+BOX_TOLERANCE, SCORE_TOLERANCE = 0.1, 1e-4
 ONNX_OPSET = 17
 OUTPUTS = {
     "safetensors": "torchvision_detector(**model_config) with these weights, in eval mode: a list of dicts per image",
