@@ -234,6 +234,10 @@ def test_every_experiment_runs_one_limited_epoch_on_fake_data(compose_cfg, name,
     elif segmentation:
         data = ["dataset=shapes", "dataset.size=20", "dataset.image_size=32", "dataset.patch_size=null",
                 "model.depth=2", "model.base_width=4"]
+    elif as_shipped.dataset._target_.endswith(".image_folder"):  # a recipe for your own class folders
+        from tests.integration.test_datasets import make_folder
+
+        data = [f"dataset.root={make_folder(tmp_path / 'images', per_class=6)}", "dataset.image_size=32"]
     else:
         data = ["dataset=fake"]
     cfg = compose_cfg(f"experiment={name}", *data, "trainer.max_epochs=1", "trainer.limit_batches=1",
