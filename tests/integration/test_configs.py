@@ -234,7 +234,7 @@ def test_every_experiment_runs_one_limited_epoch_on_fake_data(compose_cfg, name,
     elif segmentation:
         data = ["dataset=shapes", "dataset.size=20", "dataset.image_size=32", "dataset.patch_size=null",
                 "model.depth=2", "model.base_width=4"]
-    elif as_shipped.dataset._target_.endswith(".image_folder"):  # a recipe for your own class folders
+    elif as_shipped.dataset._target_.endswith(".image_folder") and as_shipped.dataset.mean is None:  # your own folders
         from tests.integration.test_datasets import make_folder
 
         data = [f"dataset.root={make_folder(tmp_path / 'images', per_class=6)}", "dataset.image_size=32"]
