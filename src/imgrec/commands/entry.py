@@ -23,6 +23,9 @@ def hydra_command(config_name: str, task_name: str,
     def decorate(task_function: Callable):
         def main():
             try:  # the imports too: a Ctrl-C while they run is the same one line, not a traceback
+                from imgrec.training.signals import remember_ctrl_c_in_startup, stop_if_ctrl_c_was_swallowed
+
+                remember_ctrl_c_in_startup()
                 import hydra
 
                 from imgrec.commands.preflight import preflight
@@ -31,6 +34,7 @@ def hydra_command(config_name: str, task_name: str,
                 hydra_main = hydra.main(version_base="1.3", config_path=str(CONFIG_DIR),
                                         config_name=config_name)(task_function)
                 sys.argv[1:] = preflight(config_name, sys.argv[1:], task_name)
+                stop_if_ctrl_c_was_swallowed()
                 return hydra_main()
             except ImgrecError as error:  # raised before Hydra set up logging: print it ourselves
                 sys.stderr.write(f"error: {error}\n")
@@ -51,11 +55,13 @@ def run_command(work: Callable, cfg, record_command: bool = True):
     from pathlib import Path
 
     from imgrec.evaluation.reports import record_environment
+    from imgrec.training.signals import stop_if_ctrl_c_was_swallowed
 
     skip_collection_at_exit()
     run_dir = Path(cfg.paths.output_dir)
     try:
         record_environment(run_dir, record_command)
+        stop_if_ctrl_c_was_swallowed()
         return work(cfg)
     except ImgrecError as error:
         log.error(f"error: {error}")

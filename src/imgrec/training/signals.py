@@ -6,6 +6,27 @@ import sys
 import threading
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
+_interrupted_in_startup = False
+
+
+def remember_ctrl_c_in_startup() -> None:
+    """Ctrl-C before training raises KeyboardInterrupt as usual, and is also remembered: some of torch's
+    optional imports sit in bare `except:` blocks, and a Ctrl-C landing there was swallowed (3 in 40
+    timed tries) and the run went on. `stop_if_ctrl_c_was_swallowed` lets later steps stop it all the same."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def on_ctrl_c(signum, frame):
+        global _interrupted_in_startup
+        _interrupted_in_startup = True
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_ctrl_c)
+
+
+def stop_if_ctrl_c_was_swallowed() -> None:
+    if _interrupted_in_startup:
+        raise KeyboardInterrupt
 
 
 class TrainingInterrupted(Exception):
@@ -25,6 +46,7 @@ def catch_stop_signals(trainer) -> dict:
     them back). A second signal while saving only repeats the notice, so the save is never cut short."""
     if threading.current_thread() is not threading.main_thread():
         return {}  # Python delivers signals to the main thread only
+    stop_if_ctrl_c_was_swallowed()
 
     def on_signal(signum, frame):
         name = signal.Signals(signum).name
