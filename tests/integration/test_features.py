@@ -104,6 +104,8 @@ def test_compare_scores_several_methods_on_one_split_in_one_table(tmp_path):
         extract_features(features_cfg(tmp_path / "bad", "compare=[hog,surf]"))
     with pytest.raises(ImgrecError, match=r"names a method twice"):
         extract_features(features_cfg(tmp_path / "bad2", "compare=[hog,hog]"))
+    with pytest.raises(ImgrecError, match=r"compare=\[\] lists no method; name some"):
+        extract_features(features_cfg(tmp_path / "bad3", "compare=[]"))
 
 
 def test_a_classical_model_predicts_new_images_and_is_loaded_only_when_its_signature_matches(tmp_path, monkeypatch):
@@ -133,6 +135,13 @@ def test_a_classical_model_predicts_new_images_and_is_loaded_only_when_its_signa
     with pytest.raises(ImgrecError, match=r"refused to load .*classical_model\.joblib: its signature does not match"):
         predict_images(tool_cfg("predict", tmp_path / "p2", f"features_run={tmp_path / 'run'}", f"inputs={inputs}"))
     model_file.write_bytes(original)
+    manifest_file = tmp_path / "run" / "classical_model.json"
+    manifest = manifest_file.read_text()
+    manifest_file.write_text(manifest.replace('"0"', '"zero"', 1))  # relabelled: predictions would lie
+    assert manifest_file.read_text() != manifest
+    with pytest.raises(ImgrecError, match=r"it or classical_model\.json changed since"):
+        predict_images(tool_cfg("predict", tmp_path / "p1", f"features_run={tmp_path / 'run'}", f"inputs={inputs}"))
+    manifest_file.write_text(manifest)
     monkeypatch.setenv("IMGREC_SIGNING_KEY", str(tmp_path / "another_machine.key"))  # made by someone else
     with pytest.raises(ImgrecError, match=r"its signature does not match this machine's key"):
         predict_images(tool_cfg("predict", tmp_path / "p3", f"features_run={tmp_path / 'run'}", f"inputs={inputs}"))

@@ -35,7 +35,7 @@ class BagOfVisualWords:
         if len(pool) < self.codebook_size:
             raise ImgrecError(f"method.codebook_size={self.codebook_size} is more than the {len(pool)} descriptors "
                               f"the train split gave; lower it (e.g. method.codebook_size={max(2, len(pool) // 10)}) "
-                              "or use dense keypoints (method.keypoints=dense)")
+                              "or get more descriptors (method.keypoints=dense, or a smaller method.step)")
         rng = np.random.default_rng(self.seed)
         if len(pool) > self.max_descriptors:
             pool = pool[rng.choice(len(pool), self.max_descriptors, replace=False)]

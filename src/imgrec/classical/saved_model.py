@@ -49,6 +49,13 @@ def _signature(data: bytes) -> str:
     return hmac.new(signing_key(), data, hashlib.sha256).hexdigest()
 
 
+def _signed(data: bytes, manifest: dict) -> bytes:
+    """What the signature covers: the pickle and the manifest beside it (class names, image size and the
+    method's settings steer prediction, so an edited manifest is refused as an edited pickle is)."""
+    described = {key: value for key, value in manifest.items() if key != "hmac_sha256"}
+    return data + b"\0" + json.dumps(described, sort_keys=True, separators=(",", ":")).encode()
+
+
 def save_classical_model(run_dir: Path, model: dict, manifest: dict) -> Path:
     """`model` (picklable: {features, classifier}) as classical_model.joblib, and the manifest (method, classes,
     image size, checksum, signature) as classical_model.json, each written whole."""
@@ -60,9 +67,9 @@ def save_classical_model(run_dir: Path, model: dict, manifest: dict) -> Path:
     joblib.dump(model, buffer)
     data = buffer.getvalue()
     write_whole(run_dir / MODEL_FILE, data)
-    write_whole(run_dir / MANIFEST_FILE, json.dumps({**manifest, "file": MODEL_FILE,
-                                                     "sha256": hashlib.sha256(data).hexdigest(),
-                                                     "hmac_sha256": _signature(data)}, indent=2))
+    manifest = {**manifest, "file": MODEL_FILE, "sha256": hashlib.sha256(data).hexdigest()}
+    write_whole(run_dir / MANIFEST_FILE, json.dumps({**manifest, "hmac_sha256": _signature(_signed(data, manifest))},
+                                                    indent=2))
     return run_dir / MODEL_FILE
 
 
@@ -81,8 +88,8 @@ def load_classical_model(run_dir: str | Path) -> tuple[dict, dict]:
         raise ImgrecError(f"{manifest_path} is not valid JSON ({error}); refit with imgrec-features") from error
     data = model_path.read_bytes()
     expected = manifest.get("hmac_sha256") if isinstance(manifest, dict) else None
-    if not isinstance(expected, str) or not hmac.compare_digest(expected, _signature(data)):
+    if not isinstance(expected, str) or not hmac.compare_digest(expected, _signature(_signed(data, manifest))):
         raise ImgrecError(f"refused to load {model_path}: its signature does not match this machine's key, so imgrec "
-                          "did not write it here, or it changed since (a pickle can run code when loaded). Refit it "
-                          "with imgrec-features on this machine")
+                          f"did not write it here, or it or {MANIFEST_FILE} changed since (a pickle can run code when "
+                          "loaded). Refit it with imgrec-features on this machine")
     return joblib.load(io.BytesIO(data)), manifest

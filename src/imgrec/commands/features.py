@@ -154,9 +154,12 @@ def compared_methods(names) -> list[dict]:
     from imgrec.classical.methods import METHODS
     from imgrec.config import CONFIG_DIR
 
-    if not names:
+    if names is None:
         return []
     names = [names] if isinstance(names, str) else list(names)
+    if not names:
+        raise ImgrecError("compare=[] lists no method; name some, e.g. compare=[sift,hog,lbp], or leave compare out "
+                          "to run one method (method=...)")
     unknown = [name for name in names if name not in METHODS]
     if unknown:
         raise ImgrecError(f"compare={names}: {unknown[0]!r} is not a feature method; choose from {', '.join(METHODS)}")
