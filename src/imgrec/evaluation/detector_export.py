@@ -77,13 +77,17 @@ def unmatched(expected: dict, found: dict) -> str | None:
     missing = max(int((~twins.any(1)).sum()), int((~twins.any(0)).sum()))
     if not missing:
         return None
-    lonely = int((~twins.any(1)).nonzero()[0]) if (~twins.any(1)).any() else 0
-    box_gap = (expected["boxes"][lonely] - found["boxes"]).abs().amax(-1)
-    nearest = int(box_gap.argmin())
-    return (f"{missing} detection(s) without a PyTorch twin; PyTorch's {expected['boxes'][lonely].tolist()} "
-            f"(label {int(expected['labels'][lonely])}, score {float(expected['scores'][lonely]):.5f}) is nearest to "
-            f"{found['boxes'][nearest].tolist()} (label {int(found['labels'][nearest])}, score "
-            f"{float(found['scores'][nearest]):.5f})")
+    if (~twins.any(1)).any():  # describe one detection without a twin, from whichever side has it
+        index = int((~twins.any(1)).nonzero()[0])
+        side, lonely, nearest_in = "PyTorch's", expected, found
+    else:
+        index = int((~twins.any(0)).nonzero()[0])
+        side, lonely, nearest_in = "the export's", found, expected
+    nearest = int((lonely["boxes"][index] - nearest_in["boxes"]).abs().amax(-1).argmin())
+    return (f"{missing} detection(s) without a PyTorch twin; {side} {lonely['boxes'][index].tolist()} (label "
+            f"{int(lonely['labels'][index])}, score {float(lonely['scores'][index]):.5f}) is nearest to "
+            f"{nearest_in['boxes'][nearest].tolist()} (label {int(nearest_in['labels'][nearest])}, score "
+            f"{float(nearest_in['scores'][nearest]):.5f})")
 
 
 def write_detector(trained, export_format: str, path: Path, count: int) -> dict:
