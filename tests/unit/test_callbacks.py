@@ -79,7 +79,8 @@ def test_model_checkpoint_never_calls_nan_best_and_keeps_last(tmp_path):
     assert files((tmp_path / "checkpoints")) == ["best.pt", "last.pt"]
     assert load_checkpoint(checkpoint.best_path)["epoch"] == 3
     assert load_checkpoint(checkpoint.last_path)["epoch"] == 4
-    assert checkpoint.state_dict() == {"best_score": 7.0, "best_epoch": 3, "top_k": [], "best_metrics": {"val/acc": 7.0}}
+    assert checkpoint.state_dict() == {"best_score": 7.0, "best_epoch": 3, "top_k": [], "best_metrics": {"val/acc": 7.0},
+                                      "best_tie": None}
 
 
 def test_model_checkpoint_writes_no_best_while_every_score_is_nan(tmp_path):
@@ -202,3 +203,41 @@ def test_too_little_disk_is_refused_before_training(tmp_path, monkeypatch):
         check_free_space(tmp_path / "not" / "yet" / "made", trainer)
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 23 * 2**20, 23 * 2**20))
     check_free_space(tmp_path, trainer)
+
+
+def test_an_equal_score_goes_to_the_epoch_with_the_lower_validation_loss(tmp_path):
+    """val/acc on a small split ties often; best.pt is the tied epoch with the lowest val/loss, not the first."""
+    trainer = StandInTrainer()
+    checkpoint = ModelCheckpoint(dirpath=str(tmp_path / "ck"), monitor="val/acc", save_top_k=2,
+                                 tie_break="val/loss", tie_break_mode="min")
+    checkpoint.on_fit_start(trainer)
+    for acc, loss in [(0.9, 0.5), (0.99, 0.30), (0.98, 0.10), (0.99, 0.20), (0.99, 0.25)]:
+        trainer.epoch += 1
+        checkpoint.on_epoch_end(trainer, {"val/acc": acc, "val/loss": loss})
+    assert checkpoint.best_epoch == 4 and checkpoint.best_tie == 0.20
+    assert load_checkpoint(tmp_path / "ck" / "best.pt")["epoch"] == 4
+    assert [entry["epoch"] for entry in checkpoint.top_k] == [4, 5]  # ranked as best.pt is
+    assert files(tmp_path / "ck") == ["best.pt", "epoch_004.pt", "epoch_005.pt", "last.pt"]
+
+
+def test_without_a_tie_break_the_earliest_tied_epoch_stays_best(tmp_path):
+    trainer = StandInTrainer()
+    checkpoint = ModelCheckpoint(dirpath=str(tmp_path / "ck"), monitor="val/acc", tie_break=None)
+    checkpoint.on_fit_start(trainer)
+    run_epochs(checkpoint, trainer, [0.5, 0.9, 0.9])
+    assert checkpoint.best_epoch == 2
+
+
+def test_auto_takes_the_task_s_tie_break_and_a_missing_metric_is_refused(tmp_path):
+    from imgrec.tasks.classification import ClassificationTask
+    from imgrec.tasks.detection import DetectionTask
+
+    trainer = StandInTrainer()
+    trainer.task = ClassificationTask()
+    checkpoint = ModelCheckpoint(dirpath=str(tmp_path / "a"), monitor="val/acc")
+    checkpoint.on_fit_start(trainer)
+    assert (checkpoint.tie_break, checkpoint.tie_break_mode) == ("val/loss", "min")
+    assert (DetectionTask.tie_break, DetectionTask.tie_break_mode) == ("val/map", "max")
+    with pytest.raises(ImgrecError, match="tie_break='val/nope' is not a logged metric; choose one of"):
+        ModelCheckpoint(dirpath=str(tmp_path / "b"), monitor="val/acc", tie_break="val/nope").check(
+            StandInTrainer.metric_names)

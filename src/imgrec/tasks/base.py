@@ -157,6 +157,10 @@ class Task:
     # has that setting and leaves it null), so a new batch lacking some classes is scored
     classes_from_checkpoint = False
 
+    # what decides between epochs with an equal monitored score (best.pt; callbacks.model_checkpoint.tie_break)
+    tie_break: str | None = "val/loss"
+    tie_break_mode = "min"
+
     def __init__(self, monitor: str, mode: str = "max"):
         # the metric this task's runs optimise by default (optimized_metric follows it unless set)
         self.monitor, self.mode = monitor, mode

@@ -68,6 +68,7 @@ class DetectionTask(Task):
     name = "detection"
     train_metrics = ("loss",)
     eval_metrics = (*SCORED, "precision", "recall", "f1")
+    tie_break, tie_break_mode = "val/map", "max"  # no val/loss
     headline = "map50"
     predicts = "boxes"
     served_by = ("eval", "predict", "export")

@@ -81,6 +81,7 @@ class EmbeddingTask(Task):
     name = "embedding"
     train_metrics = ("loss",)
     eval_metrics = ("roc_auc", "eer", "rank1")  # no val/loss: a margin head knows the training people only
+    tie_break, tie_break_mode = "val/eer", "min"  # no val/loss
     headline = "roc_auc"
     predicts = "embeddings"
     open_set = True  # validation and test may hold people the model never trained on

@@ -79,16 +79,23 @@ class EarlyStopping(Callback):
 class ModelCheckpoint(Callback):
     """Write `last.pt` every epoch, `best.pt` whenever `monitor` reaches a new best (never for NaN), and
     with `save_top_k` > 0 the k best epochs as `epoch_NNN.pt`. A new file is written before an old one
-    is deleted; only files in this run's `dirpath` are ever deleted."""
+    is deleted; only files in this run's `dirpath` are ever deleted.
+
+    `tie_break` (e.g. val/loss, `tie_break_mode` min) decides between epochs with the same `monitor` score:
+    accuracy on a few hundred validation images moves in steps of one image, so ties are common, and the
+    earliest of them is often the least trained. `auto`: the task's own (Task.tie_break); None: the earliest."""
 
     order = 100
 
-    def __init__(self, dirpath: str, monitor: str, mode: str = "max", save_top_k: int = 0):
+    def __init__(self, dirpath: str, monitor: str, mode: str = "max", save_top_k: int = 0,
+                 tie_break: str | None = "auto", tie_break_mode: str = "min"):
         if not isinstance(save_top_k, int) or save_top_k < 0:
             raise ImgrecError(f"callbacks.model_checkpoint.save_top_k={save_top_k!r} must be a whole number >= 0")
         self.dirpath, self.monitor, self.mode, self.save_top_k = Path(dirpath), monitor, mode, save_top_k
         self.sign = 1 if mode == "max" else -1
+        self.set_tie_break(tie_break, tie_break_mode)
         self.best_score: float | None = None
+        self.best_tie: float | None = None  # the best epoch's tie_break metric
         self.best_epoch: int | None = None
         self.best_metrics: dict[str, float] = {}  # every metric of the best epoch (sweep summaries)
         self.top_k: list[dict] = []  # {"score", "epoch", "path"}, best first
@@ -101,10 +108,29 @@ class ModelCheckpoint(Callback):
     def best_path(self) -> Path:
         return self.dirpath / "best.pt"
 
+    def set_tie_break(self, metric: str | None, mode: str) -> None:
+        self.tie_break, self.tie_break_mode = metric, mode
+        self.tie_sign = 1 if mode == "max" else -1
+
     def check(self, metric_names: list[str]) -> None:
         _check_monitor("callbacks.model_checkpoint", self.monitor, self.mode, metric_names)
+        if self.tie_break_mode not in ("min", "max"):
+            raise ImgrecError(f"callbacks.model_checkpoint.tie_break_mode={self.tie_break_mode!r} must be 'min' or 'max'")
+        if self.tie_break not in (None, "auto") and self.tie_break not in metric_names:
+            raise ImgrecError(f"callbacks.model_checkpoint.tie_break={self.tie_break!r} is not a logged metric; choose "
+                              f"one of: {', '.join(metric_names)} (or null: the earliest of tied epochs)")
+
+    def rank_key(self, score: float, tie: float | None, epoch: int) -> tuple:
+        """Sorts best first: the monitored score, then the tie-break metric, then the earlier epoch."""
+        tie_key = 0.0 if tie is None or not math.isfinite(tie) else -self.tie_sign * tie
+        return (-self.sign * score, tie_key if self.tie_break is not None else 0.0, epoch)
 
     def on_fit_start(self, trainer) -> None:
+        if self.tie_break == "auto":  # a trainer without a task (a stand-in) has no tie-break to offer
+            task = getattr(trainer, "task", None)
+            metric = getattr(task, "tie_break", None)
+            # a task of the user's own may lack the base class's default (val/loss): then no tie-break
+            self.set_tie_break(metric if metric in trainer.metric_names else None, getattr(task, "tie_break_mode", "min"))
         self.check(trainer.metric_names)
         # a folder outside the (locked) run folder is locked too: two runs never write the same best.pt
         lock_folder(self.dirpath, "callbacks.model_checkpoint.dirpath")
@@ -129,7 +155,7 @@ class ModelCheckpoint(Callback):
             trainer.log_text(
                 f"warning: no best.pt beside {resume_path}; best.pt will hold the best of the resumed epochs only"
             )
-            self.best_score = self.best_epoch = None
+            self.best_score = self.best_epoch = self.best_tie = None
             self.best_metrics = {}
 
     def _carry_top_k_over(self) -> None:
@@ -146,20 +172,24 @@ class ModelCheckpoint(Callback):
 
     def on_epoch_end(self, trainer, metrics: dict[str, float]) -> None:
         score = metrics[self.monitor]
+        tie = metrics.get(self.tie_break) if self.tie_break is not None else None
+        key = self.rank_key(score, tie, trainer.epoch)
         improved = math.isfinite(score) and (
-            self.best_score is None or self.sign * score > self.sign * self.best_score
+            self.best_score is None or key < self.rank_key(self.best_score, self.best_tie, self.best_epoch)
         )
         if improved:
-            self.best_score, self.best_epoch, self.best_metrics = score, trainer.epoch, dict(metrics)
+            self.best_score, self.best_tie, self.best_epoch = score, tie, trainer.epoch
+            self.best_metrics = dict(metrics)
         enters_top_k = self.save_top_k > 0 and math.isfinite(score) and (
-            len(self.top_k) < self.save_top_k or self.sign * score > self.sign * self.top_k[-1]["score"]
+            len(self.top_k) < self.save_top_k
+            or key < self.rank_key(self.top_k[-1]["score"], self.top_k[-1].get("tie"), self.top_k[-1]["epoch"])
         )
         evicted = []
         if enters_top_k:
-            self.top_k.append({"score": score, "epoch": trainer.epoch,
+            self.top_k.append({"score": score, "tie": tie, "epoch": trainer.epoch,
                                "path": str(self.dirpath / f"epoch_{trainer.epoch:03d}.pt")})
-            # best first; an equal score keeps the earlier epoch ahead (as best.pt does)
-            self.top_k.sort(key=lambda entry: (-self.sign * entry["score"], entry["epoch"]))
+            # best first, ranked as best.pt is: score, then tie_break, then the earlier epoch
+            self.top_k.sort(key=lambda entry: self.rank_key(entry["score"], entry.get("tie"), entry["epoch"]))
             evicted, self.top_k = self.top_k[self.save_top_k :], self.top_k[: self.save_top_k]
         state = trainer.checkpoint_state()  # taken after updating the bookkeeping, so files know their rank
         refuse_non_finite(state)
@@ -189,10 +219,11 @@ class ModelCheckpoint(Callback):
 
     def state_dict(self) -> dict:
         return {"best_score": self.best_score, "best_epoch": self.best_epoch, "top_k": self.top_k,
-                "best_metrics": self.best_metrics}
+                "best_metrics": self.best_metrics, "best_tie": self.best_tie}
 
     def load_state_dict(self, state: dict) -> None:
         self.best_score, self.best_epoch = state["best_score"], state["best_epoch"]
+        self.best_tie = state.get("best_tie")  # absent in checkpoints written before tie_break existed
         self.top_k = list(state.get("top_k", []))
         self.best_metrics = dict(state.get("best_metrics") or {})
 
