@@ -52,9 +52,7 @@ def train(cfg: DictConfig) -> dict:
 def _train(cfg: DictConfig, task, settings, env, device_setting: str) -> dict:
     from imgrec.checkpoint import load_checkpoint
     from imgrec.commands.entry import setup_objects_frozen
-    from imgrec.data.augment import with_patches
     from imgrec.evaluation.reports import record_dataset, record_environment
-    from imgrec.models.checks import check_model_fits
     from imgrec.runtime import resolve_device
     from imgrec.training import distributed
     from imgrec.training.optim import build_optimizer
@@ -77,12 +75,7 @@ def _train(cfg: DictConfig, task, settings, env, device_setting: str) -> dict:
 
     seed_everything(cfg.seed)
     splits = build_dataset(cfg.dataset, task.name)
-    for name in ("val", "test") if cfg.test else ("val",):
-        if len(getattr(splits, name)) == 0:
-            face_hint = (" (a face set: dataset.split_by=identity or image; split_by=none is for scoring a folder "
-                         "whole with imgrec-eval)") if task.name == "embedding" else ""
-            raise ImgrecError(f"the dataset's {name} split is empty and imgrec-train scores on it: raise "
-                              f"dataset.{name}_fraction{face_hint}, or add images")
+    check_scored_splits(splits, task, cfg.test)
     if env.is_main:
         record_dataset(splits, run_dir, log)
         record_environment(run_dir)
@@ -91,13 +84,10 @@ def _train(cfg: DictConfig, task, settings, env, device_setting: str) -> dict:
             f"ckpt_path {cfg.ckpt_path} was trained on classes {resume_state['class_names']} but dataset "
             f"has {splits.class_names}; resume with the dataset the checkpoint was trained on"
         )
-    task.bind(splits.class_names, splits.class_counts("train"))
-    augment = with_patches(augment, splits.patch_size)
-    model = build(cfg.model, in_channels=splits.channels, num_classes=task.num_outputs(len(splits.class_names))).to(device)
-    model = task.complete_model(model).to(device)
-    output = check_model_fits(model, cfg.model, splits.input_shape, device)
-    task.check_output(output, f"model={chosen_config('model')} ({cfg.model._target_.rsplit('.', 1)[-1]})")
+    augment, model = bind_task_and_build_model(cfg, task, splits, augment, device)
     logger = build(cfg.logger) if cfg.get("logger") and env.is_main else None
+    if logger is not None:  # the settings first, so a run that crashes later still says what it was
+        logger.start(hyperparameters(cfg))
     trainer = Trainer(
         model=model, optimizer=build_optimizer(cfg.optimizer, model), scheduler=build(cfg.scheduler), task=task,
         settings=settings, callbacks=callbacks, logger=logger, device=device, dist_env=env,
@@ -129,7 +119,9 @@ def _train(cfg: DictConfig, task, settings, env, device_setting: str) -> dict:
     report = score_best_on_test(trainer, checkpoint, loaders["test"], run_dir, env) if cfg.test else None
 
     if logger is not None:
-        log_final_scores(logger, cfg, trainer.epoch, metrics, report, best_score)
+        best_file = checkpoint.best_path if checkpoint is not None and checkpoint.best_path.is_file() else None
+        log_final_scores(logger, cfg, trainer.epoch, metrics, report, best_score,
+                         files=[path for path in (run_dir / "test_report.json", best_file) if path and path.is_file()])
     log.info(f"run saved in {run_dir.resolve()}")
     if logger is not None:
         log_dir = Path(cfg.paths.log_dir).resolve()
@@ -141,6 +133,30 @@ def _train(cfg: DictConfig, task, settings, env, device_setting: str) -> dict:
     best = callbacks.get("model_checkpoint")
     return {"metrics": metrics, "best_score": best_score, "test": report, "epochs": trainer.epoch,
             "best_epoch": best.best_epoch if best else None, "best_metrics": best.best_metrics if best else {}}
+
+
+def check_scored_splits(splits, task, test: bool) -> None:
+    for name in ("val", "test") if test else ("val",):
+        if len(getattr(splits, name)) == 0:
+            face_hint = (" (a face set: dataset.split_by=identity or image; split_by=none is for scoring a folder "
+                         "whole with imgrec-eval)") if task.name == "embedding" else ""
+            raise ImgrecError(f"the dataset's {name} split is empty and imgrec-train scores on it: raise "
+                              f"dataset.{name}_fraction{face_hint}, or add images")
+
+
+def bind_task_and_build_model(cfg: DictConfig, task, splits, augment, device):
+    """Tell the task its classes, build the model on `device` and check that it fits the data's input. Returns
+    the augmentation (with patch sampling when the dataset cuts patches) and the model."""
+    from imgrec.data.augment import with_patches
+    from imgrec.models.checks import check_model_fits
+
+    task.bind(splits.class_names, splits.class_counts("train"))
+    augment = with_patches(augment, splits.patch_size)
+    model = build(cfg.model, in_channels=splits.channels, num_classes=task.num_outputs(len(splits.class_names))).to(device)
+    model = task.complete_model(model).to(device)
+    output = check_model_fits(model, cfg.model, splits.input_shape, device)
+    task.check_output(output, f"model={chosen_config('model')} ({cfg.model._target_.rsplit('.', 1)[-1]})")
+    return augment, model
 
 
 def training_augment(cfg: DictConfig, task):
@@ -236,14 +252,16 @@ def score_best_on_test(trainer, checkpoint, test_loader, run_dir: Path, env=None
     return report.summary
 
 
-def log_final_scores(logger, cfg: DictConfig, epoch: int, metrics: dict, report: dict | None, best_score) -> None:
+def log_final_scores(logger, cfg: DictConfig, epoch: int, metrics: dict, report: dict | None, best_score,
+                     files=()) -> None:
     """Test scores and the best score as scalars, then the hyperparameters for the HPARAMS tab, pointing at
-    those scalars and at the last epoch's."""
+    those scalars and at the last epoch's; `files` (the test report, best.pt) to loggers that keep artifacts."""
     scores = {f"test/{name}": value for name, value in report["scores"].items()} if report else {}
     if best_score is not None:
         scores[f"best/{cfg.optimized_metric}"] = best_score
     logger.log_metrics(scores, step=epoch)
     logger.log_hyperparams(hyperparameters(cfg), [*metrics, *scores])
+    logger.log_artifacts(list(files))
     logger.close()
 
 

@@ -20,7 +20,29 @@ def default_run_name() -> str:
     return name.lstrip(".")
 
 
-class TensorBoardLogger:
+class Logger:
+    """What the trainer and imgrec-train call on a logger; each method a no-op here, so a logger implements
+    only what its backend keeps."""
+
+    def start(self, params: dict) -> None:
+        """Once, before the first epoch: the run's settings (flattened `group.key: value`, as hyperparameters())."""
+
+    def log_metrics(self, metrics: dict[str, float], step: int, flush: bool = True) -> None: ...
+
+    def log_hyperparams(self, params: dict, metric_tags: list[str]) -> None:
+        """After the test: the settings again with the metric tags the run logged (TensorBoard's HPARAMS tab)."""
+
+    def log_image(self, tag: str, image, step: int) -> None: ...
+
+    def log_pr_curve(self, tag: str, positives, scores, step: int) -> None: ...
+
+    def log_artifacts(self, paths: list) -> None:
+        """After the test: files worth keeping with the run (test_report.json, best.pt)."""
+
+    def close(self) -> None: ...
+
+
+class TensorBoardLogger(Logger):
     """Scalars per epoch (and the training loss every few steps), images, PR curves, and the run's
     hyperparameters for the HPARAMS tab, pointing at the scalars already logged."""
 
