@@ -38,6 +38,9 @@ def data(channels: int, size: int, count: int) -> ImageTensors:
 
 
 DEVICE = torch.device("cuda")
+# the fused step on both sides: what imgrec builds for Adam, AdamW and SGD on CUDA, and what lets its non-finite
+# guard skip a step without a host synchronisation (training.guard.DeferredGuard)
+FUSED = DEVICE.type == "cuda"
 
 
 def sync() -> None:
@@ -59,7 +62,7 @@ def synced_epochs(run_epoch, epochs: int) -> list[float]:
 def imgrec_epochs(make_model, split, batch_size, epochs, **options) -> list[float]:
     torch.manual_seed(0)
     model = make_model().to(DEVICE)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=FUSED)  # as imgrec's build_optimizer does
     task = ClassificationTask()
     task.bind([str(i) for i in range(10)], None)
     trainer = Trainer(model, optimizer, constant, task,
@@ -78,7 +81,7 @@ def plain_epochs(make_model, split, batch_size, epochs, bf16: bool) -> list[floa
     """The loop a user would write: same loader, model and optimizer; loss summed on the device."""
     torch.manual_seed(0)
     model = make_model().to(DEVICE).to(memory_format=torch.channels_last if bf16 else torch.contiguous_format)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=FUSED)
     channels = split.images.shape[1]
     loader = InMemoryLoader(split, batch_size, [0.5] * channels, [0.25] * channels, DEVICE, shuffle=True)
 
@@ -145,8 +148,9 @@ def main() -> None:
     parser.add_argument("--device", default="cuda", help="cpu only to check the script itself")
     parser.add_argument("--scale", type=float, default=1.0, help="fraction of each task's images (0.01: a quick check)")
     args = parser.parse_args()
-    global DEVICE
+    global DEVICE, FUSED
     DEVICE = torch.device(args.device)
+    FUSED = DEVICE.type == "cuda"
     torch.backends.cudnn.benchmark = True
     rows, raw = [], {}
     for task, (make_model, channels, size, count, batch_size) in TASKS.items():
@@ -161,6 +165,8 @@ def main() -> None:
                                                     precision="bf16-mixed", channels_last=True),
             "imgrec 16-mixed+CL": lambda: imgrec_epochs(make_model, split, batch_size, args.epochs,
                                                         precision="16-mixed", channels_last=True),
+            "imgrec fp32, guard checked every step": lambda: imgrec_epochs(make_model, split, batch_size, args.epochs,
+                                                                           bad_step_check="every_step"),
             "imgrec fp32, no NaN guard": lambda: imgrec_epochs(make_model, split, batch_size, args.epochs,
                                                                max_bad_steps=None),
             "imgrec bf16+CL, no NaN guard": lambda: imgrec_epochs(make_model, split, batch_size, args.epochs,

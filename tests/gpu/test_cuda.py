@@ -99,3 +99,25 @@ def test_adversarial_training_on_cuda_moves_images_under_mixed_precision(compose
                                "trainer.max_epochs=1", "trainer.adversarial={method:pgd,eps:0.05,steps:2}",
                                run_dir=tmp_path))
     assert "val/robust_acc" in result["metrics"]
+
+
+def test_on_cuda_a_fused_adam_gets_the_deferred_guard_and_a_nan_step_changes_nothing(compose_cfg):
+    from imgrec.training.guard import DeferredGuard
+    from imgrec.training.optim import build_optimizer
+
+    model = SmallCNN(1, 3, widths=[8, 16], hidden=[], dropout=0.0).cuda()
+    optimizer = build_optimizer(compose_cfg("optimizer=adam").optimizer, model)
+    assert all(group["fused"] for group in optimizer.param_groups)  # turned on by build_optimizer on CUDA
+    task = ClassificationTask()
+    task.bind(["a", "b", "c"], [1, 1, 1])
+    trainer = Trainer(model, optimizer, constant, task, TrainerSettings(device="cuda", progress=False))
+    trainer.scheduler, trainer.schedule_per_step = constant(optimizer, 1, 1), True
+    assert isinstance(trainer.guard, DeferredGuard)
+    images, labels = batch()
+    trainer.train_step(images, labels)
+    before = [t.detach().clone() for t in trainer.model.state_dict().values()]
+    images[0, 0, 0, 0] = float("nan")
+    trainer.train_step(images, labels)
+    assert all(torch.equal(t, b) for t, b in zip(trainer.model.state_dict().values(), before))
+    trainer.guard.poll("test")
+    assert trainer.guard.skipped == 1

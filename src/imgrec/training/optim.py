@@ -90,4 +90,18 @@ def build_optimizer(optimizer_cfg: DictConfig, model: nn.Module):
     groups = parameter_groups(model, settings["lr"], settings.get("weight_decay", 0.0), exempt, scale)
     if not any(group["params"] for group in groups):
         raise ImgrecError("the model has no trainable parameters (is everything frozen?)")
+    if wants_fused(settings, groups):
+        settings["fused"] = True
     return build(OmegaConf.create(settings))(groups)
+
+
+# torch's optimizers whose fused CUDA step skips itself on `found_inf` (what a deferred non-finite guard needs)
+FUSED_ON_CUDA = ("torch.optim.Adam", "torch.optim.AdamW", "torch.optim.SGD")
+
+
+def wants_fused(settings: dict, groups: list[dict]) -> bool:
+    """On CUDA, Adam, AdamW and SGD run fused unless the config chose (`fused` or `foreach` set): one kernel
+    for every parameter, and the non-finite guard can then skip a step without a host synchronisation."""
+    parameters = [p for group in groups for p in group["params"]]
+    return (settings.get("_target_") in FUSED_ON_CUDA and settings.get("fused") is None
+            and settings.get("foreach") is None and all(p.is_cuda and p.is_floating_point() for p in parameters))

@@ -32,6 +32,7 @@ class TrainerSettings:
     channels_last: bool = False
     compile: bool | dict = False  # true, or a dict of torch.compile arguments
     max_bad_steps: int | None = 3  # non-finite steps in a row before stopping; None: no check (no per-step sync)
+    bad_step_check: str = "auto"  # auto | every_step | deferred (training.guard.make_guard)
     sync_batchnorm: bool = False  # under torchrun: batch-norm statistics over every process's batch
     log_every_n_steps: int | None = 50  # train/loss_step to the logger every N optimizer steps (one sync)
     adversarial: dict | None = None  # training on adversarial images (training.adversarial.AdversarialSettings)
@@ -45,6 +46,8 @@ class TrainerSettings:
             value = getattr(self, name)
             if value is not None and not _whole(value, 1):
                 raise ImgrecError(f"trainer.{name}={value!r} must be {meaning} or a whole number >= 1")
+        if self.bad_step_check not in ("auto", "every_step", "deferred"):
+            raise ImgrecError(f"trainer.bad_step_check={self.bad_step_check!r} must be auto, every_step or deferred")
         if self.progress not in ("auto", True, False):
             raise ImgrecError(f"trainer.progress={self.progress!r} must be auto, true or false")
         if self.num_workers != "auto" and not _whole(self.num_workers, 0):

@@ -16,7 +16,7 @@ from imgrec.runtime import compiled, make_grad_scaler, resolve_device, set_cpu_t
 from imgrec.tasks.base import Evaluation, Gather, Task
 from imgrec.training import distributed
 from imgrec.training.callbacks import Callback
-from imgrec.training.guard import NonFiniteGuard
+from imgrec.training.guard import make_guard
 from imgrec.training.seeding import rng_state, set_rng_state
 from imgrec.training.schedulers import step_scheduler
 from imgrec.training.settings import TrainerSettings
@@ -50,9 +50,9 @@ class Trainer:
         self.callbacks = dict(sorted((callbacks or {}).items(), key=lambda item: item[1].order))
         self.logger = logger
         self.max_epochs = settings.max_epochs
-        self.guard = NonFiniteGuard(settings.max_bad_steps)
         self.amp_dtype = settings.autocast_dtype(self.device)
         self.scaler = make_grad_scaler(self.amp_dtype, self.device)
+        self.guard = make_guard(settings.max_bad_steps, settings.bad_step_check, self.device, optimizer, self.scaler)
         self.channels_last = settings.channels_last
         if self.channels_last:
             # in place: the optimizer keeps pointing at the same parameters
@@ -180,6 +180,8 @@ class Trainer:
             if not self.schedule_per_step:
                 step_scheduler(self.scheduler, metrics)
             self.log(metrics)
+            if self.epochs_this_run == 1 and self.epoch < self.max_epochs:
+                self.log_text(self.eta_text())
             self._emit("on_epoch_end", metrics)  # early stopping, then checkpointing
             if self.dist.enabled:  # rank 0 decides; every process stops together
                 self.should_stop = distributed.from_main(self.should_stop)
@@ -244,6 +246,7 @@ class Trainer:
         if self.dist.enabled:  # the epoch's sums over every process's samples
             *totals, seen_total = distributed.all_sum(*sums.values(), torch.tensor(seen, device=self.device))
             sums, seen = dict(zip(sums, totals)), int(seen_total.item())
+        self.guard.poll(self._where(), saved=self._saved_checkpoint())  # a deferred guard's counts, once an epoch
         if self.guard.skipped:
             log.warning(f"{self.guard.skipped} optimizer step(s) skipped so far for a non-finite loss or gradient")
         totals = {name: value.item() for name, value in sums.items()}
@@ -301,15 +304,24 @@ class Trainer:
         elif self.guard.enabled:
             grads = [p.grad for p in self.model.parameters() if p.grad is not None]
             norm = torch.nn.utils.get_total_norm(grads) if grads else None
+        if self.guard.deferred:  # decided on the device; the host learns of skipped steps at the next poll
+            self.guard.step(self.optimizer, self._judged_loss(loss, norm), norm, self._where(),
+                            saved=self._saved_checkpoint())
+            return True
         if not self._step_is_finite(loss, norm):
             return False
         self.optimizer.step()
         return True
 
-    def _step_is_finite(self, loss: torch.Tensor, grad_norm: torch.Tensor | None) -> bool:
+    def _judged_loss(self, loss: torch.Tensor, grad_norm: torch.Tensor | None) -> torch.Tensor | None:
         # under DDP the averaged gradients, and so their norm, agree on every process; the losses do not
-        judged_loss = None if (self.dist.enabled and grad_norm is not None) else loss
-        return self.guard.check(self.model, judged_loss, grad_norm, f"epoch {self.epoch + 1}, step {self.step + 1}",
+        return None if (self.dist.enabled and grad_norm is not None) else loss
+
+    def _where(self) -> str:
+        return f"epoch {self.epoch + 1}, step {self.step + 1}"
+
+    def _step_is_finite(self, loss: torch.Tensor, grad_norm: torch.Tensor | None) -> bool:
+        return self.guard.check(self.model, self._judged_loss(loss, grad_norm), grad_norm, self._where(),
                                 saved=self._saved_checkpoint())
 
     def warn_if_diverged(self, metrics: dict[str, float]) -> None:
@@ -353,6 +365,17 @@ class Trainer:
         shown = "  ".join(f"{name} {value:.4f}" for name, value in metrics.items() if name != "train/lr")
         seconds = f"  {self.epoch_seconds:.2f}s" if self.epoch_seconds is not None else ""
         self.log_text(f"epoch {self.epoch}/{self.max_epochs}  {shown}  lr {metrics['train/lr']:.2e}{seconds}")
+
+    def eta_text(self) -> str:
+        """After the first epoch: how long the rest takes at its pace (a compiled or warming-up first epoch
+        overestimates it), and when that is on the clock."""
+        remaining = self.max_epochs - self.epoch
+        seconds = remaining * self.epoch_seconds
+        finish = time.strftime("%H:%M", time.localtime(time.time() + seconds))
+        spelled = f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min" if seconds >= 60 \
+            else f"{seconds:.0f} s"
+        return (f"about {spelled} left for the other {remaining} epoch{'s' if remaining != 1 else ''} at this pace "
+                f"(done around {finish}; early stopping may end it sooner)")
 
     def log_text(self, message: str) -> None:
         log.info(message)
