@@ -53,6 +53,7 @@ def _train(cfg: DictConfig, task, settings, env, device_setting: str) -> dict:
     from imgrec.checkpoint import load_checkpoint
     from imgrec.commands.entry import setup_objects_frozen
     from imgrec.evaluation.reports import record_dataset, record_environment
+    from imgrec.evaluation.run_summary import announce_config, announce_model
     from imgrec.runtime import resolve_device
     from imgrec.training import distributed
     from imgrec.training.optim import build_optimizer
@@ -67,6 +68,8 @@ def _train(cfg: DictConfig, task, settings, env, device_setting: str) -> dict:
         for warning in check_resume_matches(resume_state["config"], cfg, cfg.ckpt_path):
             log.warning(warning)
     run_dir = Path(distributed.quiet_other_ranks(env, cfg.paths.output_dir))
+    if env.is_main:
+        announce_config(cfg, run_dir, log, show=cfg.get("print_config", True))
     callbacks = instantiate_callbacks(cfg, task.metric_names())
     if not env.is_main:  # one process writes files: checkpoints, figures, reports, TensorBoard
         callbacks = {name: c for name, c in callbacks.items() if name not in ("model_checkpoint", "validation_figures")}
@@ -85,6 +88,8 @@ def _train(cfg: DictConfig, task, settings, env, device_setting: str) -> dict:
             f"has {splits.class_names}; resume with the dataset the checkpoint was trained on"
         )
     augment, model = bind_task_and_build_model(cfg, task, splits, augment, device)
+    if env.is_main:
+        announce_model(model, splits.input_shape, device, log)
     logger = build(cfg.logger) if cfg.get("logger") and env.is_main else None
     if logger is not None:  # the settings first, so a run that crashes later still says what it was
         logger.start(hyperparameters(cfg))
@@ -103,8 +108,7 @@ def _train(cfg: DictConfig, task, settings, env, device_setting: str) -> dict:
 
     processes = f" x {env.world_size} processes ({env.backend})" if env.enabled else ""
     threads = torch_threads()
-    log.info(f"training {type(model).__name__} ({sum(p.numel() for p in model.parameters()):,} parameters) "
-             f"on {device}{processes} ({threads} CPU thread{'s' if threads != 1 else ''}) for up to "
+    log.info(f"training {type(model).__name__} on {device}{processes} ({threads} CPU thread{'s' if threads != 1 else ''}) for up to "
              f"{settings.max_epochs} epochs; run dir {run_dir}")
     if settings.adversarial is not None:
         adversarial = settings.adversarial
