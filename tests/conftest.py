@@ -42,6 +42,13 @@ def _own_signing_key(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("IMGREC_SIGNING_KEY", str(tmp_path_factory.getbasetemp() / "signing.key"))
 
 
+@pytest.fixture(autouse=True)
+def _no_downloads(monkeypatch):
+    # a test that would download (a torchvision weights name not in the cache, dataset.download=true) fails at once
+    # with imgrec's one-line error instead; tests/integration/test_downloads.py lifts this to serve files locally
+    monkeypatch.setenv("IMGREC_OFFLINE", "1")
+
+
 def tool_cfg(name: str, run_dir: Path, *overrides: str) -> DictConfig:
     """A command's config (train, eval, predict, export, features) with its run dir at `run_dir`."""
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):

@@ -268,9 +268,10 @@ def test_backbone_weights_name_their_own_key_and_refuse_files(tmp_path, monkeypa
     from imgrec.models.detectors import torchvision_detector
 
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
-    missing = r"^model.backbone_weights=MobileNet_V3_Large_Weights.IMAGENET1K_V1 is not in the local torch hub cache"
-    with pytest.raises(ImgrecError, match=missing):
+    missing = r"^model.backbone_weights=MobileNet_V3_Large_Weights.IMAGENET1K_V1: needs https://\S+, but IMGREC_OFFLINE"
+    with pytest.raises(ImgrecError, match=missing) as raised:
         torchvision_detector("fasterrcnn_mobilenet_v3_large_320_fpn", 3, backbone_weights="default")
+    assert str(raised.value).endswith(".pth")  # no "or pass its path": this setting takes no file
     with pytest.raises(ImgrecError, match=r"model.backbone_weights='/x/mobilenet.pth' takes a torchvision weights name"):
         torchvision_detector("fasterrcnn_mobilenet_v3_large_320_fpn", 3, backbone_weights="/x/mobilenet.pth")
 

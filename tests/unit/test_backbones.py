@@ -54,7 +54,7 @@ def test_weights_problems_are_named(tmp_path, monkeypatch):
     with pytest.raises(ImgrecError, match="model.weights '.*missing.pt' does not exist"):
         torchvision_model("resnet18", 3, 10, weights=str(tmp_path / "missing.pt"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "hub"))
-    with pytest.raises(ImgrecError, match=r"not in the local torch hub cache; imgrec never downloads.*put it at .*hub"):
+    with pytest.raises(ImgrecError, match=r"needs https://\S+, but IMGREC_OFFLINE=1 forbids.*put it at .*hub"):
         torchvision_model("resnet18", 3, 10, weights="ResNet18_Weights.IMAGENET1K_V1")
     with pytest.raises(ImgrecError, match="is neither a file nor a torchvision weights name"):
         torchvision_model("resnet18", 3, 10, weights="imagenet")

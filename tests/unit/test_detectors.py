@@ -73,5 +73,6 @@ def test_bad_settings_are_named(settings, message):
 
 def test_backbone_weights_missing_from_the_cache_say_where_to_put_them(monkeypatch, tmp_path):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
-    with pytest.raises(ImgrecError, match="is not in the local torch hub cache; imgrec never downloads weights"):
+    with pytest.raises(ImgrecError, match="IMGREC_OFFLINE=1 forbids downloads. Download it on a machine with internet "
+                                          "and put it at"):
         torchvision_detector("fcos_resnet50_fpn", num_classes=3, backbone_weights="default")

@@ -7,7 +7,7 @@ from imgrec.errors import ImgrecError
 
 timm = pytest.importorskip("timm", reason="the timm extra is not installed")
 
-from imgrec.models.timm_models import cached_pretrained_file, timm_model  # noqa: E402
+from imgrec.models.timm_models import pretrained_file, timm_model  # noqa: E402
 
 
 @pytest.mark.parametrize("channels", [1, 3])
@@ -41,7 +41,21 @@ def test_timm_problems_are_named(tmp_path):
         timm_model("resnet_9000", 3, 10)
     with pytest.raises(ImgrecError, match="model.weights 'missing.pth' does not exist"):
         timm_model("test_resnet", 3, 10, weights="missing.pth")
-    with pytest.raises(ImgrecError, match="not in the local Hugging Face cache and imgrec never downloads"):
-        cached_pretrained_file(timm, "resnet18", cache_dir=str(tmp_path))
+    with pytest.raises(ImgrecError, match=r"^model.weights=pretrained: timm weights for resnet18: needs https://"
+                                          r"huggingface.co/timm/resnet18.a1_in1k, but IMGREC_OFFLINE=1 forbids"):
+        pretrained_file(timm, "resnet18", cache_dir=str(tmp_path))
     with pytest.raises(ImgrecError, match="model.freeze=backbone trains only the head: it needs model.weights"):
         timm_model("test_resnet", 3, 10, freeze="backbone")
+
+
+def test_hugging_faces_own_offline_switch_is_one_line_too(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.delenv("IMGREC_OFFLINE")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # what HF_HUB_OFFLINE=1 sets when huggingface_hub loads
+    expected = (r"^model.weights=pretrained: timm weights for resnet18: could not download https://huggingface.co/"
+                r"timm/resnet18.a1_in1k/resolve/main/model.safetensors: HF_HUB_OFFLINE=1 forbids downloads\. On a "
+                "machine with internet run")
+    with pytest.raises(ImgrecError, match=expected) as raised:
+        pretrained_file(timm, "resnet18", cache_dir=str(tmp_path))
+    assert "\n" not in str(raised.value)

@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from imgrec.data.splits import Splits, official_splits
+from imgrec.downloads import download_lock, fetch_with_md5
 from imgrec.errors import ImgrecError
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -13,7 +14,8 @@ FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
-# name -> (torchvision class, the folder it downloads into, class names)
+EXPECTED = ", ".join(f"{stem}[.gz]" for pair in FILES.values() for stem in pair)
+# name -> (torchvision class name, also the folder it downloads into; class names)
 FAMILY = {
     "mnist": ("MNIST", [str(d) for d in range(10)]),
     "fashion_mnist": (
@@ -54,16 +56,35 @@ def _default_root(name: str, data_dir: str) -> Path:
     return Path(data_dir) / name
 
 
+def download_files(name: str, root: Path) -> None:
+    """The gzipped IDX files torchvision's downloader would fetch into root/<TorchvisionName>/raw/, from its mirrors
+    with its MD5 checksums, unless they are here; kept gzipped, which read_idx reads."""
+    import torchvision.datasets
+
+    torchvision_name, _ = FAMILY[name]
+    dataset_class = getattr(torchvision.datasets, torchvision_name)
+    raw_folder = root / torchvision_name / "raw"
+    fix = (f"Copy the IDX files {EXPECTED} into {root} (fetched where there is internet, e.g. with "
+           "dataset.download=true there), or set dataset.root to a folder that has them")
+    missing = [(filename, md5) for filename, md5 in dataset_class.resources
+               if _find(filename.removesuffix(".gz"), [root, raw_folder]) is None]
+    if not missing:  # nothing to write, so a read-only root (Debian's Fashion-MNIST) is fine
+        return
+    with download_lock(root, f"dataset {name}"):
+        for filename, md5 in missing:  # a file another process fetched while this one waited passes its MD5: kept
+            fetch_with_md5([mirror + filename for mirror in dataset_class.mirrors], raw_folder / filename, md5,
+                           f"dataset {name}", fix)
+
+
 def load_idx_split(name: str, root: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     torchvision_name, _ = FAMILY[name]
     folders = [root, root / torchvision_name / "raw"]
     found = [_find(stem, folders) for stem in FILES[split]]
     if None in found:
-        expected = ", ".join(f"{stem}[.gz]" for pair in FILES.values() for stem in pair)
         debian = " or `apt-get install dataset-fashion-mnist` (Debian)" if name == "fashion_mnist" else ""
         raise ImgrecError(
             f"dataset {name}: {FILES[split][found.index(None)]}[.gz] is not in {root} or {folders[1]}. Expected the "
-            f"original IDX files {expected} there. Get them with dataset.download=true (needs internet){debian}, "
+            f"original IDX files {EXPECTED} there. Get them with dataset.download=true (needs internet){debian}, "
             f"or copy them into {root} (set dataset.root to use another folder)"
         )
     images, labels = read_idx(found[0]), read_idx(found[1])
@@ -98,11 +119,7 @@ def mnist_family(
         raise ImgrecError(f"dataset.channels={channels} must be 1 or 3")
     root_path = Path(root).expanduser() if root else _default_root(name, data_dir)
     if download:
-        import torchvision.datasets
-
-        dataset_class = getattr(torchvision.datasets, FAMILY[name][0])
-        for train in (True, False):
-            dataset_class(root=str(root_path), train=train, download=True)
+        download_files(name, root_path)
     train_images, train_labels = load_idx_split(name, root_path, "train")
     test_images, test_labels = load_idx_split(name, root_path, "test")
     return official_splits((train_images[:, None], train_labels), (test_images[:, None], test_labels), FAMILY[name][1],

@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 
 from imgrec.data.splits import Splits, official_splits
+from imgrec.downloads import download_lock, fetch_with_md5
 from imgrec.errors import ImgrecError
 
 # name -> (torchvision class, files torchvision expects under root)
@@ -15,16 +16,49 @@ DATASETS = {
 }
 
 
-def _read(name: str, root: Path, train: bool, download: bool):
+def download_files(name: str, root: Path) -> None:
+    """The files torchvision's downloader would fetch, at its URLs with its MD5 checksums, unless they are here."""
+    import torchvision.datasets
+    from torchvision.datasets.utils import check_integrity, extract_archive
+
+    class_name, expected = DATASETS[name]
+    dataset_class = getattr(torchvision.datasets, class_name)
+    subject = f"dataset {name}"
+    fix = (f"Copy {expected} into {root} (fetched where there is internet, e.g. with dataset.download=true there), "
+           "or set dataset.root to a folder that has them")
+    if name == "svhn":  # two .mat files, read as they are (the 1.3 GB `extra` split is not used)
+        downloads = [dataset_class.split_list[split] for split in ("train", "test")]
+        needed = [(filename, md5) for _, filename, md5 in downloads]
+    else:  # one archive, unpacked into base_folder
+        downloads = [(dataset_class.url, dataset_class.filename, dataset_class.tgz_md5)]
+        needed = [(f"{dataset_class.base_folder}/{filename}", md5) for filename, md5 in
+                  [*dataset_class.train_list, *dataset_class.test_list,
+                   (dataset_class.meta["filename"], dataset_class.meta["md5"])]]
+
+    def present() -> bool:
+        return all(check_integrity(str(root / filename), md5) for filename, md5 in needed)
+
+    if present():  # nothing to write, so a read-only root is fine
+        return
+    with download_lock(root, subject):
+        if present():  # another process fetched them while this one waited
+            return
+        for url, filename, md5 in downloads:
+            fetch_with_md5([url], root / filename, md5, subject, fix)
+            if name != "svhn":  # an interrupted unpacking fails present() next time, and unpacks again
+                extract_archive(str(root / filename), str(root))
+
+
+def _read(name: str, root: Path, train: bool):
     import torchvision.datasets
 
     class_name, expected = DATASETS[name]
     dataset_class = getattr(torchvision.datasets, class_name)
     try:
         if name == "svhn":
-            dataset = dataset_class(root=str(root), split="train" if train else "test", download=download)
+            dataset = dataset_class(root=str(root), split="train" if train else "test")
             return dataset.data, np.asarray(dataset.labels), [str(d) for d in range(10)]
-        dataset = dataset_class(root=str(root), train=train, download=download)
+        dataset = dataset_class(root=str(root), train=train)
     except RuntimeError as error:  # torchvision: "Dataset not found or corrupted"
         raise ImgrecError(
             f"dataset {name}: its files are missing or corrupt under {root} ({error}). Expected {expected} there. "
@@ -58,8 +92,10 @@ def torchvision_dataset(
     if channels not in (1, 3):
         raise ImgrecError(f"dataset.channels={channels} must be 1 or 3")
     root_path = Path(root).expanduser() if root else Path(data_dir) / name
-    train_images, train_labels, class_names = _read(name, root_path, True, download)
-    test_images, test_labels, _ = _read(name, root_path, False, download)
+    if download:
+        download_files(name, root_path)
+    train_images, train_labels, class_names = _read(name, root_path, True)
+    test_images, test_labels, _ = _read(name, root_path, False)
     if num_classes is not None and num_classes != len(class_names):
         raise ImgrecError(f"dataset.num_classes={num_classes} but {name} has {len(class_names)} classes")
     return official_splits((train_images, train_labels), (test_images, test_labels), class_names, image_size,

@@ -1,5 +1,5 @@
 """torchvision classification networks by name, adapted to the dataset: input channels, small
-images, number of classes, local pretrained weights, and a frozen backbone for linear probes."""
+images, number of classes, pretrained weights, and a frozen backbone for linear probes."""
 
 import logging
 from pathlib import Path
@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from imgrec.downloads import fetch_with_sha256_prefix
 from imgrec.errors import ImgrecError
 
 log = logging.getLogger("imgrec")
@@ -65,12 +66,13 @@ def _replace_first_conv(model: nn.Module, in_channels: int, small_input: bool) -
     setattr(parent, attribute, new)
 
 
-def _resolve_weights(weights: str) -> Path:
-    """A local file, or a torchvision weights name found in the local torch hub cache (never downloaded)."""
+def _resolve_weights(weights: str, key: str = "model.weights") -> Path:
+    """A local file, or a torchvision weights name (ResNet18_Weights.IMAGENET1K_V1, ResNet18_Weights.DEFAULT) read
+    from the torch hub cache, downloaded into it first when missing unless IMGREC_OFFLINE=1."""
     path = Path(weights).expanduser()
     if path.suffix in (".pt", ".pth", ".safetensors") or path.exists():
         if not path.is_file():
-            raise ImgrecError(f"model.weights '{weights}' does not exist; give a .pt/.pth/.safetensors file")
+            raise ImgrecError(f"{key} '{weights}' does not exist; give a .pt/.pth/.safetensors file")
         return path
     from torchvision.models import get_weight
 
@@ -78,15 +80,13 @@ def _resolve_weights(weights: str) -> Path:
         url = get_weight(weights).url
     except (ValueError, AttributeError, KeyError) as error:
         raise ImgrecError(
-            f"model.weights={weights!r} is neither a file nor a torchvision weights name such as "
+            f"{key}={weights!r} is neither a file nor a torchvision weights name such as "
             "ResNet18_Weights.IMAGENET1K_V1"
         ) from error
     cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
     if not cached.is_file():
-        raise ImgrecError(
-            f"model.weights={weights} is not in the local torch hub cache; imgrec never downloads weights during "
-            f"a run. Download {url} on a machine with internet and put it at {cached}, or pass its path as model.weights"
-        )
+        fetch_with_sha256_prefix(url, cached, f"{key}={weights}", f"Download it on a machine with internet and put it "
+                                 f"at {cached}, or pass its path as {key}")
     return cached
 
 
@@ -157,7 +157,7 @@ def torchvision_model(name: str, in_channels: int, num_classes: int, small_input
         raise ImgrecError(
             "model.freeze=backbone trains only the head, so it needs pretrained weights: set model.weights to a local "
             "file (e.g. model.weights=~/.cache/torch/hub/checkpoints/resnet18-f37072fd.pth) or a torchvision weights "
-            "name in the torch hub cache; a frozen random backbone would learn nothing"
+            "name (e.g. model.weights=ResNet18_Weights.IMAGENET1K_V1); a frozen random backbone would learn nothing"
         )
     model = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
     if weights:  # a head for another number of classes does not fit, so it keeps its fresh init

@@ -1,5 +1,5 @@
 """torchvision's detectors by name (Faster R-CNN, RetinaNet, FCOS, SSDlite), sized for the dataset, with
-weights from local files or the local torch hub cache only.
+weights from local files or torchvision's (downloaded into the torch hub cache when missing).
 
 `num_classes` counts torchvision's background class (the detection task passes classes + 1 and shifts labels
 by one). RetinaNet and FCOS score every class with a sigmoid and have no real background: they can still
@@ -63,9 +63,9 @@ def torchvision_detector(name: str, num_classes: int, in_channels: int = 3, min_
                          image_mean: list[float] | None = None, image_std: list[float] | None = None,
                          score_threshold: float = 0.05, detections_per_image: int = 100) -> DetectorNet:
     """`backbone_weights`: a torchvision weights name (e.g. ResNet50_Weights.IMAGENET1K_V1, or `default` for
-    the one the detector was designed with) found in the local torch hub cache; with them,
+    the one the detector was designed with) from the torch hub cache, downloaded when missing; with them,
     `trainable_backbone_layers` stages train (torchvision's rule; null: its default of 3), without them all
-    do. `weights`: a whole detector's weights (a local file or a cached torchvision name); a box predictor
+    do. `weights`: a whole detector's weights (a local file or a torchvision name); a box predictor
     for another number of classes starts afresh. SSDlite always works at 320 x 320 (min/max_size unused)."""
     from torchvision.models import detection, get_weight
 
@@ -95,11 +95,10 @@ def torchvision_detector(name: str, num_classes: int, in_channels: int = 3, min_
                               f"{default_backbone}) read from the local torch hub cache, not a file: put the file in "
                               f"{torch.hub.get_dir()}/checkpoints/ under torchvision's file name")
         try:
-            _resolve_weights(chosen)  # a clear error unless the file is already in the local cache
-        except ImgrecError as error:
-            raise ImgrecError(str(error).replace("model.weights", "model.backbone_weights").replace(
-                ", or pass its path as model.backbone_weights", "")) from None
-        backbone = get_weight(chosen)  # torchvision then reads that cached file; nothing is downloaded
+            _resolve_weights(chosen, key="model.backbone_weights")  # in the torch hub cache, downloaded if need be
+        except ImgrecError as error:  # this setting takes no file, so the error must not offer one
+            raise ImgrecError(str(error).replace(", or pass its path as model.backbone_weights", "")) from None
+        backbone = get_weight(chosen)  # torchvision then reads that cached file
     elif trainable_backbone_layers is not None:
         log.warning(f"model.trainable_backbone_layers={trainable_backbone_layers} has no effect without "
                     "model.backbone_weights: a backbone trained from scratch trains every layer")

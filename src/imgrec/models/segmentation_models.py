@@ -1,6 +1,6 @@
 """Segmentation networks from libraries: torchvision's FCN, DeepLabV3 and LR-ASPP, and
 segmentation_models_pytorch's encoder-decoders (the `seg` extra), adapted to the dataset's channels and
-classes, with weights from local files or the local cache only."""
+classes, with weights from local files or torchvision's (downloaded into the torch hub cache when missing)."""
 
 import torch
 from torch import nn
@@ -25,19 +25,19 @@ class MainOutput(nn.Module):
 
 def torchvision_segmentation(name: str, in_channels: int, num_classes: int, weights: str | None = None,
                              backbone_weights: str | None = None) -> nn.Module:
-    """`weights`: a whole segmentation model's (a local file, or a torchvision weights name found in the
-    torch hub cache; a head for another number of classes starts afresh). `backbone_weights`: the
+    """`weights`: a whole segmentation model's (a local file, or a torchvision weights name; a head for another
+    number of classes starts afresh). `backbone_weights`: the
     classification network's, for its backbone only (e.g. ResNet50_Weights.IMAGENET1K_V1)."""
     import torchvision.models.segmentation as segmentation
 
     if name not in TORCHVISION_SEGMENTATION:
         raise ImgrecError(f"model.name={name!r} is not one of {', '.join(TORCHVISION_SEGMENTATION)}")
-    # never the library's download of ImageNet weights: imgrec reads local files only
+    # no weights from the library itself: _resolve_weights below gives one cache, one checksum, one offline switch
     model = getattr(segmentation, name)(weights=None, weights_backbone=None, num_classes=num_classes, aux_loss=False)
     if weights:
         load_weights(model, _resolve_weights(weights))
     if backbone_weights:
-        load_weights(model.backbone, _resolve_weights(backbone_weights))
+        load_weights(model.backbone, _resolve_weights(backbone_weights, key="model.backbone_weights"))
     if in_channels != 3:
         _replace_first_conv(model.backbone, in_channels, small_input=False)
     return MainOutput(model)
@@ -46,8 +46,8 @@ def torchvision_segmentation(name: str, in_channels: int, num_classes: int, weig
 def smp_model(in_channels: int, num_classes: int, arch: str = "Unet", encoder: str = "resnet34",
               encoder_weights: str | None = None, **options) -> nn.Module:
     """A segmentation_models_pytorch network (`pip install -e ".[seg]"`): arch Unet, UnetPlusPlus, FPN,
-    DeepLabV3Plus ... on any of its encoders. `encoder_weights`: a local file of the encoder's weights;
-    the library's own download is never used."""
+    DeepLabV3Plus ... on any of its encoders. `encoder_weights`: a local file of the encoder's weights (or a
+    torchvision weights name, for the ResNet encoders); the library's own download is not used."""
     try:
         import segmentation_models_pytorch as smp
     except ImportError as error:
@@ -62,5 +62,5 @@ def smp_model(in_channels: int, num_classes: int, arch: str = "Unet", encoder: s
         raise ImgrecError(f"segmentation_models_pytorch cannot build {arch} with encoder {encoder}: "
                           f"{str(error).splitlines()[0]}") from error
     if encoder_weights:
-        load_weights(model.encoder, _resolve_weights(encoder_weights))
+        load_weights(model.encoder, _resolve_weights(encoder_weights, key="model.encoder_weights"))
     return model
