@@ -43,6 +43,12 @@ def _own_signing_key(tmp_path_factory, monkeypatch):
 
 
 @pytest.fixture(autouse=True)
+def _no_mlflow_server(monkeypatch):
+    # logger=mlflow logs to MLFLOW_TRACKING_URI when it is set: the tests' runs go to their own tmp store
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
+@pytest.fixture(autouse=True)
 def _no_downloads(monkeypatch):
     # a test that would download (a torchvision weights name not in the cache, dataset.download=true) fails at once
     # with imgrec's one-line error instead; tests/integration/test_downloads.py lifts this to serve files locally

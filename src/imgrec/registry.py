@@ -50,7 +50,8 @@ REGISTERED: dict[str, frozenset[str]] = {
         "imgrec.training.callbacks.ModelCheckpoint",
         "imgrec.training.callbacks.ValidationFigures",
     }),
-    "logger": frozenset({"imgrec.training.loggers.TensorBoardLogger"}),
+    "logger": frozenset({"imgrec.training.loggers.TensorBoardLogger", "imgrec.training.loggers.CSVLogger",
+                         "imgrec.training.loggers.ManyLoggers", "imgrec.training.mlflow_logger.MLflowLogger"}),
     "augment": frozenset({
         *(f"imgrec.data.augment.{name}" for name in
           ("RandomHorizontalFlip", "RandomVerticalFlip", "RandomRotate90", "RandomCrop", "RandomAffine",

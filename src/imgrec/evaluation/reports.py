@@ -95,14 +95,10 @@ RECORDED_PACKAGES = ("imgrec", "torch", "torchvision", "hydra-core", "omegaconf"
                      "albumentations", "tensorboard", "timm", "onnx", "onnxruntime")
 
 
-def record_environment(run_dir: Path, record_command: bool = True) -> dict:
-    """environment.json: the imgrec source commit (and whether its tree had uncommitted changes), the command
-    line, Python, the versions of the packages a result depends on, and the accelerator, so that a run can
-    be reproduced or its difference from another explained."""
-    import platform
+def source_version() -> tuple[str | None, bool | None]:
+    """The commit of the imgrec source that is running and whether its tree has uncommitted changes; (None,
+    None) outside a git checkout (an installed wheel)."""
     import subprocess
-    import sys
-    from importlib import metadata
 
     def git(*args: str) -> str | None:
         # no configuration from the environment or the user's files: a GIT_CONFIG_* variable (which a job's
@@ -117,17 +113,29 @@ def record_environment(run_dir: Path, record_command: bool = True) -> dict:
             return None
         return done.stdout.strip() if done.returncode == 0 else None
 
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no") if commit else None
+    return commit, None if status is None else bool(status)
+
+
+def record_environment(run_dir: Path, record_command: bool = True) -> dict:
+    """environment.json: the imgrec source commit (and whether its tree had uncommitted changes), the command
+    line, Python, the versions of the packages a result depends on, and the accelerator, so that a run can
+    be reproduced or its difference from another explained."""
+    import platform
+    import sys
+    from importlib import metadata
+
     versions = {}
     for package in RECORDED_PACKAGES:
         try:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
             continue
-    commit = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain", "--untracked-files=no") if commit else None
+    commit, dirty = source_version()
     info = {
         "git_commit": commit,
-        "git_dirty": None if status is None else bool(status),
+        "git_dirty": dirty,
         # as typed (sys.argv holds the run folder imgrec pinned); a gallery's names people and their images
         "command": sys.orig_argv[1:] if record_command else "not recorded (it may name people)",
         "python": platform.python_version(),
