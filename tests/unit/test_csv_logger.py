@@ -31,3 +31,18 @@ def test_a_run_resumed_into_its_folder_continues_the_file(tmp_path):
     rows = read(tmp_path / "metrics.csv")
     assert [row["step"] for row in rows] == ["1", "2"] and float(rows[0]["val/acc"]) == 0.1 + 0.2
     assert rows[0]["val/loss"] == "" and rows[1]["val/loss"] == "1.0"
+
+
+def test_the_tensorboard_hint_is_printed_only_where_tensorboard_writes(tmp_path):
+    from imgrec.commands.train import writes_tensorboard
+    from imgrec.training.loggers import ManyLoggers, TensorBoardLogger
+
+    alone = CSVLogger(str(tmp_path / "metrics.csv"))
+    board = TensorBoardLogger(str(tmp_path / "tb"), run_name="x")
+    try:
+        assert not writes_tensorboard(alone)
+        assert writes_tensorboard(board)
+        assert writes_tensorboard(ManyLoggers({"csv": alone, "tensorboard": board}))
+        assert not writes_tensorboard(ManyLoggers({"csv": alone}))
+    finally:
+        board.close()

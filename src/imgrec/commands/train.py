@@ -127,7 +127,7 @@ def _train(cfg: DictConfig, task, settings, env, device_setting: str) -> dict:
         log_final_scores(logger, cfg, trainer.epoch, metrics, report, best_score,
                          files=[path for path in (run_dir / "test_report.json", best_file) if path and path.is_file()])
     log.info(f"run saved in {run_dir.resolve()}")
-    if logger is not None:
+    if logger is not None and writes_tensorboard(logger):
         log_dir = Path(cfg.paths.log_dir).resolve()
         # outputs/ shows every run side by side; a run placed elsewhere (hydra.run.dir=...) is shown alone
         shown = log_dir if run_dir.resolve().is_relative_to(log_dir) else run_dir.resolve()
@@ -161,6 +161,13 @@ def bind_task_and_build_model(cfg: DictConfig, task, splits, augment, device):
     output = check_model_fits(model, cfg.model, splits.input_shape, device)
     task.check_output(output, f"model={chosen_config('model')} ({cfg.model._target_.rsplit('.', 1)[-1]})")
     return augment, model
+
+
+def writes_tensorboard(logger) -> bool:
+    """Whether the "see its curves with: tensorboard" hint applies (not to logger=csv or logger=mlflow alone)."""
+    from imgrec.training.loggers import TensorBoardLogger
+
+    return any(isinstance(one, TensorBoardLogger) for one in getattr(logger, "loggers", [logger]))
 
 
 def training_augment(cfg: DictConfig, task):
