@@ -72,6 +72,24 @@ def test_show_augment_writes_a_grid_of_originals_and_augmented_copies(tmp_path):
     assert any((run_dir / "tensorboard").glob("events.out.tfevents.*"))
 
 
+def test_lr_find_prints_the_train_line_with_the_same_overrides_and_writes_no_checkpoint(tmp_path):
+    import re
+
+    tool = str(Path(sys.executable).parent / "imgrec-lr-find")
+    result = subprocess.run([tool, "model.widths=[8,16]", "lr_find.num_steps=20", "lr_find.max_lr=1000"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    output = result.stdout + result.stderr
+    suggestion = re.search(r"suggested lr (\S+) \(steepest; .*the config uses 3\.0e-03, .*\): (imgrec-train .*)", output)
+    assert suggestion.group(2) == f"imgrec-train 'model.widths=[8,16]' optimizer.lr={suggestion.group(1)}"
+    [run_dir] = (tmp_path / "outputs" / "lr_find" / "runs").iterdir()
+    assert (run_dir / "lr_find.png").is_file() and not (run_dir / "checkpoints").exists()
+    assert not (tmp_path / "outputs" / "train").exists()
+    bad = subprocess.run([tool, "lr_find.num_steps=5"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "Traceback" not in bad.stdout + bad.stderr
+    assert "error: lr_find.num_steps=5 must be a whole number >= 10" in bad.stdout + bad.stderr
+
+
 def test_features_cli_writes_embeddings_and_report(tmp_path):
     tool = str(Path(sys.executable).parent / "imgrec-features")
     result = subprocess.run([tool, "dataset=fake", "model=small_cnn"], cwd=tmp_path,

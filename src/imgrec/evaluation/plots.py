@@ -107,6 +107,31 @@ def roc_figure(genuine: np.ndarray, impostor: np.ndarray, marked: list[dict], ti
     return figure
 
 
+def lr_curve_figure(lrs, losses, smoothed, marked: dict, config_lr: float | None, stopped_at: float | None):
+    """The learning-rate range test: each step's loss and its moving average against the lr (log scale), each
+    suggestion of `marked` ({label: lr}) on the average, the config's lr and where the test stopped as lines."""
+    plt = _pyplot()
+    figure, axes = plt.subplots(figsize=(7, 5))
+    axes.plot(lrs, losses, color="0.75", linewidth=0.8, label="loss of each step")
+    axes.plot(lrs, smoothed, color="C0", linewidth=1.6, label="moving average")
+    for (label, lr), color in zip(marked.items(), ("C3", "C2", "C4")):
+        axes.scatter([lr], [np.interp(np.log(lr), np.log(lrs), smoothed)], color=color, zorder=3, label=label)
+    if config_lr is not None:
+        axes.axvline(config_lr, color="0.3", linestyle="--", linewidth=1, label=f"the config's optimizer.lr {config_lr:.1e}")
+    if stopped_at is not None:
+        axes.axvline(stopped_at, color="C1", linestyle=":", linewidth=1, label=f"diverged at {stopped_at:.1e}")
+    # the blow-up at the end would squash the part worth reading: show up to halfway above the curve's start
+    lowest, before_lowest = float(np.min(losses)), float(np.max(smoothed[: int(np.argmin(smoothed)) + 1]))
+    axes.set_ylim(lowest - 0.05 * (before_lowest - lowest), before_lowest + 0.5 * (before_lowest - lowest) + 1e-12)
+    axes.set_xscale("log")
+    axes.set_xlabel("learning rate (optimizer.lr)")
+    axes.set_ylabel("training loss")
+    axes.set_title("learning-rate range test")
+    axes.legend(loc="lower left", fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
 def figure_picture(figure):
     """A matplotlib figure as a Pillow image (for TensorBoard), the figure closed."""
     import io
