@@ -121,6 +121,85 @@ def time_to_accuracy_contenders(quick: bool, work: Path, seed: int) -> dict:
     return {"imgrec (experiment=fashion_mnist_cnn)": imgrec}
 
 
+# The shipped recipes against the ones they replaced (issue #22), whole process, seed by seed, contenders
+# alternating. "before" spells the replaced recipe out as overrides of today's configs; the first contender
+# is the baseline of the ratios.
+# experiment=fashion_mnist_cnn as it was before issue #22
+FASHION_BEFORE = ["trainer.max_epochs=8"]
+RECIPES = {
+    "digits (the default run)": {
+        "seeds": 5,
+        "contenders": {
+            # small_cnn had two convolutions per stage and the trainer 20 epochs; a tie kept the earliest epoch
+            "before": ["model.convs_per_stage=2", "trainer.max_epochs=20", "callbacks.model_checkpoint.tie_break=null"],
+            "before, ties to the lower val/loss": ["model.convs_per_stage=2", "trainer.max_epochs=20"],
+            "new (the default now)": [],
+        },
+        "target": "new mean >= before mean, in <= 0.6x its wall time",
+    },
+    "experiment=fashion_mnist_cnn": {
+        "seeds": 3,
+        "contenders": {
+            "before": ["experiment=fashion_mnist_cnn", *FASHION_BEFORE],
+            "new": ["experiment=fashion_mnist_cnn"],
+        },
+        "target": "new mean >= 0.930, in <= 0.75x the before wall time",
+    },
+}
+
+
+def recipe_contenders(recipe: dict, quick: bool, work: Path, seed: int) -> dict:
+    extra = ["trainer.max_epochs=1", "trainer.limit_batches=3"] if quick else []
+
+    def contender(overrides):
+        def imgrec():
+            run_dir = Path(tempfile.mkdtemp(dir=work))
+            command = [IMGREC_TRAIN, *overrides, f"seed={seed}", "trainer.progress=false", *extra,
+                       f"hydra.run.dir={run_dir}"]
+            return imgrec_result(run(command, work), run_dir)
+        return imgrec
+
+    return {name: contender(overrides) for name, overrides in recipe["contenders"].items()}
+
+
+def recipes(quick: bool, work: Path) -> dict:
+    results = {}
+    for name, recipe in RECIPES.items():
+        print(f"  {name}", flush=True)
+        runs: dict[str, list] = {contender: [] for contender in recipe["contenders"]}
+        for seed in range(1 if quick else recipe["seeds"]):
+            for contender, seed_runs in measure(recipe_contenders(recipe, quick, work, seed), 1).items():
+                runs[contender].extend({**r, "seed": seed} for r in seed_runs)
+        results[name] = runs
+    return results
+
+
+def recipes_table(results: dict) -> str:
+    lines = []
+    for name, runs in results.items():
+        recipe = RECIPES[name]
+        seeds = len(next(iter(runs.values())))
+        lines += [f"### recipes: {name}, process start to test report, seeds 0-{seeds - 1}", "",
+                  "| contender | overrides | wall s (median) | test acc by seed | mean | worst | epochs run |",
+                  "|---|---|---|---|---|---|---|"]
+        summary = {}
+        for contender, contender_runs in runs.items():
+            accuracies = [r["test_acc"] for r in contender_runs]
+            wall = statistics.median(r["wall_s"] for r in contender_runs)
+            epochs = [len(r["epoch_s"]) for r in contender_runs]
+            summary[contender] = (wall, statistics.mean(accuracies))
+            overrides = " ".join(recipe["contenders"][contender]) or "(none)"
+            lines.append(f"| {contender} | `{overrides}` | {wall:.1f} | {', '.join(f'{a:.4f}' for a in accuracies)} | "
+                         f"{statistics.mean(accuracies):.4f} | {min(accuracies):.4f} | {', '.join(map(str, epochs))} |")
+        (base_name, (base_wall, base_mean)), *others = summary.items()
+        lines.append("")
+        for other, (wall, mean) in others:
+            lines.append(f"- {other} / {base_name}: wall time **{wall / base_wall:.3f}**; mean test accuracy "
+                         f"{mean:.4f} vs {base_mean:.4f}")
+        lines += [f"- target: {recipe['target']}", ""]
+    return "\n".join(lines)
+
+
 def step_overhead(quick: bool, work: Path) -> dict:
     """scripts/bench/step_overhead.py on both datasets: one process, contenders alternating."""
     results = {}
@@ -242,7 +321,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="toy sizes, one repeat; not appended to BENCHMARKS.md")
     parser.add_argument("--repeats", type=int, default=None, help="runs per contender (default 3; 1 with --quick)")
-    parser.add_argument("--tasks", default="digits,fashion_mnist_epoch,step_overhead,startup,fashion_mnist_to_92.5,"
+    parser.add_argument("--tasks", default="digits,fashion_mnist_epoch,step_overhead,startup,recipes,"
                                            "segmentation_epoch,gallery_speed,attack_speed")
     parser.add_argument("--out", default=None, help="also write the markdown report here")
     parser.add_argument("--json", default=None, help="write every measurement as JSON here")
@@ -266,6 +345,9 @@ def main() -> None:
             elif task == "step_overhead":
                 results = step_overhead(args.quick, work)
                 report.append(step_overhead_table(results))
+            elif task == "recipes":
+                results = recipes(args.quick, work)
+                report.append(recipes_table(results))
             elif task == "gallery_speed":
                 results = gallery_speed(args.quick, work)
                 report.append(results["markdown"])

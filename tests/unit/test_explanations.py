@@ -115,7 +115,7 @@ def test_mass_by_quadrant_and_peak_on_a_known_map():
 
 # layer=auto's choice for each model file at 64 px: the last convolutional stage (see explain/layers.py)
 EXPECTED_LAYERS = {
-    "small_cnn": "features.19", "resnet18": "layer4", "resnet50": "layer4", "timm": "layer4",
+    "small_cnn": "features.10", "resnet18": "layer4", "resnet50": "layer4", "timm": "layer4",
     "convnext_tiny": "features", "efficientnet_b0": "features", "mobilenet_v3_small": "features",
     "vgg16_bn": "features.42", "unet": "downs.3", "smp_unet": "encoder.layer4",
     "fcn_resnet50": "model.backbone.layer4", "deeplabv3_resnet50": "model.backbone.layer4",
@@ -160,7 +160,7 @@ def test_a_layer_too_deep_for_small_images_gives_way_to_the_stage_before():
 def test_an_unknown_or_flat_layer_name_lists_the_valid_ones():
     from imgrec.models.small_cnn import SmallCNN
 
-    model, pixels = SmallCNN(1, 10).eval(), torch.rand(1, 1, 16, 16)
+    model, pixels = SmallCNN(1, 10, convs_per_stage=2).eval(), torch.rand(1, 1, 16, 16)
     assert named_layer(model, pixels, "features.3").shape == (32, 16, 16)
     with pytest.raises(ImgrecError, match=r"layer=layer4: SmallCNN has no module named 'layer4'; choose one of: "
                                           r"features.0, .*features.19, features.20, features, classifier.0 "
