@@ -33,7 +33,7 @@ def test_unknown_config_choice_lists_the_available_ones(compose_cfg):
         ("dataset.normalize=zscore", "dataset.normalize='zscore' is not one of"),
         ("model.activation=swish", "model.activation='swish' is not one of"),
         ("augment.backend=opencv", "augment.backend='opencv' must be one of batch, albumentations, torchvision"),
-        ("model.padding=0", "model=SmallCNN cannot take 16x16 images with 3 channel(s)"),
+        ("model.padding=0 model.convs_per_stage=2", "model=SmallCNN cannot take 16x16 images with 3 channel(s)"),
         ("task.mixup.mixup_alpha=-1", "task.mixup.mixup_alpha=-1 must be >= 0"),
         ("trainer.precision=64", "trainer.precision=64 is not one of 32, bf16-mixed, 16-mixed"),
         ("trainer.compile=maybe", "trainer.compile='maybe' must be true, false or a dict"),
@@ -43,7 +43,7 @@ def test_unknown_config_choice_lists_the_available_ones(compose_cfg):
 )
 def test_bad_value_raises_its_message_before_training(compose_cfg, tmp_path, override, message):
     with pytest.raises(ImgrecError, match=re.escape(message)):
-        train(compose_cfg("dataset=fake", override))
+        train(compose_cfg("dataset=fake", *override.split()))  # a space separates overrides that work together
     assert_nothing_trained(tmp_path / "run")
 
 
