@@ -64,7 +64,7 @@ def prepare(args):
     torch.manual_seed(args.seed)
     splits = load(args.dataset, None)
     mean, std = torch.tensor(splits.mean).view(1, -1, 1, 1), torch.tensor(splits.std).view(1, -1, 1, 1)
-    model = SmallCNN(in_channels=splits.channels, num_classes=len(splits.class_names))
+    model = SmallCNN(in_channels=splits.channels, num_classes=len(splits.class_names), convs_per_stage=1)  # model=small_cnn
     return splits, 1.0 / (255.0 * std), -mean / std, model
 
 

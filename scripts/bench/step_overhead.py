@@ -43,7 +43,7 @@ def load(dataset: str):
 
 def model_and_optimizer(splits, seed: int, lr: float):
     torch.manual_seed(seed)
-    model = SmallCNN(in_channels=splits.channels, num_classes=len(splits.class_names))
+    model = SmallCNN(in_channels=splits.channels, num_classes=len(splits.class_names), convs_per_stage=1)  # model=small_cnn
     return model, torch.optim.Adam(model.parameters(), lr=lr)
 
 

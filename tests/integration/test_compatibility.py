@@ -19,7 +19,8 @@ from tests.conftest import tool_cfg
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "pre_move_b0b5d3f"
 # the overrides the fixtures were trained with
 TRAINED_WITH = ["dataset.image_size=8", "model.widths=[4,8]", "model.hidden=[8]", "trainer.progress=false", "~logger",
-                "trainer.batch_size=256", "trainer.max_epochs=2", "callbacks.validation_figures.every_n_epochs=null"]
+                "trainer.batch_size=256", "trainer.max_epochs=2", "callbacks.validation_figures.every_n_epochs=null",
+                "model.convs_per_stage=2"]  # small_cnn's default when these were written (1 since issue #22)
 
 
 def test_the_fixtures_name_the_old_paths():

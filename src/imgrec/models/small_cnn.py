@@ -34,7 +34,7 @@ class SmallCNN(nn.Module):
         in_channels: int,
         num_classes: int,
         widths: Sequence[int] = (32, 64, 128),
-        convs_per_stage: int = 1,
+        convs_per_stage: int = 2,  # configs/model/small_cnn.yaml says 1; 2 rebuilds checkpoints whose config predates the key
         kernel_size: int = 3,
         stride: int = 1,
         padding: int | str = "same",
