@@ -96,5 +96,5 @@ def embedding_run(tmp_path_factory):
     cfg = tool_cfg("train", tmp / "run", "task=embedding", "dataset=faces", f"dataset.root={root}",
                    "dataset.detect=none", "dataset.image_size=24", "dataset.test_fraction=0.3", "trainer.progress=false",
                    "trainer.max_epochs=15", "trainer.batch_size=8", "task.embedding_size=16", "model.widths=[8,16]",
-                   "task.report.enrolled_per_person=2")
+                   "model.convs_per_stage=2", "task.report.enrolled_per_person=2")  # the thresholds were set with 2
     return train(cfg), tmp / "run", root

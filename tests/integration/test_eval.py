@@ -61,7 +61,7 @@ def test_a_dataset_with_other_classes_is_refused_with_the_difference(digits_chec
 
 def test_binary_threshold_chosen_on_val_for_a_target_recall(tmp_path):
     train(tool_cfg("train", tmp_path / "run", "dataset=fake", "dataset.num_classes=2", "dataset.size=200",
-                   "trainer.max_epochs=2", "trainer.progress=false"))
+                   "trainer.max_epochs=2", "trainer.progress=false", "model.convs_per_stage=2"))
     ckpt = tmp_path / "run" / "checkpoints" / "best.pt"
     report = evaluate_checkpoint(tool_cfg("eval", tmp_path / "eval", f"ckpt_path={ckpt}", "threshold=auto",
                                           "target_recall=0.9", "split=val"))

@@ -66,7 +66,7 @@ def test_each_image_method_and_class_gets_a_picture_and_a_row(digits_checkpoint,
     predicted = probabilities.argmax(dim=1).tolist()
     result = explain(tmp_path / "run", f"ckpt_path={digits_checkpoint}", f"inputs={folder}", "target=3",
                      "methods=[gradcam,gradcam_pp,integrated_gradients]", "ig_steps=8", "shown_images=3")
-    assert result["layer"] == "features.19"
+    assert result["layer"] == "features.10"
     assert [path for path, _ in result["skipped"]] == [str(folder / "broken.png")]
     rows = read_rows(tmp_path / "run" / "explanations.csv")
     expected = [(f"digit_{i}.png", method, target) for i in range(5) for method in METHODS
@@ -78,7 +78,7 @@ def test_each_image_method_and_class_gets_a_picture_and_a_row(digits_checkpoint,
         assert float(row["probability"]) == pytest.approx(float(probabilities[index, int(row["target_index"])]),
                                                           abs=1e-5)
         assert row["predicted_class"] == str(predicted[index])
-        assert row["layer"] == ("" if row["method"] == "integrated_gradients" else "features.19")
+        assert row["layer"] == ("" if row["method"] == "integrated_gradients" else "features.10")
         masses = [row[f"mass_{q}"] for q in ("top_left", "top_right", "bottom_left", "bottom_right")]
         # empty only where a map holds no positive attribution (a Grad-CAM of an unlikely class can be all zero)
         assert masses == [""] * 4 or sum(map(float, masses)) == pytest.approx(1.0, abs=1e-4)
@@ -124,7 +124,7 @@ def test_an_unknown_layer_exits_2_naming_the_valid_ones(digits_checkpoint, digit
         run_command(explain_images, cfg, record_command=False)
     assert stopped.value.code == 2
     assert "error: layer=layer4: SmallCNN has no module named 'layer4'; choose one of: features.0, " in caplog.text
-    assert "features.19, features.20, features, classifier.0 (or layer=auto)" in caplog.text
+    assert "features.10, features.11, features, classifier.0 (or layer=auto)" in caplog.text
 
 
 def test_a_colour_image_for_a_grey_model_is_refused_naming_the_file(digits_checkpoint, tmp_path):

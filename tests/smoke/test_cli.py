@@ -76,7 +76,7 @@ def test_lr_find_prints_the_train_line_with_the_same_overrides_and_writes_no_che
     import re
 
     tool = str(Path(sys.executable).parent / "imgrec-lr-find")
-    result = subprocess.run([tool, "model.widths=[8,16]", "lr_find.num_steps=20", "lr_find.max_lr=1000"], cwd=tmp_path,
+    result = subprocess.run([tool, "model.widths=[8,16]", "lr_find.num_steps=30", "lr_find.max_lr=1000"], cwd=tmp_path,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     output = result.stdout + result.stderr
@@ -87,7 +87,7 @@ def test_lr_find_prints_the_train_line_with_the_same_overrides_and_writes_no_che
     assert not (tmp_path / "outputs" / "train").exists()
     bad = subprocess.run([tool, "lr_find.num_steps=5"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "Traceback" not in bad.stdout + bad.stderr
-    assert "error: lr_find.num_steps=5 must be a whole number >= 10" in bad.stdout + bad.stderr
+    assert "error: lr_find.num_steps=5 must be a whole number >= 30" in bad.stdout + bad.stderr
 
 
 def test_features_cli_writes_embeddings_and_report(tmp_path):

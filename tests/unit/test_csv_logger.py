@@ -46,3 +46,14 @@ def test_the_tensorboard_hint_is_printed_only_where_tensorboard_writes(tmp_path)
         assert not writes_tensorboard(ManyLoggers({"csv": alone}))
     finally:
         board.close()
+
+
+def test_a_folder_that_cannot_be_written_is_refused_when_the_logger_is_built(tmp_path):
+    import pytest
+
+    from imgrec.errors import ImgrecError
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    with pytest.raises(ImgrecError, match=r"logger.path=.*a_file/metrics.csv: cannot write there .*choose a writable"):
+        CSVLogger(str(blocker / "metrics.csv"))

@@ -82,8 +82,16 @@ def test_auto_checks_on_the_host_on_a_cpu_and_deferred_is_refused_where_it_canno
     assert not make_trainer("adam", "auto").guard.deferred  # the per-step check costs nothing on a CPU
     model = nn.Linear(2, 2)
     unfused = torch.optim.RMSprop(model.parameters())
-    with pytest.raises(ImgrecError, match=r"trainer.bad_step_check=deferred cannot be used: RMSprop has no fused step"):
+    with pytest.raises(ImgrecError, match=r"trainer.bad_step_check=deferred cannot be used: this RMSprop does not run a fused step .*add \+optimizer.fused=true"):
         make_guard(3, "deferred", torch.device("cpu"), unfused, None)
     assert make_guard(None, "deferred", torch.device("cpu"), unfused, None).enabled is False
     with pytest.raises(ImgrecError, match="trainer.bad_step_check='sometimes' must be auto, every_step or deferred"):
         TrainerSettings(bad_step_check="sometimes")
+
+
+def test_deferred_without_a_fused_optimizer_is_refused_before_any_data_is_read(compose_cfg, tmp_path):
+    from imgrec.commands.train import train
+
+    with pytest.raises(ImgrecError, match=r"trainer.bad_step_check=deferred needs a fused step: torch.optim.RMSprop"):
+        train(compose_cfg("experiment=smoke", "optimizer=rmsprop", "trainer.bad_step_check=deferred"))
+    assert not (tmp_path / "run" / "classes.json").exists()  # written once the dataset is loaded

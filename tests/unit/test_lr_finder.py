@@ -91,7 +91,7 @@ def test_a_non_finite_loss_stops_the_test_and_is_left_out_of_the_curve():
     ({"min_lr": 0.1, "max_lr": 0.1}, "lr_find.min_lr=0.1 must be below lr_find.max_lr=0.1"),
     ({"min_lr": 0}, "lr_find.min_lr=0 must be a number > 0"),
     ({"max_lr": -1}, "lr_find.max_lr=-1 must be a number > 0"),
-    ({"num_steps": 5}, "lr_find.num_steps=5 must be a whole number >= 10"),
+    ({"num_steps": 5}, "lr_find.num_steps=5 must be a whole number >= 30"),
     ({"smoothing": 0}, "lr_find.smoothing=0 must be a number in (0, 1]"),
     ({"diverge_factor": 1}, "lr_find.diverge_factor=1 must be a number > 1"),
     ({"method": "minimum"}, "lr_find.method='minimum' is not one of steepest, valley"),

@@ -29,6 +29,10 @@ def find_lr(cfg: DictConfig) -> dict:
 
     check_tool_config(cfg)
     settings = OmegaConf.to_container(cfg.lr_find, resolve=True)
+    known = ("min_lr", "max_lr", "num_steps", "smoothing", "diverge_factor", "method")
+    unknown = sorted(set(settings) - set(known))
+    if unknown:  # `+lr_find.x=...` adds a key the config does not have
+        raise ImgrecError(f"lr_find has no key {', '.join(unknown)}; its keys are {', '.join(known)}")
     check_range_settings(**settings)
     if cfg.get("ckpt_path"):
         raise ImgrecError(f"ckpt_path={cfg.ckpt_path}: imgrec-lr-find tests the lr from freshly built weights, as a new "

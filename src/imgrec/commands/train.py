@@ -68,13 +68,16 @@ def _train(cfg: DictConfig, task, settings, env, device_setting: str) -> dict:
         for warning in check_resume_matches(resume_state["config"], cfg, cfg.ckpt_path):
             log.warning(warning)
     run_dir = Path(distributed.quiet_other_ranks(env, cfg.paths.output_dir))
-    if env.is_main:
-        announce_config(cfg, run_dir, log, show=cfg.get("print_config", True))
     callbacks = instantiate_callbacks(cfg, task.metric_names())
     if not env.is_main:  # one process writes files: checkpoints, figures, reports, TensorBoard
         callbacks = {name: c for name, c in callbacks.items() if name not in ("model_checkpoint", "validation_figures")}
     guard_against_overwrite(callbacks, resumed=resume_state is not None)
     augment = training_augment(cfg, task)  # training batches only
+    check_bad_step_check(settings, cfg.optimizer, device)
+    if env.is_main:  # after the checks above, so their one-line errors are not buried under the tree
+        announce_config(cfg, run_dir, log, show=cfg.get("print_config", True))
+    # before the data: a logger whose store or folder cannot be used stops the run before any work is done
+    logger = build(cfg.logger) if cfg.get("logger") and env.is_main else None
 
     seed_everything(cfg.seed)
     splits = build_dataset(cfg.dataset, task.name)
@@ -90,7 +93,6 @@ def _train(cfg: DictConfig, task, settings, env, device_setting: str) -> dict:
     augment, model = bind_task_and_build_model(cfg, task, splits, augment, device)
     if env.is_main:
         announce_model(model, splits.input_shape, device, log)
-    logger = build(cfg.logger) if cfg.get("logger") and env.is_main else None
     if logger is not None:  # the settings first, so a run that crashes later still says what it was
         logger.start(hyperparameters(cfg))
     trainer = Trainer(
@@ -161,6 +163,25 @@ def bind_task_and_build_model(cfg: DictConfig, task, splits, augment, device):
     output = check_model_fits(model, cfg.model, splits.input_shape, device)
     task.check_output(output, f"model={chosen_config('model')} ({cfg.model._target_.rsplit('.', 1)[-1]})")
     return augment, model
+
+
+def check_bad_step_check(settings, optimizer_cfg: DictConfig, device) -> None:
+    """trainer.bad_step_check=deferred needs a fused Adam/AdamW/SGD (training.guard.make_guard): refused here,
+    before any data is read, rather than when the Trainer is built."""
+    from imgrec.training.optim import FUSED_ON_CUDA
+
+    if settings.bad_step_check != "deferred" or settings.max_bad_steps is None:
+        return
+    target = optimizer_cfg.get("_target_")
+    fused = optimizer_cfg.get("fused") or (device.type == "cuda" and optimizer_cfg.get("fused") is None
+                                           and optimizer_cfg.get("foreach") is None)
+    if settings.precision in ("16-mixed", "16", 16):
+        raise ImgrecError("trainer.bad_step_check=deferred cannot be used with trainer.precision=16-mixed (its "
+                          "GradScaler checks its own steps); use trainer.bad_step_check=auto")
+    if target not in FUSED_ON_CUDA or not fused or optimizer_cfg.get("dampening"):
+        raise ImgrecError(f"trainer.bad_step_check=deferred needs a fused step: {target} here does not run one (adam, "
+                          "adamw and sgd without dampening can: add +optimizer.fused=true, which imgrec sets itself on "
+                          "CUDA); or use trainer.bad_step_check=auto")
 
 
 def writes_tensorboard(logger) -> bool:

@@ -48,7 +48,9 @@ def model_summary(model, input_shape: list[int], device) -> tuple[str, int]:
             statistics = summary(model, input_data=[torch.zeros(1, *input_shape, device=device)], device=device,
                                  col_names=("output_size", "num_params", "mult_adds"), depth=3, verbose=0,
                                  mode="eval")
-        return str(statistics), int(statistics.total_mult_adds)
+        # torchinfo labels the multiply-add count with a memory unit ("Units.MEGABYTES"); it is a count (millions)
+        table = str(statistics).replace("(Units.MEGABYTES)", "(millions)").replace("(Units.GIGABYTES)", "(billions)")
+        return table, int(statistics.total_mult_adds)
     finally:
         model.train(was_training)
 

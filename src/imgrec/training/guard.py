@@ -98,8 +98,8 @@ def make_guard(max_bad_steps: int | None, check: str, device: torch.device, opti
     can_defer = grad_scaler is None and has_fused_step(optimizer)
     if check == "deferred" and not can_defer:
         why = ("precision=16-mixed's GradScaler checks its own steps" if grad_scaler is not None else
-               f"{type(optimizer).__name__} has no fused step here (adam, adamw and sgd without dampening do, with "
-               "optimizer.fused=true)")
+               f"this {type(optimizer).__name__} does not run a fused step (adam, adamw and sgd without dampening can: "
+               "add +optimizer.fused=true, which imgrec sets itself on CUDA)")
         raise ImgrecError(f"trainer.bad_step_check=deferred cannot be used: {why}; use trainer.bad_step_check=auto")
     if check == "deferred" or (can_defer and device.type == "cuda"):
         return DeferredGuard(max_bad_steps)

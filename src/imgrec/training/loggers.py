@@ -4,6 +4,8 @@ imported only when its logger is actually built."""
 import hashlib
 from pathlib import Path
 
+from imgrec.errors import ImgrecError
+
 
 def command_line_overrides() -> list[str]:
     """The Hydra overrides this run was started with (`optimizer=sgd`, `optimizer.lr=0.1`); [] outside a run."""
@@ -147,6 +149,13 @@ class CSVTable:
         import csv
 
         self.path = path
+        try:  # a folder that cannot be made or written stops the run now, not after its first epoch
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("a"):
+                pass
+        except OSError as error:
+            raise ImgrecError(f"logger.path={path}: cannot write there ({error.strerror or error}); choose a writable "
+                              "folder (the default is the run dir)") from error
         self.rows: dict[int, dict[str, float]] = {}
         self.columns: list[str] = []
         if path.is_file():

@@ -33,12 +33,12 @@ def check_range_settings(min_lr, max_lr, num_steps, smoothing, diverge_factor, m
     for name, value in (("min_lr", min_lr), ("max_lr", max_lr)):
         if not is_number(value) or not value > 0:
             raise ImgrecError(f"lr_find.{name}={value!r} must be a number > 0 (the test steps through lrs on a log "
-                              "scale), e.g. lr_find.min_lr=1e-7 lr_find.max_lr=1")
+                              "scale), e.g. lr_find.min_lr=1e-7 lr_find.max_lr=10")
     if not min_lr < max_lr:
         raise ImgrecError(f"lr_find.min_lr={min_lr!r} must be below lr_find.max_lr={max_lr!r}: the lr grows from "
-                          "min_lr to max_lr, e.g. lr_find.min_lr=1e-7 lr_find.max_lr=1")
-    if not is_whole(num_steps, 10):
-        raise ImgrecError(f"lr_find.num_steps={num_steps!r} must be a whole number >= 10 (too few points to read a "
+                          "min_lr to max_lr, e.g. lr_find.min_lr=1e-7 lr_find.max_lr=10")
+    if not is_whole(num_steps, 30):  # a tenth is skipped at the start and 5 at the end: fewer leave no slope to read
+        raise ImgrecError(f"lr_find.num_steps={num_steps!r} must be a whole number >= 30 (too few points to read a "
                           "slope off), e.g. lr_find.num_steps=100")
     if not is_number(smoothing) or not 0 < smoothing <= 1:
         raise ImgrecError(f"lr_find.smoothing={smoothing!r} must be a number in (0, 1]: the weight of each new loss "
