@@ -76,8 +76,6 @@ def _train(cfg: DictConfig, task, settings, env, device_setting: str) -> dict:
     check_bad_step_check(settings, cfg.optimizer, device)
     if env.is_main:  # after the checks above, so their one-line errors are not buried under the tree
         announce_config(cfg, run_dir, log, show=cfg.get("print_config", True))
-    # before the data: a logger whose store or folder cannot be used stops the run before any work is done
-    logger = build(cfg.logger) if cfg.get("logger") and env.is_main else None
 
     seed_everything(cfg.seed)
     splits = build_dataset(cfg.dataset, task.name)
@@ -93,6 +91,8 @@ def _train(cfg: DictConfig, task, settings, env, device_setting: str) -> dict:
     augment, model = bind_task_and_build_model(cfg, task, splits, augment, device)
     if env.is_main:
         announce_model(model, splits.input_shape, device, log)
+    # before training: a logger whose store or folder cannot be used stops the run before any epoch is spent
+    logger = build(cfg.logger) if cfg.get("logger") and env.is_main else None
     if logger is not None:  # the settings first, so a run that crashes later still says what it was
         logger.start(hyperparameters(cfg))
     trainer = Trainer(
