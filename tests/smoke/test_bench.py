@@ -20,8 +20,15 @@ def test_quick_bench_writes_a_report_with_every_task_and_contender(tmp_path):
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     data = json.loads((tmp_path / "report.json").read_text())
-    assert set(data["tasks"]) == {"digits", "fashion_mnist_epoch", "step_overhead", "startup", "fashion_mnist_to_92.5",
+    assert set(data["tasks"]) == {"digits", "fashion_mnist_epoch", "step_overhead", "startup", "recipes",
                                   "segmentation_epoch", "gallery_speed", "attack_speed"}
+    recipes = data["tasks"]["recipes"]
+    assert set(recipes["digits (the default run)"]) == {"before", "before, ties to the lower val/loss",
+                                                        "new (the default now)"}
+    assert set(recipes["experiment=fashion_mnist_cnn"]) == {"before", "new"}
+    for contenders in recipes.values():
+        for runs in contenders.values():
+            assert len(runs) == 1 and runs[0]["seed"] == 0 and runs[0]["wall_s"] > 0 and runs[0]["test_acc"] > 0
     for dataset in ("digits", "fashion_mnist"):
         steps = data["tasks"]["step_overhead"][dataset]
         assert set(steps["per_step_us"]) == {"plain", "imgrec", "imgrec_guard_off"}
@@ -41,7 +48,7 @@ def test_quick_bench_writes_a_report_with_every_task_and_contender(tmp_path):
         assert speed["ratio_imgrec_over_torchattacks"] == pytest.approx(
             speed["images_per_second"]["imgrec"] / speed["images_per_second"]["torchattacks"])
     for task, contenders in data["tasks"].items():
-        if task in ("step_overhead", "gallery_speed", "attack_speed"):
+        if task in ("step_overhead", "gallery_speed", "attack_speed", "recipes"):
             continue  # their own figures, checked above
         for name, runs in contenders.items():
             assert runs and all(r["wall_s"] > 0 and r["peak_rss_mib"] > 10 for r in runs), (task, name)
@@ -50,7 +57,8 @@ def test_quick_bench_writes_a_report_with_every_task_and_contender(tmp_path):
     assert len(digits["plain loop"][0]["epoch_s"]) == 2
     report = (tmp_path / "report.md").read_text()
     for heading in ("### digits", "### fashion_mnist_epoch", "### step_overhead", "### startup",
-                    "### fashion_mnist_to_92.5", "### segmentation_epoch", "### gallery_speed", "### attack_speed"):
+                    "### recipes: digits (the default run)", "### recipes: experiment=fashion_mnist_cnn",
+                    "### segmentation_epoch", "### gallery_speed", "### attack_speed"):
         assert heading in report
     assert "- imgrec / plain loop: wall s " in report
     assert "BENCHMARKS" not in result.stdout  # quick mode appends nothing
