@@ -179,4 +179,12 @@ def build_dataset(dataset_cfg: DictConfig, task_name: str):
                           f"the command line, or choose a {task_name} dataset")
     settings = OmegaConf.to_container(dataset_cfg, resolve=True)  # resolved here: `task` is not an argument
     settings.pop("task", None)
-    return build(OmegaConf.create(settings))
+    # options on the training split of whatever the loader built, so no loader takes them as arguments
+    train_per_class, synthetic = settings.pop("train_per_class", None), settings.pop("synthetic", None)
+    splits = build(OmegaConf.create(settings))
+    if train_per_class is None and synthetic is None:
+        return splits
+    from imgrec.data.synthetic import apply_training_options
+
+    return apply_training_options(splits, train_per_class, synthetic, settings.get("split_seed", 0),
+                                  settings.get("normalize", "standardize"), settings.get("mean"), settings.get("std"))

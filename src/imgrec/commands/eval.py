@@ -14,10 +14,14 @@ SPLIT_CHOICES = ("auto", "all", "test", "val", "train")
 
 
 def stored_dataset(dataset_cfg) -> DictConfig:
-    """The dataset a checkpoint was trained on, rebuilt from its stored settings; never downloads."""
+    """The dataset a checkpoint was trained on, rebuilt from its stored settings; never downloads, and never
+    reads the generated images it trained with (dataset.synthetic): only real images are scored, and that
+    folder may be gone."""
     checked = stored_component(dataset_cfg, "dataset", "the checkpoint's config.dataset")
     if "download" in checked:
         checked["download"] = False
+    if "synthetic" in checked:
+        checked["synthetic"] = None
     return OmegaConf.create(checked)
 
 

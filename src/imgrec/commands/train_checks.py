@@ -38,9 +38,13 @@ def check_top_level(cfg: DictConfig, task) -> None:
 RESUME_MUST_MATCH = (
     "model.", "optimizer._target_", "optimizer.exempt_norm_and_bias", "optimizer.backbone_lr_scale",
     "scheduler._target_", "dataset._target_", "trainer.ema_decay",
+    # the training images themselves: k per class and the generated share
+    "dataset.train_per_class", "dataset.synthetic",
     # a resume that dropped or changed the adversarial setting would quietly train something else
     "trainer.adversarial",
 )
+# settings added after checkpoints were written: a checkpoint without one was trained as its default says
+ADDED_SETTINGS = {"dataset.train_per_class": None, "dataset.synthetic.root": None, "dataset.synthetic.ratio": 0.0}
 RESUME_FOLLOWS_DATASET = ("model.in_channels", "model.num_classes")
 # the optimizer's state carries its hyperparameters (lr, momentum, ...): on resume those win
 RESUME_TAKEN_FROM_CHECKPOINT = ("optimizer.",)
@@ -60,7 +64,7 @@ def check_resume_matches(saved: dict, cfg: DictConfig, ckpt_path: str) -> list[s
     saved_flat = _flatten(saved)
     current_flat = _flatten(OmegaConf.to_container(cfg, resolve=True))
     for key in sorted(saved_flat.keys() | current_flat.keys()):
-        old, new = saved_flat.get(key), current_flat.get(key)
+        old, new = saved_flat.get(key, ADDED_SETTINGS.get(key)), current_flat.get(key)
         if key.endswith("_target_") and isinstance(old, str):
             old = canonical(old)  # a checkpoint written before a class moved names its old path
         if old == new or key in RESUME_FOLLOWS_DATASET:

@@ -60,6 +60,7 @@ class Splits:
     patch_size: int | None = None  # segmentation: train on random crops of this size
     patches_per_image: int = 1  # segmentation: training samples drawn from each image per epoch
     people: bool = False  # the classes are people (face sets): val and test may hold people train has not
+    synthetic: dict | None = None  # what dataset.synthetic added to train: root, ratio, added, added_per_class, real
 
     @property
     def channels(self) -> int:
