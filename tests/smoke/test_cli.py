@@ -219,3 +219,25 @@ def test_face_recognition_through_the_commands(tmp_path):
     bad = gallery("action=find")
     assert bad.returncode == 2 and "action='find' must be one of" in bad.stderr + bad.stdout
     assert "Traceback" not in bad.stderr
+
+
+def test_gan_trains_samples_and_refuses_bad_input_from_the_command_line(tmp_path):
+    import json
+
+    tool = str(Path(sys.executable).parent / "imgrec-gan")
+    tiny = ["gan.width=16", "gan.latent_dim=8", "trainer.batch_size=16", "trainer.steps_per_epoch=2", "trainer.epochs=1"]
+    result = subprocess.run([tool, *tiny], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    [run_dir] = (tmp_path / "outputs" / "gan" / "runs").iterdir()
+    assert "imgrec-gan sample ckpt_path=" in result.stdout + result.stderr
+    ckpt = run_dir / "checkpoints" / "last.pt"
+    result = subprocess.run([tool, "sample", f"ckpt_path={ckpt}", "per_class=2", "out=generated"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "generated" / "manifest.json").read_text())["counts"] == {str(d): 2 for d in range(10)}
+    for arguments, message in ((["dataset.image_size=30"], "error: dataset.image_size=30 cannot be made by the generator"),
+                               (["sample", f"ckpt_path={ckpt}", "out=generated"], "error: out="),
+                               (["sample", f"ckpt_path={ckpt}", "out=other", "per_class=0"], "per_class=0 must be")):
+        bad = subprocess.run([tool, *arguments], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert bad.returncode == 2 and "Traceback" not in bad.stdout + bad.stderr, bad.stderr
+        assert message in bad.stdout + bad.stderr

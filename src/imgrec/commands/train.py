@@ -9,7 +9,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from imgrec.commands.entry import hydra_command
 from imgrec.commands.train_checks import check_resume_matches, check_top_level, hyperparameters, instantiate_callbacks
-from imgrec.config import build, build_dataset, check_tool_config
+from imgrec.config import build, check_tool_config
+from imgrec.data.building import build_dataset
 from imgrec.errors import ImgrecError
 
 log = logging.getLogger("imgrec")
@@ -247,6 +248,8 @@ def checkpoint_extras(cfg: DictConfig, splits, task) -> dict:
         "class_to_idx": {name: index for index, name in enumerate(splits.class_names)},
         "normalization": {"mean": splits.mean, "std": splits.std},
         "input_shape": splits.input_shape,
+        # the generated images mixed into train (dataset.synthetic): how many, from where, at which ratio
+        **({"synthetic": splits.synthetic} if getattr(splits, "synthetic", None) else {}),
     }
 
 

@@ -159,7 +159,9 @@ def quality_report(
     """Fréchet distance, k-NN precision and recall, and per-class accuracy as plain floats (JSON-ready).
 
     `fake_labels` are the classes the images were generated for, `fake_predicted` the classifier's answers.
-    The per-class Fréchet distance covers only classes with at least 2 real and 2 fake samples.
+    The per-class Fréchet distance covers only classes with at least twice as many real and as many fake samples
+    as feature dimensions: with fewer, each class's covariance is singular and the number mostly reflects the
+    regularisation, not the images.
     """
     real, fake = _feature_pair(real_features, fake_features)
     real_labels = _class_indices("real_labels", real_labels, len(class_names))
@@ -173,7 +175,7 @@ def quality_report(
     per_class_distance = {
         name: frechet_distance(real[real_labels == index], fake[fake_labels == index])
         for index, name in enumerate(class_names)
-        if (real_labels == index).sum() >= 2 and (fake_labels == index).sum() >= 2
+        if min((real_labels == index).sum(), (fake_labels == index).sum()) >= max(2, 2 * real.shape[1])
     }
     return {
         "frechet_distance": frechet_distance(real, fake),
