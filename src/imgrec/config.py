@@ -4,7 +4,7 @@ dataset built for a task."""
 
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from imgrec.errors import ImgrecError
 
@@ -168,23 +168,3 @@ def resolve_checkpoint_shortcut(cfg: DictConfig) -> None:
     with open_dict(cfg):
         cfg.ckpt_path = path
 
-
-def build_dataset(dataset_cfg: DictConfig, task_name: str):
-    """The dataset a config group file describes, after checking that it serves `task_name` (a dataset file
-    declares `task:`; one without trains a classifier)."""
-    declared = dataset_cfg.get("task", "classification")
-    if declared != task_name:
-        target = str(dataset_cfg.get("_target_", "?")).rsplit(".", 1)[-1]
-        raise ImgrecError(f"dataset {target} serves the {declared} task but task={task_name}; add task={declared} to "
-                          f"the command line, or choose a {task_name} dataset")
-    settings = OmegaConf.to_container(dataset_cfg, resolve=True)  # resolved here: `task` is not an argument
-    settings.pop("task", None)
-    # options on the training split of whatever the loader built, so no loader takes them as arguments
-    train_per_class, synthetic = settings.pop("train_per_class", None), settings.pop("synthetic", None)
-    splits = build(OmegaConf.create(settings))
-    if train_per_class is None and synthetic is None:
-        return splits
-    from imgrec.data.synthetic import apply_training_options
-
-    return apply_training_options(splits, train_per_class, synthetic, settings.get("split_seed", 0),
-                                  settings.get("normalize", "standardize"), settings.get("mean"), settings.get("std"))

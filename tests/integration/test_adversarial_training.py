@@ -10,7 +10,7 @@ import torch
 from imgrec.checkpoint import load_checkpoint
 from imgrec.commands.robustness import accuracy_of
 from imgrec.commands.train import train
-from imgrec.config import build_dataset
+from imgrec.data.building import build_dataset
 from imgrec.data.files import images_at
 from imgrec.errors import ImgrecError
 from imgrec.evaluation.inference import load_trained

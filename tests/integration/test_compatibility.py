@@ -38,7 +38,7 @@ def test_eval_predict_and_export_read_a_pre_move_checkpoint(tmp_path):
     # the same network built by hand from the stored weights scores the same on the same test split
     from omegaconf import OmegaConf
 
-    from imgrec.config import build_dataset
+    from imgrec.data.building import build_dataset
     from imgrec.data.batching import Preprocess
     from imgrec.models.small_cnn import SmallCNN
 

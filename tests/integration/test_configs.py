@@ -8,7 +8,8 @@ from hydra.utils import instantiate
 from imgrec.training.callbacks import Callback
 from imgrec.commands.train_checks import instantiate_callbacks
 from imgrec.tasks.classification import ClassificationTask
-from imgrec.config import CONFIG_DIR, build, build_dataset
+from imgrec.config import CONFIG_DIR, build
+from imgrec.data.building import build_dataset
 from imgrec.training.schedulers import step_scheduler
 from imgrec.data.mnist import DEBIAN_FASHION_MNIST
 from imgrec.data.detection import DetectionSplits

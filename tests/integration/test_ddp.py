@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from imgrec.checkpoint import load_checkpoint
-from imgrec.config import build_dataset
+from imgrec.data.building import build_dataset
 from imgrec.evaluation.inference import load_trained
 from tests.conftest import rescored_test_accuracy, tool_cfg
 

@@ -18,7 +18,7 @@ def digit_images(tmp_path_factory, digits_checkpoint):
     """Five test digits as PNG files (one grey saved as RGB), a broken PNG, and the model's probabilities."""
     from omegaconf import OmegaConf
 
-    from imgrec.config import build_dataset
+    from imgrec.data.building import build_dataset
     from imgrec.data.batching import Preprocess
     from imgrec.evaluation.inference import load_trained
 

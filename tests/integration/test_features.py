@@ -114,7 +114,7 @@ def test_a_classical_model_predicts_new_images_and_is_loaded_only_when_its_signa
     from PIL import Image
 
     from imgrec.commands.predict import predict_images
-    from imgrec.config import build_dataset
+    from imgrec.data.building import build_dataset
     from tests.conftest import tool_cfg
 
     cfg = features_cfg(tmp_path / "run", "method=hog", "classifier=svc")

@@ -77,7 +77,7 @@ def test_each_training_sample_is_seen_once_per_epoch_across_a_resume(compose_cfg
                       f"ckpt_path={tmp_path / 'first' / 'checkpoints' / 'last.pt'}", run_dir=tmp_path / "resumed"))
     seen = torch.cat(recorded_steps["labels"])
     assert len(seen) == 80  # 2 batches before the stop + 3 after: no batch twice, none missing
-    from imgrec.config import build_dataset
+    from imgrec.data.building import build_dataset
     from tests.conftest import tool_cfg
 
     train_labels = build_dataset(tool_cfg("train", tmp_path / "x", "dataset=fake").dataset,

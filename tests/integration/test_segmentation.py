@@ -400,7 +400,7 @@ ISBI = Path(__file__).resolve().parents[3] / "shared" / "data" / "isbi-membrane"
 
 @pytest.mark.skipif(not (ISBI / "image").is_dir(), reason="needs ../shared/data/isbi-membrane (not shipped with imgrec)")
 def test_the_isbi_recipe_reads_the_30_slices_and_splits_them_20_5_5(compose_cfg):
-    from imgrec.config import build_dataset
+    from imgrec.data.building import build_dataset
 
     cfg = compose_cfg("experiment=isbi_unet", f"dataset.root={ISBI}")
     splits = build_dataset(cfg.dataset, "segmentation")
@@ -469,7 +469,7 @@ def test_duplicate_names_and_rows_are_refused_and_hidden_files_are_not_images(tm
 
 
 def test_a_csv_alone_reads_its_paths_from_its_own_folder(tmp_path, compose_cfg):
-    from imgrec.config import build_dataset
+    from imgrec.data.building import build_dataset
 
     root = folder(tmp_path / "data", 8)
     with open(root / "pairs.csv", "w") as handle:

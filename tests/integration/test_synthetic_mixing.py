@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from imgrec.commands.train import train
-from imgrec.config import build_dataset
+from imgrec.data.building import build_dataset
 
 DIGITS = [str(digit) for digit in range(10)]
 GENERATED_MARK = 255  # every generated pixel; digits' own images are scaled 0..255 too, so the tests count rows

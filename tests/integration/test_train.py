@@ -10,7 +10,7 @@ from sklearn.metrics import confusion_matrix
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from imgrec.checkpoint import load_checkpoint
-from imgrec.config import build_dataset
+from imgrec.data.building import build_dataset
 from imgrec.commands.train import train
 from tests.conftest import rescored_test_accuracy
 

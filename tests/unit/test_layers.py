@@ -7,7 +7,7 @@ from pathlib import Path
 import imgrec
 
 SOURCE = Path(imgrec.__file__).parent
-LAYERS = {"commands": 5, "training": 4, "evaluation": 3, "gallery": 3, "tasks": 2, "data": 1, "models": 1,
+LAYERS = {"commands": 5, "training": 4, "gan": 4, "evaluation": 3, "gallery": 3, "tasks": 2, "data": 1, "models": 1,
           "robustness": 1, "explain": 3, "classical": 3}
 BASE = 0  # config, checkpoint, errors, registry, runtime
 

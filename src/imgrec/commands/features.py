@@ -9,7 +9,8 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from imgrec.commands.entry import hydra_command, run_command
-from imgrec.config import build, build_dataset, check_tool_config, resolve_checkpoint_shortcut
+from imgrec.config import build, check_tool_config, resolve_checkpoint_shortcut
+from imgrec.data.building import build_dataset
 from imgrec.errors import ImgrecError
 
 log = logging.getLogger("imgrec")

@@ -203,7 +203,7 @@ def calibrate(cfg: DictConfig, embedder, gallery) -> dict:
     """The threshold accepting at most target_far of impostor pairs, chosen on people apart from the test:
     the checkpoint's validation split (its people were not trained on with split_by=identity), or `folder`."""
     from imgrec.commands.eval import stored_dataset
-    from imgrec.config import build_dataset
+    from imgrec.data.building import build_dataset
     from imgrec.data.identities import person_folders
     from imgrec.tasks.embedding_scores import pair_scores, threshold_for_far
 

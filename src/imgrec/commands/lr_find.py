@@ -11,7 +11,8 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from imgrec.commands.entry import hydra_command, run_command
-from imgrec.config import build, build_dataset, check_tool_config
+from imgrec.config import build, check_tool_config
+from imgrec.data.building import build_dataset
 from imgrec.errors import ImgrecError
 
 log = logging.getLogger("imgrec")

@@ -81,7 +81,7 @@ def robustness_report(cfg: DictConfig) -> dict:
     import torch
 
     from imgrec.commands.eval import stored_dataset
-    from imgrec.config import build_dataset
+    from imgrec.data.building import build_dataset
     from imgrec.data.files import images_at
     from imgrec.evaluation.inference import inference_device, load_trained
     from imgrec.evaluation.reports import csv_text, write_whole

@@ -7,7 +7,8 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from imgrec.commands.entry import hydra_command, run_command
-from imgrec.config import build_dataset, check_tool_config
+from imgrec.config import check_tool_config
+from imgrec.data.building import build_dataset
 from imgrec.errors import ImgrecError
 
 log = logging.getLogger("imgrec")

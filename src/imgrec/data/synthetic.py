@@ -21,8 +21,46 @@ SYNTHETIC_KEYS = ("root", "ratio")
 KEEP_STREAM, SYNTHETIC_STREAM = 0, 1
 
 
+# the dataset settings that decide which images are training images: a GAN's samples may be mixed only into
+# a run whose split is the one the GAN trained on, or the GAN may have learnt its validation or test images
+SPLIT_KEYS = ("_target_", "name", "root", "file", "split_seed", "val_fraction", "test_fraction", "image_size",
+              "channels")
+
+
+def split_record(settings: dict) -> dict:
+    """What decides a dataset's training split, from its (resolved) settings: stored with a GAN and its samples."""
+    record = {key: settings.get(key) for key in (*SPLIT_KEYS, "train_per_class") if key in settings}
+    for key in ("root", "file"):
+        if isinstance(record.get(key), str) and "://" not in record[key]:
+            record[key] = str(Path(record[key]).expanduser().absolute())
+    return record
+
+
+def check_same_split(generated_from: dict | None, settings: dict | None, root: Path) -> None:
+    """Refuse samples of a GAN trained on another split of the data; warn when it saw more real training images."""
+    if settings is None:
+        return
+    if not isinstance(generated_from, dict):
+        log.warning(f"dataset.synthetic.root={root}: its manifest does not say which training split its GAN saw; "
+                    "make sure that GAN never saw this run's validation or test images")
+        return
+    here = split_record(settings)
+    differing = [key for key in SPLIT_KEYS if key in generated_from and key in here and generated_from[key] != here[key]]
+    if differing:
+        there = ", ".join(f"{key}={generated_from[key]!r}" for key in differing)
+        mine = " ".join(f"dataset.{key}={here[key]}" for key in differing if key != "_target_")
+        raise ImgrecError(f"dataset.synthetic.root={root} was drawn from a GAN trained on another split of the data "
+                          f"({there}; this run has {', '.join(f'{k}={here[k]!r}' for k in differing)}): its training "
+                          f"images may be this run's validation or test images. Train the GAN with this run's dataset "
+                          f"settings (imgrec-gan dataset=... {mine}) and sample again")
+    gan_k, k = generated_from.get("train_per_class"), here.get("train_per_class")
+    if k is not None and (gan_k is None or gan_k > k):
+        log.warning(f"dataset.synthetic.root={root}: its GAN trained on {gan_k or 'all'} real images per class, this run "
+                    f"on {k}: the generated images carry real training images this run does not otherwise use")
+
+
 def apply_training_options(splits, train_per_class, synthetic, split_seed: int, normalize: str, mean=None,
-                           std=None):
+                           std=None, settings: dict | None = None):
     """`splits` with dataset.train_per_class, then dataset.synthetic, applied to its training split only."""
     ratio, root = check_synthetic_setting(synthetic)
     if train_per_class is None and ratio == 0.0:
@@ -35,7 +73,7 @@ def apply_training_options(splits, train_per_class, synthetic, split_seed: int, 
     if train_per_class is not None:
         splits = keep_per_class(splits, train_per_class, split_seed, normalize, mean, std)
     if ratio > 0.0:
-        splits = mix_synthetic(splits, root, ratio, split_seed)
+        splits = mix_synthetic(splits, root, ratio, split_seed, settings)
     elif root is not None:
         log.info(f"dataset.synthetic.root={root} with ratio 0: no generated images added")
     return splits
@@ -134,7 +172,10 @@ def read_manifest(root: Path) -> dict:
         if isinstance(manifest.get(key), bool) or not isinstance(manifest.get(key), int):
             raise ImgrecError(f"{path} has {key}={manifest.get(key)!r}, not a whole number; sample again with "
                               "imgrec-gan sample")
-    return {key: manifest[key] for key in ("class_names", "folders", "channels", "image_size")}
+    kept = {key: manifest[key] for key in ("class_names", "folders", "channels", "image_size")}
+    generated_from = manifest.get("generated_from")  # plain values compared with this run's, never called
+    kept["generated_from"] = generated_from if isinstance(generated_from, dict) else None
+    return kept
 
 
 def check_manifest_fits(manifest: dict, splits: Splits, root: Path) -> None:
@@ -160,16 +201,19 @@ def read_png(path: Path, channels: int, image_size: int) -> torch.Tensor:
     """One generated PNG as uint8 (C, H, W)."""
     from PIL import Image
 
-    with Image.open(path) as image:  # the size is in the header: checked before any pixels are decoded
-        if image.size != (image_size, image_size):
-            raise ImgrecError(f"{path} is {image.size[0]}x{image.size[1]} but its manifest says {image_size} px; "
-                              "sample again with imgrec-gan sample")
-        pixels = np.array(image.convert("L" if channels == 1 else "RGB"))  # a writable copy for torch
+    try:
+        with Image.open(path) as image:  # the size is in the header: checked before any pixels are decoded
+            if image.size != (image_size, image_size):
+                raise ImgrecError(f"{path} is {image.size[0]}x{image.size[1]} but its manifest says {image_size} px; "
+                                  "sample again with imgrec-gan sample")
+            pixels = np.array(image.convert("L" if channels == 1 else "RGB"))  # a writable copy for torch
+    except OSError as error:  # truncated or not an image: not a disk-space problem
+        raise ImgrecError(f"{path} is not a readable PNG ({error}); sample again with imgrec-gan sample") from None
     pixels = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
     return torch.from_numpy(np.ascontiguousarray(pixels))
 
 
-def mix_synthetic(splits: Splits, root: Path, ratio: float, split_seed: int) -> Splits:
+def mix_synthetic(splits: Splits, root: Path, ratio: float, split_seed: int, settings: dict | None = None) -> Splits:
     """`splits` with generated images added to train so they make up `ratio` of it; val and test stay real."""
     if not isinstance(splits.train, ImageTensors):
         raise ImgrecError(f"dataset.synthetic.ratio={ratio} needs the training images held in memory, but this "
@@ -177,6 +221,7 @@ def mix_synthetic(splits: Splits, root: Path, ratio: float, split_seed: int) -> 
                           "in memory")
     manifest = read_manifest(root)
     check_manifest_fits(manifest, splits, root)
+    check_same_split(manifest.get("generated_from"), settings, root)
     folder_of = dict(zip(manifest["class_names"], manifest["folders"]))
     real_counts = splits.class_counts("train")
     added_per_class, images, labels, paths = [], [], [], []
