@@ -105,6 +105,15 @@ def store_decision_threshold(path: str | Path, threshold: dict) -> None:
     save_checkpoint(state, path)
 
 
+def store_calibration(path: str | Path, calibration: dict) -> None:
+    """Write a calibration imgrec-eval fitted on validation (temperature, Platt or isotonic; plain numbers and
+    lists) into the checkpoint at `path`, atomically, so imgrec-predict and imgrec-export apply it. Training
+    that rewrites the file drops it: it belongs to the weights it was fitted for."""
+    state = load_checkpoint(path, purpose="inference")
+    state["calibration"] = calibration
+    save_checkpoint(state, path)
+
+
 def stored_decision_threshold(state: dict) -> float | None:
     """The threshold imgrec-eval stored in a checkpoint, checked (a number in [0, 1]), or None."""
     stored = state.get("decision_threshold")
@@ -199,6 +208,8 @@ def upgrade(state: dict) -> None:
     """Checkpoints of earlier imgrec versions, in today's shape (in place): the running sums of a mid-epoch
     stop under `sums`, and a classification `task` section holding what `trainer.loss` and `trainer.mixup`
     held before tasks existed. (Renamed `_target_` paths are mapped by imgrec.registry.RENAMED.)"""
+    if state.get("kind") == "imgrec-gan":  # its own shape since it was first written
+        return
     progress = state.get("epoch_progress")
     if isinstance(progress, dict) and "sums" not in progress and "loss_sum" in progress:
         progress["sums"] = {"loss_sum": progress.pop("loss_sum"), "correct": progress.pop("correct", None)}
@@ -223,6 +234,9 @@ def check_contents(state: dict, path: Path, purpose: str) -> None:
         return CheckpointError(f"checkpoint '{path}' is damaged: {what}; use another checkpoint imgrec wrote "
                                "(last.pt and best.pt of the same run hold the same kind of state)")
 
+    if state.get("kind") == "imgrec-gan":
+        raise CheckpointError(f"'{path}' is an imgrec-gan checkpoint (a generator, not a trained classifier): draw "
+                              f"images from it with imgrec-gan sample ckpt_path={path} out=<folder>")
     weights = state.get("model")
     if not isinstance(weights, dict) or not weights or not all(isinstance(t, torch.Tensor) for t in weights.values()):
         raise bad("'model' (the weights) is missing or not a dict of tensors")

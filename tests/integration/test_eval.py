@@ -13,7 +13,7 @@ from PIL import Image
 
 from imgrec.checkpoint import store_decision_threshold
 from imgrec.commands.predict import predict_images
-from imgrec.config import build_dataset
+from imgrec.data.building import build_dataset
 from imgrec.errors import ImgrecError
 from imgrec.commands.eval import evaluate_checkpoint
 from imgrec.commands.train import train

@@ -7,7 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from imgrec.config import build, build_dataset
+from imgrec.config import build
+from imgrec.data.building import build_dataset
 from imgrec.errors import ImgrecError
 from imgrec.commands.export import export_checkpoint
 from imgrec.evaluation.inference import load_trained

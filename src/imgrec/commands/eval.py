@@ -6,7 +6,8 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from imgrec.commands.entry import hydra_command, run_command
-from imgrec.config import build_dataset, check_tool_config, resolve_checkpoint_shortcut, stored_component
+from imgrec.config import check_tool_config, resolve_checkpoint_shortcut, stored_component
+from imgrec.data.building import build_dataset
 from imgrec.errors import ImgrecError
 
 log = logging.getLogger("imgrec")
@@ -59,7 +60,7 @@ def evaluate_baseline(cfg: DictConfig) -> dict:
     import numpy as np
     import torch
 
-    from imgrec.config import build_dataset
+    from imgrec.data.building import build_dataset
     from imgrec.data.files import images_at
     from imgrec.data.splits import sample_ids
     from imgrec.evaluation.figures import to_file
@@ -118,6 +119,14 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
     trained.task.check_served_by("eval")
     task = trained.task
     task.check_threshold_settings(cfg.threshold, cfg.target_recall)
+    screening = task.name == "classification"
+    if screening:
+        from imgrec.evaluation.screening import check_screening_settings
+
+        check_screening_settings(cfg, len(trained.class_names))
+    elif cfg.get("calibration") is not None:
+        raise ImgrecError(f"calibration={cfg.calibration} calibrates a classifier's probabilities; this checkpoint is "
+                          f"for the {task.name} task. Leave calibration=null")
     task.check_eval_settings(cfg)
     for key in ("gradcam_errors", "store_threshold"):
         if not isinstance(cfg.get(key), bool):
@@ -158,7 +167,34 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
                           "chose on the training data), or use split=test")
     split = splits.everything() if split_name == "all" else getattr(splits, split_name)
     evaluation = evaluated(split)
-    threshold = resolve_threshold(cfg, task, split_name, evaluation, lambda: evaluated(splits.val))
+    run_dir = Path(cfg.paths.output_dir)
+    scored_val: list = []
+    applied: dict = {}  # the calibration in use, once known: val's probabilities get it too
+
+    def val_evaluation():  # scored once, when a step needs it
+        if not scored_val:
+            scored_val.append(evaluation if split_name == "val" else evaluated(splits.val))
+        scored_val[0].calibrate = applied.get("function")
+        return scored_val[0]
+
+    calibration = None
+    if screening:
+        from imgrec.evaluation.screening import bounded_choice, calibrate
+
+        if split_name == "all" and cfg.calibration is not None:
+            raise ImgrecError("calibration fits on the val images of a dataset that is scored whole (split=all); "
+                              "use split=test, or calibrate with the checkpoint's own data first")
+        calibration = calibrate(cfg, trained.state, evaluation, val_evaluation, split_name, run_dir)
+        applied["function"] = evaluation.calibrate
+    threshold = bounded_choice(cfg, val_evaluation) if screening and cfg.threshold == "auto" else None
+    if threshold is not None:
+        from imgrec.tasks.classification_scores import binary_metrics_at
+
+        val = val_evaluation()
+        at_val = binary_metrics_at(threshold["threshold"], val.probabilities[:, 1], val.labels.numpy())
+        threshold.update(val_precision=at_val["precision"], val_recall=at_val["recall"])
+    else:
+        threshold = resolve_threshold(cfg, task, split_name, evaluation, val_evaluation)
     if threshold is not None and threshold["chosen_on"] == "val" and cfg.store_threshold \
             and not threshold.get("val_recall"):
         log.warning(f"threshold {threshold['threshold']:.4f} finds nothing right on val (recall 0), so it is not stored "
@@ -174,12 +210,24 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
                                        split_name, threshold, cfg)
     report.summary.update(split=split_name, checkpoint=str(cfg.ckpt_path), checkpoint_epoch=trained.state.get("epoch"),
                           headline=task.headline)
+    if calibration is not None:
+        report.summary["calibration"] = calibration
+        if cfg.calibration is not None and cfg.store_calibration:
+            from imgrec.checkpoint import store_calibration
+
+            store_calibration(cfg.ckpt_path, calibration)
+            log.info(f"calibration stored in {cfg.ckpt_path}: imgrec-predict and imgrec-export apply it "
+                     "(store_calibration=false leaves the checkpoint as it was)")
+    if screening and len(trained.class_names) == 2 and split_name != "all":
+        from imgrec.evaluation.screening import operating_points
+
+        report.summary["operating_point"] = operating_points(cfg, evaluation, threshold, split_name, run_dir,
+                                                             val_evaluation if threshold is not None else None)
     if cfg.gradcam_errors:
         from imgrec.explain.overlays import with_gradcam
 
         figures = [with_gradcam(f, trained, device, threshold) if f.tag == "confident_errors" else f for f in figures]
 
-    run_dir = Path(cfg.paths.output_dir)
     target = dataset_cfg._target_.rsplit(".", 1)[-1]
     report.text = f"{split_name} split of {target}, {len(split)} images:\n" + report.text
     write_report(report, run_dir, "report.json", log)

@@ -89,6 +89,7 @@ WRITERS = {"safetensors": write_safetensors, "torchscript": write_torchscript, "
 
 
 def export_checkpoint(cfg: DictConfig) -> dict:
+    import numpy as np
     import torch
 
     from imgrec.evaluation.inference import inference_device, load_trained
@@ -105,6 +106,15 @@ def export_checkpoint(cfg: DictConfig) -> dict:
     path = run_dir / f"model{SUFFIXES[cfg.format]}"
     if trained.task.predicts == "boxes":
         return export_detector(cfg, trained, path)
+    calibration = trained.state.get("calibration")
+    in_graph = calibration is not None and calibration.get("method") == "temperature" and cfg.format != "safetensors"
+    if in_graph:
+        from imgrec.evaluation.calibration import apply_calibration
+        from imgrec.evaluation.inference import TemperatureScaled
+
+        apply_calibration(calibration, np.zeros((1, len(trained.class_names))))  # a damaged stored one is named here
+        # the graph divides its logits by the fitted temperature: softmax of its output is the calibrated probability
+        trained.model = TemperatureScaled(trained.model, calibration["temperature"]).eval()
     example = torch.randn(cfg.check_batch_size, *trained.input_shape, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         expected = trained.model(example)
@@ -130,6 +140,11 @@ def export_checkpoint(cfg: DictConfig) -> dict:
                          "num_classes": trained.task.num_outputs(len(trained.class_names))},
         "checkpoint": str(cfg.ckpt_path), "max_abs_difference": difference,
     }
+    if calibration is not None:
+        metadata["calibration"] = calibration
+        metadata["calibration_applied"] = (
+            "in the graph: its logits are divided by the temperature" if in_graph
+            else "not in the file: apply it to softmax(logits) as imgrec.evaluation.calibration.apply_calibration does")
     (run_dir / "model.json").write_text(json.dumps(metadata, indent=2))
     checked = "not checked" if difference is None else f"max |logit difference| {difference:.2e}"
     log.info(f"exported {path.resolve()} ({checked}) and model.json")

@@ -120,10 +120,22 @@ def predict_class_scores(cfg: DictConfig, trained, paths: list[Path], device) ->
         log.info(f"decision: {trained.class_names[1]} when its probability is >= {decision_threshold:.4f} (chosen on "
                  "val by imgrec-eval threshold=auto, stored in the checkpoint)")
 
+    calibration = trained.state.get("calibration")
+    if calibration is not None:
+        log.info(f"probabilities calibrated by {calibration.get('method')} (fitted on val by imgrec-eval calibration=..., "
+                 "stored in the checkpoint)")
+
+    def calibrated(logits):
+        if calibration is None:
+            return logits.float().softmax(dim=1)
+        from imgrec.evaluation.calibration import apply_calibration
+
+        return torch.from_numpy(apply_calibration(calibration, logits.float().cpu().numpy())).float().to(logits.device)
+
     def probabilities_of(batch):
-        probabilities = trained.model(batch).float().softmax(dim=1)
+        probabilities = calibrated(trained.model(batch))
         if cfg.tta:  # the mean with the mirror image: horizontal flips are label-preserving for most photos
-            probabilities = (probabilities + trained.model(batch.flip(-1)).float().softmax(dim=1)) / 2
+            probabilities = (probabilities + calibrated(trained.model(batch.flip(-1)))) / 2
         return probabilities
 
     def keep(probabilities, _):

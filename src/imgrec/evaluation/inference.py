@@ -49,6 +49,18 @@ class TrainedModel:
         return self.input_shape[1]
 
 
+class TemperatureScaled(nn.Module):
+    """A classifier whose logits are divided by a calibration temperature (a buffer, so exports trace it)."""
+
+    def __init__(self, model: nn.Module, temperature: float):
+        super().__init__()
+        self.model = model
+        self.register_buffer("temperature", torch.tensor(float(temperature)))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(images) / self.temperature
+
+
 def rebuild_model(model_cfg: dict, in_channels: int, num_classes: int, weights: dict, task: Task) -> nn.Module:
     """The checkpoint's architecture with its trained weights. Pretrained weights it started from are
     not read again (the file may not exist here), and a frozen backbone is rebuilt as a plain network."""

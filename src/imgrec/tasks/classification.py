@@ -23,9 +23,13 @@ class ClassificationEvaluation(Evaluation):
 
     def __init__(self, logits: torch.Tensor, labels: torch.Tensor):
         self.logits, self.labels = logits, labels
+        # imgrec-eval's calibration, when it applies one: logits (N, C) as numpy -> calibrated probabilities
+        self.calibrate = None
 
     @property
     def probabilities(self) -> np.ndarray:
+        if self.calibrate is not None:
+            return self.calibrate(self.logits.numpy())
         return self.logits.softmax(dim=1).numpy()
 
     def scores(self, prefix: str) -> dict[str, float]:
