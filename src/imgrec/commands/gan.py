@@ -173,7 +173,7 @@ def train_gan(cfg: DictConfig) -> dict:
     write_history(trainer.history, run_dir / "gan_history.csv")
     seconds = time.perf_counter() - started
     log.info(f"GAN trained in {seconds:.0f} s; samples per epoch in {run_dir / 'samples'}. Draw an image folder with:\n"
-             f"  imgrec-gan sample ckpt_path={trainer.last_path} per_class=500 out=<folder>")
+             f"  imgrec-gan sample ckpt_path={trainer.last_path} per_class=<images per class> out=<folder>")
     return {"metrics": metrics, "history": trainer.history, "checkpoint": trainer.last_path, "seconds": seconds,
             "train_images": len(train)}
 
@@ -326,7 +326,9 @@ def sample(cfg: DictConfig) -> dict:
         raise ImgrecError("out is required: the new folder the images go to, e.g. out=data/generated")
     check_quality_settings(cfg.quality)
     out = Path(str(cfg.out)).expanduser()
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    if out.exists() and not out.is_dir():
+        raise ImgrecError(f"out={out} is a file; give a new folder for the images")
+    if out.exists() and any(out.iterdir()):
         raise ImgrecError(f"out={out} is not an empty folder; give a new one (samples are never written over others)")
     device = resolve_device(cfg.device, "device")
     set_cpu_threads(cfg.num_threads, "num_threads")

@@ -224,6 +224,7 @@ def mix_synthetic(splits: Splits, root: Path, ratio: float, split_seed: int, set
     check_same_split(manifest.get("generated_from"), settings, root)
     folder_of = dict(zip(manifest["class_names"], manifest["folders"]))
     real_counts = splits.class_counts("train")
+    most_needed = max(round(ratio / (1.0 - ratio) * real) for real in real_counts)  # what one sampling must give
     added_per_class, images, labels, paths = [], [], [], []
     for class_id, (name, real) in enumerate(zip(splits.class_names, real_counts)):
         # generated share = ratio of the final set: g / (real + g) = ratio
@@ -232,7 +233,7 @@ def mix_synthetic(splits: Splits, root: Path, ratio: float, split_seed: int, set
         files = sorted(folder.glob("*.png")) if folder.is_dir() else []
         if len(files) < needed:
             raise ImgrecError(f"dataset.synthetic.ratio={ratio} needs {needed} generated images of class {name!r} but "
-                              f"{folder} holds {len(files)}: sample more with imgrec-gan sample per_class={needed} "
+                              f"{folder} holds {len(files)}: sample more with imgrec-gan sample per_class={most_needed} "
                               "or lower dataset.synthetic.ratio")
         order = np.random.default_rng((split_seed, SYNTHETIC_STREAM, class_id)).permutation(len(files))[:needed]
         chosen = [files[i] for i in sorted(order)]
