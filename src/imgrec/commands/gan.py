@@ -277,19 +277,6 @@ def write_history(history: list[dict], path: Path) -> None:
         writer.writerows(history)
 
 
-def resume_command(checkpoint) -> str:
-    """imgrec-gan with this run's own overrides and ckpt_path pointing at `checkpoint`."""
-    import shlex
-
-    from hydra.core.hydra_config import HydraConfig
-
-    try:
-        overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith("ckpt_path=")]
-    except ValueError:  # not inside a Hydra run (called from Python)
-        overrides = []
-    return " ".join(["imgrec-gan", *(shlex.quote(o) for o in overrides), shlex.quote(f"ckpt_path={checkpoint}")])
-
-
 @hydra_command("gan_train", task_name="gan")
 def train_main(cfg: DictConfig) -> None:
     from imgrec.training.signals import TrainingInterrupted
@@ -298,7 +285,10 @@ def train_main(cfg: DictConfig) -> None:
         run_command(train_gan, cfg)
     except TrainingInterrupted as stop:
         where = f"in epoch {stop.epoch + 1} after batch {stop.batch}" if stop.batch else f"after epoch {stop.epoch}"
-        log.warning(f"{stop} {where}; saved {stop.checkpoint}. Resume with:\n  {resume_command(stop.checkpoint)}")
+        from imgrec.commands.train import resume_command
+
+        log.warning(f"{stop} {where}; saved {stop.checkpoint}. Resume with:\n  "
+                    f"{resume_command(stop.checkpoint, 'imgrec-gan')}")
         sys.exit(stop.exit_code)
 
 
@@ -307,7 +297,8 @@ def train_main(cfg: DictConfig) -> None:
 def sample(cfg: DictConfig) -> dict:
     """Draw cfg.per_class images of every class into cfg.out; returns the manifest."""
     from imgrec.checkpoint import load_checkpoint
-    from imgrec.gan.sampling import draw, file_digest, write_samples
+    from imgrec.data.archives import content_digest
+    from imgrec.gan.sampling import draw, write_samples
     from imgrec.runtime import resolve_device, set_cpu_threads
 
     check_tool_config(cfg)
@@ -344,7 +335,7 @@ def sample(cfg: DictConfig) -> dict:
     generator = generator.to(device)
     judge = sample_judge(cfg, state, device) if cfg.quality.ckpt_path else None  # a bad judge fails before any file
     images, labels = draw(generator, cfg.per_class, cfg.seed, device)
-    provenance = {"checkpoint": str(Path(cfg.ckpt_path).resolve()), "checkpoint_sha256": file_digest(Path(cfg.ckpt_path)),
+    provenance = {"checkpoint": str(Path(cfg.ckpt_path).resolve()), "checkpoint_sha256": content_digest(Path(cfg.ckpt_path)),
                   "epoch": int(state["epoch"]), "step": int(state["step"]), "generator": cfg.generator,
                   "seed": int(cfg.seed), "per_class": int(cfg.per_class), "gan": state["gan"],
                   "train_images": state.get("train_images"), "generated_from": state.get("dataset_split")}

@@ -317,7 +317,7 @@ def guard_against_overwrite(callbacks: dict, resumed: bool) -> None:
                           "overwrite them: choose another callbacks.model_checkpoint.dirpath")
 
 
-def resume_command(checkpoint) -> str:
+def resume_command(checkpoint, command: str = "imgrec-train") -> str:
     """The command line that continues this run: its own overrides, with ckpt_path pointing at `checkpoint`."""
     import shlex
 
@@ -327,7 +327,7 @@ def resume_command(checkpoint) -> str:
         overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith("ckpt_path=")]
     except ValueError:  # not inside a Hydra run (called from Python)
         overrides = []
-    return " ".join(["imgrec-train", *(shlex.quote(o) for o in overrides), shlex.quote(f"ckpt_path={checkpoint}")])
+    return " ".join([command, *(shlex.quote(o) for o in overrides), shlex.quote(f"ckpt_path={checkpoint}")])
 
 
 def train_sweep_job(cfg: DictConfig) -> float | None:

@@ -1,7 +1,6 @@
 """Drawing images from a trained generator, and writing them as an image folder with a manifest of how
 they were made (what dataset.synthetic reads back)."""
 
-import hashlib
 import json
 import re
 import time
@@ -83,12 +82,3 @@ def write_samples(images: torch.Tensor, labels: torch.Tensor, class_names: list[
     }
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
-
-
-def file_digest(path: Path) -> str:
-    """SHA-256 of a file (the checkpoint the samples came from), read in blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
