@@ -216,6 +216,8 @@ def experiment_extras(name: str, cfg, tmp_path) -> list[str]:
             Image.fromarray(label // 2 + 60).save(root / cfg.dataset.images / f"{index}.png")
             Image.fromarray(label).save(root / cfg.dataset.masks / f"{index}.png")
         return [f"dataset.root={root}", "model.depth=2", "model.base_width=4"]
+    if cfg.dataset.get("train_per_class"):  # a small-data recipe: the fake set's classes hold fewer images
+        return ["dataset.train_per_class=5"]
     return []
 
 

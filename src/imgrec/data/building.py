@@ -4,7 +4,6 @@
 from omegaconf import DictConfig, OmegaConf
 
 from imgrec.config import build
-from imgrec.data.synthetic import apply_training_options
 from imgrec.errors import ImgrecError
 
 
@@ -23,6 +22,8 @@ def build_dataset(dataset_cfg: DictConfig, task_name: str):
     splits = build(OmegaConf.create(settings))
     if train_per_class is None and synthetic is None:
         return splits
+    from imgrec.data.synthetic import apply_training_options  # torch: not on the import path of --help
+
     return apply_training_options(splits, train_per_class, synthetic, settings.get("split_seed", 0),
                                   settings.get("normalize", "standardize"), settings.get("mean"), settings.get("std"),
                                   {**settings, "train_per_class": train_per_class})
