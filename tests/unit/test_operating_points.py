@@ -132,11 +132,11 @@ def test_bounded_threshold_keeps_its_promise_on_fresh_data_and_the_plain_one_doe
         bounded[i] = bounded_threshold(scores, y, "recall", target, confidence)["threshold"]
         plain[i] = choose_threshold(scores, y, target)["threshold"]
 
-    def test_recall(thresholds):
+    def recall_on_fresh_data(thresholds):
         return (test_pos >= thresholds[:, None]).mean(axis=1)
 
-    bounded_misses = float(np.mean(test_recall(bounded) < target))
-    plain_misses = float(np.mean(test_recall(plain) < target))
+    bounded_misses = float(np.mean(recall_on_fresh_data(bounded) < target))
+    plain_misses = float(np.mean(recall_on_fresh_data(plain) < target))
     print(f"recall below {target} on fresh data: bounded {bounded_misses:.3f}, plain {plain_misses:.3f}")
     assert bounded_misses <= (1 - confidence) + 0.03  # 0.03 is about 2.5 standard errors over 400 repetitions
     assert plain_misses >= 0.3

@@ -369,23 +369,3 @@ def sample_judge(cfg: DictConfig, state: dict, device):
 @hydra_command("gan_sample", task_name="gan_sample")
 def sample_main(cfg: DictConfig) -> None:
     run_command(sample, cfg)
-
-
-# ---- the entry point ------------------------------------------------------------------------------------
-
-def main():
-    """`imgrec-gan [overrides]` trains; `imgrec-gan sample ...` and `imgrec-gan study ...` are the other two."""
-    arguments = sys.argv[1:]
-    if arguments and arguments[0] == "sample":
-        del sys.argv[1]
-        return sample_main()
-    if arguments and arguments[0] == "study":
-        from imgrec.commands.gan_study import study_main
-
-        del sys.argv[1]
-        return study_main()
-    return train_main()
-
-
-if __name__ == "__main__":
-    main()
